@@ -1,0 +1,1 @@
+//! Per-instance agent: exact established-connection counts, CloudWatch publishing, a cap-aware health endpoint.

@@ -1,0 +1,11 @@
+//! What every connscale part shares, so that each idea lives in exactly one place:
+//! the metric's identity ([`metric`]), the policy file ([`policy`]), the Socket.IO codec ([`sio`]),
+//! process limits ([`limits`]), logging ([`telemetry`]) and config loading ([`config`]).
+
+pub mod config;
+pub mod cron;
+pub mod limits;
+pub mod metric;
+pub mod policy;
+pub mod sio;
+pub mod telemetry;
