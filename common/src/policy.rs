@@ -83,7 +83,7 @@ pub struct ScaleIn {
     /// Quiet time after any scaling action before the next scale-in.
     #[serde(with = "humantime_serde")]
     pub cooldown: Duration,
-    /// The remaining nodes' average after removal may not exceed this (default: 90 % of the
+    /// The remaining nodes' average after removal may not exceed this (default: 95 % of the
     /// first scale-out step), so a scale-in never triggers a scale-out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_after: Option<u32>,
@@ -231,7 +231,7 @@ impl Policy {
     pub fn scale_in_max_after(&self) -> u32 {
         self.scale_in
             .max_after
-            .unwrap_or((self.scale_out_threshold() as f64 * 0.9) as u32)
+            .unwrap_or((self.scale_out_threshold() as f64 * 0.95) as u32)
     }
 
     /// The step for an average, if any.
@@ -579,25 +579,25 @@ mod tests {
 
     #[test]
     fn rejects_gaps_and_overlaps_between_steps() {
-        let t = with("lower = 24000", "lower = 24500");
+        let t = with("lower = 26500", "lower = 26800");
         let e = errors(&t);
         assert!(
             e.contains("gap") && e.contains("scale_out.steps[1].lower"),
             "{e}"
         );
         assert!(
-            e.contains(&format!("line {}", line_of(&t, "lower = 24500"))),
+            e.contains(&format!("line {}", line_of(&t, "lower = 26800"))),
             "{e}"
         );
-        let e = errors(&with("lower = 24000", "lower = 23000"));
+        let e = errors(&with("lower = 26500", "lower = 26000"));
         assert!(e.contains("overlap"), "{e}");
     }
 
     #[test]
     fn rejects_steps_above_the_cap_and_flapping_scale_in() {
-        let e = errors(&with("node_cap = 28000", "node_cap = 23000"));
+        let e = errors(&with("node_cap = 28000", "node_cap = 26000"));
         assert!(e.contains("never act in time"), "{e}");
-        let e = errors(&with("threshold = 14000", "threshold = 20500"));
+        let e = errors(&with("threshold = 22000", "threshold = 23000"));
         assert!(
             e.contains("flap") && e.contains("scale_in.threshold"),
             "{e}"
@@ -633,7 +633,7 @@ mod tests {
     fn steps_cover_every_average() {
         let p = Policy::default_policy();
         assert!(p.step_for((p.scale_out_threshold() - 1) as f64).is_none());
-        for avg in [p.scale_out_threshold() as f64, 25_000.0, 1e9] {
+        for avg in [p.scale_out_threshold() as f64, 27_000.0, 1e9] {
             assert!(p.step_for(avg).is_some(), "{avg}");
         }
     }

@@ -1,1 +1,6 @@
-//! placeholder
+//! The connscale controller: the policy engine ([`engine`]), the trace simulator ([`sim`]),
+//! and the operators' CLI ([`cli`]).
+
+pub mod cli;
+pub mod engine;
+pub mod sim;

@@ -125,7 +125,10 @@ impl ServerProcess {
 
     /// Whether the child has exited; reaps it if so.
     pub fn has_exited(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))) | None)
+        matches!(
+            self.child.as_mut().map(|c| c.try_wait()),
+            Some(Ok(Some(_))) | None
+        )
     }
 
     /// Waits up to `timeout` for the child to exit on its own; returns its exit code if it did.

@@ -1,0 +1,345 @@
+//! Counting established TCP connections by local port: netlink SOCK_DIAG, /proc fallback.
+//!
+//! The netlink request carries the state filter (ESTABLISHED only) and the local port in its
+//! socket id, so the kernel skips every other socket and we only count the replies. Both
+//! address families are asked: a `[::]` listener reports its IPv4 clients as AF_INET6.
+
+use serde::Serialize;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// How a count was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Netlink,
+    Proc,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Netlink => "netlink",
+            Self::Proc => "proc",
+        }
+    }
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const TCP_ESTABLISHED: u32 = 1;
+const NLMSG_HDRLEN: usize = 16;
+const REQ_LEN: usize = NLMSG_HDRLEN + 56;
+
+/// A reusable netlink socket (opened once, optionally inside another network namespace).
+pub struct NetlinkCounter {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+impl NetlinkCounter {
+    /// Opens a NETLINK_SOCK_DIAG socket in this process's network namespace.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain socket(2); the fd is owned immediately.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self {
+            fd,
+            buf: vec![0u8; 64 * 1024],
+            seq: 0,
+        })
+    }
+
+    /// Opens the socket inside the network namespace at `netns` (`/proc/PID/ns/net` or
+    /// `/run/netns/NAME`). Needs CAP_SYS_ADMIN; the socket keeps that namespace for its life.
+    pub fn in_namespace(netns: &Path) -> io::Result<Self> {
+        let netns = netns.to_path_buf();
+        // setns affects only the calling thread: do it on a throwaway thread.
+        std::thread::spawn(move || -> io::Result<Self> {
+            let target = std::fs::File::open(&netns)?;
+            // SAFETY: setns on a valid namespace fd; this thread exits right after.
+            if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("setns({}) failed: {}", netns.display(), io::Error::last_os_error())));
+            }
+            Self::new()
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))?
+    }
+
+    /// Established connections whose local port is one of `ports` (both families).
+    pub fn count(&mut self, ports: &[u16]) -> io::Result<u64> {
+        let mut total = 0;
+        for &port in ports {
+            for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+                total += self.dump(family, port)?;
+            }
+        }
+        Ok(total)
+    }
+
+    fn dump(&mut self, family: u8, port: u16) -> io::Result<u64> {
+        self.seq = self.seq.wrapping_add(1);
+        let req = request(family, port, self.seq);
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: sendto with a buffer and address we own, lengths correct.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut count = 0;
+        loop {
+            // SAFETY: recv into our own buffer of the stated length.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            match parse_replies(&self.buf[..n as usize], self.seq)? {
+                Replies::More(c) => count += c,
+                Replies::Done(c) => return Ok(count + c),
+            }
+        }
+    }
+}
+
+/// An `inet_diag_req_v2` dump request: TCP, ESTABLISHED only, local port `port`.
+fn request(family: u8, port: u16, seq: u32) -> [u8; REQ_LEN] {
+    let mut r = [0u8; REQ_LEN];
+    r[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
+    r[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    r[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    r[8..12].copy_from_slice(&seq.to_ne_bytes());
+    let b = &mut r[NLMSG_HDRLEN..];
+    b[0] = family;
+    b[1] = libc::IPPROTO_TCP as u8;
+    b[2] = 0; // idiag_ext: no extensions, smallest replies
+    b[4..8].copy_from_slice(&(1u32 << TCP_ESTABLISHED).to_ne_bytes());
+    // inet_diag_sockid starts at offset 8: sport (big endian), dport, addresses, ...
+    b[8..10].copy_from_slice(&port.to_be_bytes());
+    r
+}
+
+enum Replies {
+    More(u64),
+    Done(u64),
+}
+
+/// Counts SOCK_DIAG replies in one datagram, with bounds checks on every header.
+fn parse_replies(mut buf: &[u8], seq: u32) -> io::Result<Replies> {
+    let mut count = 0;
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        let msg_seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
+        }
+        if msg_seq == seq {
+            match kind {
+                NLMSG_DONE => return Ok(Replies::Done(count)),
+                NLMSG_ERROR => {
+                    let errno = buf.get(16..20).map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]])).unwrap_or(0);
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                SOCK_DIAG_BY_FAMILY => count += 1,
+                _ => {}
+            }
+        }
+        let aligned = (len + 3) & !3;
+        buf = buf.get(aligned..).unwrap_or(&[]);
+    }
+    Ok(Replies::More(count))
+}
+
+/// Counts from /proc/net/tcp{,6} (of `proc_root`, e.g. `/proc` or `/proc/PID`): state 01 and a
+/// local port in `ports`. Not exact while connections churn (the kernel prints the table in
+/// pieces), which is why netlink is preferred.
+pub fn count_proc(proc_root: &Path, ports: &[u16]) -> io::Result<u64> {
+    let mut total = 0;
+    let mut any = false;
+    for file in ["net/tcp", "net/tcp6"] {
+        let text = match std::fs::read_to_string(proc_root.join(file)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        any = true;
+        total += text.lines().skip(1).filter(|l| proc_line_matches(l, ports)).count() as u64;
+    }
+    if !any {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no /proc/net/tcp or tcp6"));
+    }
+    Ok(total)
+}
+
+fn proc_line_matches(line: &str, ports: &[u16]) -> bool {
+    let mut f = line.split_whitespace();
+    let (Some(_), Some(local), Some(_), Some(state)) = (f.next(), f.next(), f.next(), f.next()) else {
+        return false;
+    };
+    state == "01"
+        && local
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            .is_some_and(|p| ports.contains(&p))
+}
+
+/// Host-wide established TCP connections (CurrEstab in /proc/net/snmp), all ports, both ends
+/// of loopback connections.
+pub fn host_established(proc_root: &Path) -> io::Result<u64> {
+    let text = std::fs::read_to_string(proc_root.join("net/snmp"))?;
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "no Tcp: lines in /proc/net/snmp"));
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "CurrEstab")
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CurrEstab in /proc/net/snmp"))
+}
+
+/// One sample: connections on the service ports, the host total, and how it was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    pub connections: u64,
+    pub host_established: u64,
+    pub method: Method,
+}
+
+/// Counts with netlink when it works, else /proc (and says so once in the logs).
+pub struct Counter {
+    netlink: Option<NetlinkCounter>,
+    proc_root: std::path::PathBuf,
+    ports: Vec<u16>,
+}
+
+impl Counter {
+    /// `netns`: count inside that network namespace (`/proc/PID/ns/net` or `/run/netns/X`).
+    pub fn new(ports: Vec<u16>, netns: Option<&Path>, force_proc: bool) -> Self {
+        let proc_root = match netns.and_then(|p| p.strip_prefix("/proc").ok()).and_then(|rest| rest.components().next()) {
+            Some(pid) => Path::new("/proc").join(pid),
+            None => "/proc".into(),
+        };
+        let netlink = if force_proc {
+            None
+        } else {
+            let opened = match netns {
+                Some(ns) => NetlinkCounter::in_namespace(ns),
+                None => NetlinkCounter::new(),
+            };
+            match opened {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "netlink SOCK_DIAG unavailable; falling back to /proc/net/tcp (inexact under churn)");
+                    None
+                }
+            }
+        };
+        Self { netlink, proc_root, ports }
+    }
+
+    pub fn method(&self) -> Method {
+        if self.netlink.is_some() { Method::Netlink } else { Method::Proc }
+    }
+
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    pub fn sample(&mut self) -> io::Result<Sample> {
+        let connections = match self.netlink.as_mut().map(|n| n.count(&self.ports)) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "netlink count failed; falling back to /proc/net/tcp from now on");
+                self.netlink = None;
+                count_proc(&self.proc_root, &self.ports)?
+            }
+            None => count_proc(&self.proc_root, &self.ports)?,
+        };
+        Ok(Sample {
+            connections,
+            host_established: host_established(&self.proc_root).unwrap_or(0),
+            method: self.method(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn counts_exactly_the_listeners_established_connections() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let other = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut keep = Vec::new();
+        for _ in 0..25 {
+            keep.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+            keep.push(l.accept().unwrap().0);
+        }
+        for _ in 0..7 {
+            keep.push(TcpStream::connect(other.local_addr().unwrap()).unwrap());
+            keep.push(other.accept().unwrap().0);
+        }
+        let mut c = Counter::new(vec![port], None, false);
+        assert_eq!(c.method(), Method::Netlink);
+        assert_eq!(c.sample().unwrap().connections, 25);
+        let mut p = Counter::new(vec![port], None, true);
+        assert_eq!(p.sample().unwrap(), Sample { method: Method::Proc, ..p.sample().unwrap() });
+        assert_eq!(p.sample().unwrap().connections, 25);
+        assert!(c.sample().unwrap().host_established >= 64);
+    }
+
+    #[test]
+    fn dual_stack_listener_counts_ipv4_and_ipv6_clients() {
+        let Ok(l) = TcpListener::bind("[::]:0") else { return };
+        let port = l.local_addr().unwrap().port();
+        let mut keep = Vec::new();
+        for addr in ["127.0.0.1", "::1", "127.0.0.1"] {
+            keep.push(TcpStream::connect((addr, port)).unwrap());
+            keep.push(l.accept().unwrap().0);
+        }
+        assert_eq!(Counter::new(vec![port], None, false).sample().unwrap().connections, 3);
+    }
+
+    #[test]
+    fn parses_proc_lines() {
+        let line = "   0: 0100007F:1F90 0100007F:D2B4 01 00000000:00000000 00:00000000 00000000  1000        0 1 1 0";
+        assert!(proc_line_matches(line, &[8080]));
+        assert!(!proc_line_matches(line, &[8081]));
+        assert!(!proc_line_matches(&line.replace(" 01 ", " 0A "), &[8080]));
+        assert!(!proc_line_matches("garbage", &[8080]));
+    }
+
+    #[test]
+    fn netlink_parser_rejects_truncation() {
+        let mut m = vec![0u8; 20];
+        m[0..4].copy_from_slice(&200u32.to_ne_bytes());
+        assert!(parse_replies(&m, 1).is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! The `connscale` command line: argument parsing and output only; the work is in the library.
+
+use crate::sim::{self, SimConfig, fleet::FleetModel, plot, trace::Trace};
+use clap::{Args, Parser, Subcommand};
+use connscale_common::policy::Policy;
+use connscale_common::telemetry::{self, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Scale real-time chat fleets on established TCP connections.
+///
+/// Policies are TOML files (see policies/default.toml, used when --policy is omitted).
+/// Typical use: `connscale validate my.toml`, `connscale simulate --trace demand.csv
+/// --compare classic,oracle`, `connscale demo` (a local fleet on this machine).
+#[derive(Debug, Parser)]
+#[command(
+    name = "connscale",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Log line format on stderr (RUST_LOG sets the filter).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "CONNSCALE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a policy file: every problem with its key, line and fix. Exit 1 if invalid.
+    Validate {
+        /// The policy file (default: the shipped default policy).
+        policy: Option<PathBuf>,
+        /// Print the normalised policy as JSON when valid.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay demand traces through a fleet model and compare connscale with baselines.
+    ///
+    /// Each trace is a `timestamp,value` CSV; values are scaled so the peak needs --peak-nodes
+    /// nodes at the policy's node_cap. Reports rejected connection-minutes, minutes with a node
+    /// at its cap, instance-hours, warm-pool hours, scaling actions and forced reconnects.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Demand trace(s), `timestamp,value` CSV. Repeat for several.
+    #[arg(long, required = true)]
+    pub trace: Vec<PathBuf>,
+    /// Policy file (default: the shipped default policy).
+    #[arg(long, env = "CONNSCALE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Baselines to compare with, comma-separated: classic, target-tracking, static, oracle.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "classic,target-tracking,static,oracle"
+    )]
+    pub compare: Vec<String>,
+    /// Scale each trace so its peak needs this many nodes at the cap.
+    #[arg(long, default_value_t = 10.0)]
+    pub peak_nodes: f64,
+    /// Replay faster than real time (2 = a trace step lasts half as long).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Seconds from a cold launch to serving.
+    #[arg(long, default_value_t = 180)]
+    pub cold_launch: i64,
+    /// Mean connection lifetime in seconds (that share of connections reconnects each second).
+    #[arg(long, default_value_t = 1800.0)]
+    pub mean_session: f64,
+    /// Write an SVG plot (demand, capacity per policy, connscale's actions). With several traces,
+    /// one file per trace: NAME-<trace>.svg.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Print JSON (`policies.<name>.rejected_connection_minutes`, ...) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses arguments, runs the command, maps errors to one line on stderr and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, "info");
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("connscale: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { policy, json } => validate(policy, json),
+        Command::Simulate(args) => simulate(args),
+    }
+}
+
+fn validate(path: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    match Policy::load(path.as_deref()) {
+        Ok(p) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                let name = path
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "default policy".into());
+                println!(
+                    "{name}: valid (min {} max {} cap {}, scale out at {}, {} schedule(s))",
+                    p.group.min_size,
+                    p.group.max_size,
+                    p.group.node_cap,
+                    p.scale_out_threshold(),
+                    p.schedules.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        a.peak_nodes > 0.0,
+        "--peak-nodes must be positive, got {}",
+        a.peak_nodes
+    );
+    anyhow::ensure!(
+        a.time_scale > 0.0,
+        "--time-scale must be positive, got {}",
+        a.time_scale
+    );
+    let policy = Policy::load(a.policy.as_deref())?;
+    let cfg = SimConfig {
+        peak_nodes: a.peak_nodes,
+        time_scale: a.time_scale,
+        compare: a
+            .compare
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        model: FleetModel {
+            cold_launch: a.cold_launch,
+            mean_session: a.mean_session,
+            ..FleetModel::default()
+        },
+        policy,
+    };
+    let mut reports = Vec::new();
+    for path in &a.trace {
+        let trace = Trace::load(path)?;
+        if !a.json {
+            eprintln!(
+                "simulating {} ({} points)...",
+                path.display(),
+                trace.points.len()
+            );
+        }
+        let report = sim::simulate(&trace, &cfg).map_err(anyhow::Error::msg)?;
+        if let Some(out) = &a.plot {
+            let file = if a.trace.len() == 1 {
+                out.clone()
+            } else {
+                let stem = out
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "plot".into());
+                out.with_file_name(format!("{stem}-{}.svg", report.trace))
+            };
+            std::fs::write(
+                &file,
+                plot::report_svg(&report, cfg.policy.group.node_cap as f64),
+            )
+            .map_err(|e| anyhow::anyhow!("cannot write plot {}: {e}", file.display()))?;
+        }
+        if !a.json {
+            println!("{}", report.table());
+        }
+        reports.push(report);
+    }
+    if a.json {
+        let v = if reports.len() == 1 {
+            serde_json::to_value(&reports[0])?
+        } else {
+            serde_json::to_value(&reports)?
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,396 @@
+//! The policy engine: a pure function of (policy, observation, engine state) → decision.
+//!
+//! The control loop, `plan` and the simulator all call [`Engine::evaluate`]; nothing here does I/O
+//! or reads a clock. Times are Unix seconds. The engine's own state (trend history, streaks,
+//! last action times) is small and rebuilt safely after a restart: an empty state only makes the
+//! engine more conservative (no scale-in until `sustain` has been observed again).
+
+use chrono::{DateTime, Utc};
+use connscale_common::cron::{Cron, parse_tz};
+use connscale_common::policy::Policy;
+use serde::Serialize;
+use std::collections::VecDeque;
+
+/// Where an instance is in its life, as far as scaling is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Launching: counts toward capacity, serves nothing yet.
+    Pending,
+    /// Serving (possibly still inside its warmup).
+    InService,
+    /// Being drained for scale-in: its connections are moving to the others.
+    Draining,
+}
+
+/// One instance as the engine sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub lifecycle: Lifecycle,
+    pub connections: u64,
+    pub launched_at: i64,
+}
+
+/// Everything the engine is told at one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub now: i64,
+    /// The group's current desired capacity.
+    pub desired: u32,
+    pub instances: Vec<InstanceView>,
+}
+
+/// What the engine wants done.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// The desired capacity to set (equal to the observed one: no change).
+    pub desired: u32,
+    /// Instances to drain and terminate with decrement (already subtracted from `desired`;
+    /// may name fewer than the decrease when instances are not yet visible).
+    pub scale_in: Vec<String>,
+    /// Why, in words for the operator's log.
+    pub reason: String,
+}
+
+impl Decision {
+    pub fn changes(&self, obs: &Observation) -> bool {
+        self.desired != obs.desired || !self.scale_in.is_empty()
+    }
+}
+
+/// The engine's memory between evaluations.
+#[derive(Debug, Clone, Default)]
+pub struct EngineState {
+    history: VecDeque<(i64, f64)>,
+    breach_streak: u32,
+    below_since: Option<i64>,
+    last_action: Option<i64>,
+    windows: Vec<Option<(i64, i64)>>,
+}
+
+/// Seconds of history the demand trend is fitted over.
+const TREND_WINDOW: i64 = 180;
+/// Share of the cap the projected demand may fill: the rest absorbs uneven spread.
+const HOLD_FRACTION: f64 = 0.95;
+
+/// A policy compiled for evaluation (cron expressions parsed once).
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub policy: Policy,
+    schedules: Vec<(Cron, chrono_tz::Tz)>,
+}
+
+impl Engine {
+    /// Compiles a validated policy. Schedules that fail to parse are skipped (validation has
+    /// already reported them).
+    pub fn new(policy: Policy) -> Self {
+        let schedules = policy
+            .schedules
+            .iter()
+            .filter_map(|s| Some((s.cron.parse().ok()?, parse_tz(&s.timezone).ok()?)))
+            .collect();
+        Self { policy, schedules }
+    }
+
+    /// The floor and desired count that schedules impose at `now` (applied `lead` seconds
+    /// before each window opens, so capacity is in service when the peak starts).
+    pub fn schedule_floor(
+        &self,
+        now: i64,
+        state: &mut EngineState,
+    ) -> (u32, Option<(u32, String)>) {
+        let p = &self.policy;
+        let lead = p.scale_out.lookahead.max(p.scale_out.warmup).as_secs() as i64;
+        state.windows.resize(self.schedules.len(), None);
+        let mut floor = 0;
+        let mut active = None;
+        for (i, ((cron, tz), sched)) in self.schedules.iter().zip(&p.schedules).enumerate() {
+            let dur = sched.duration.as_secs() as i64;
+            let stale = state.windows[i].is_none_or(|(_, end)| now >= end);
+            if stale {
+                let from = DateTime::<Utc>::from_timestamp(now - dur - 1, 0).unwrap_or_default();
+                state.windows[i] = cron
+                    .next_after(from, *tz)
+                    .map(|s| (s.timestamp(), s.timestamp() + dur));
+            }
+            if let Some((start, end)) = state.windows[i]
+                && now >= start - lead
+                && now < end
+            {
+                floor = floor.max(sched.min_size.max(sched.desired.unwrap_or(0)));
+                active = Some((floor, sched.name.clone()));
+            }
+        }
+        (floor, active)
+    }
+
+    /// Decides the group's desired capacity and which instances to scale in.
+    pub fn evaluate(&self, obs: &Observation, state: &mut EngineState) -> Decision {
+        let p = &self.policy;
+        let now = obs.now;
+        let warmup = p.scale_out.warmup.as_secs() as i64;
+        let threshold = p.scale_out_threshold() as f64;
+
+        let serving: Vec<&InstanceView> = obs
+            .instances
+            .iter()
+            .filter(|i| i.lifecycle == Lifecycle::InService)
+            .collect();
+        let pending = obs
+            .instances
+            .iter()
+            .filter(|i| i.lifecycle == Lifecycle::Pending)
+            .count() as u32;
+        let ready: Vec<&InstanceView> = serving
+            .iter()
+            .copied()
+            .filter(|i| now - i.launched_at >= warmup)
+            .collect();
+        let warming = serving.len() as u32 - ready.len() as u32 + pending;
+        // Draining nodes' clients are reconnecting to the rest: count them as demand.
+        let total: f64 = obs.instances.iter().map(|i| i.connections as f64).sum();
+        let capacity = (serving.len() as u32 + pending).max(obs.desired);
+        let avg_nodes = if ready.is_empty() {
+            serving.len()
+        } else {
+            ready.len()
+        };
+        let avg = if avg_nodes == 0 {
+            total
+        } else {
+            ready_or_all(&ready, &serving)
+                .iter()
+                .map(|i| i.connections as f64)
+                .sum::<f64>()
+                / avg_nodes as f64
+        };
+
+        // Trend: least-squares slope of the total over the last few minutes.
+        state.history.push_back((now, total));
+        while state
+            .history
+            .front()
+            .is_some_and(|(t, _)| *t < now - TREND_WINDOW)
+        {
+            state.history.pop_front();
+        }
+        let slope = slope(&state.history).max(0.0);
+        let lookahead = p.scale_out.lookahead.as_secs_f64();
+        let projected = total + slope * lookahead;
+
+        let (sched_floor, sched) = self.schedule_floor(now, state);
+        let floor = p.group.min_size.max(sched_floor).min(p.group.max_size);
+        let clamp = |n: u32| n.clamp(floor, p.group.max_size);
+
+        // Scale-out: the larger of the breached step and the capacity the projection needs.
+        let step = p.step_for(avg);
+        state.breach_streak = if step.is_some() {
+            state.breach_streak + 1
+        } else {
+            0
+        };
+        let mut want = capacity;
+        let mut why = Vec::new();
+        if let Some(s) = step
+            && state.breach_streak >= p.scale_out.datapoints
+        {
+            let by_step = ready.len() as u32 + warming + s.add.saturating_sub(warming);
+            if by_step > want {
+                want = by_step;
+                why.push(format!("average {avg:.0} ≥ {} (step +{})", s.lower, s.add));
+            }
+        }
+        // Now: keep the average under the scale-out threshold. Ahead: have room to hold the
+        // projected demand below the caps (with 5 % slack for uneven spread).
+        let need_now = (total / threshold).ceil() as u32;
+        let need_ahead = (projected / (f64::from(p.group.node_cap) * HOLD_FRACTION)).ceil() as u32;
+        if need_now > want {
+            want = need_now;
+            why.push(format!(
+                "{total:.0} connections need {need_now} nodes at {threshold:.0}"
+            ));
+        }
+        if need_ahead > want {
+            want = need_ahead;
+            why.push(format!(
+                "{projected:.0} connections projected in {lookahead:.0}s (trend {slope:+.1}/s) need {need_ahead} nodes"
+            ));
+        }
+        if floor > want {
+            want = floor;
+            match &sched {
+                Some((_, name)) if sched_floor >= floor => {
+                    why.push(format!("schedule {name:?} floor {floor}"))
+                }
+                _ => why.push(format!("group minimum {floor}")),
+            }
+        }
+        let want = clamp(want);
+        if want > capacity {
+            state.last_action = Some(now);
+            state.below_since = None;
+            return Decision {
+                desired: want,
+                scale_in: Vec::new(),
+                reason: format!("scale out {capacity} → {want}: {}", why.join("; ")),
+            };
+        }
+        if capacity > p.group.max_size {
+            return self.scale_in(
+                obs,
+                state,
+                capacity,
+                capacity - p.group.max_size,
+                "above group maximum".into(),
+            );
+        }
+
+        // Scale-in: sustained low average, cooled down, nothing warming, nobody hot, and the
+        // rest stay under max_after (never near their caps) even with the projected trend.
+        let si = &p.scale_in;
+        if avg > si.threshold as f64 || serving.is_empty() {
+            state.below_since = None;
+            return self.hold(obs, floor, format!("average {avg:.0}"));
+        }
+        let since = *state.below_since.get_or_insert(now);
+        if now - since < si.sustain.as_secs() as i64 {
+            return self.hold(
+                obs,
+                floor,
+                format!(
+                    "average {avg:.0} ≤ {} for {}s of {}s",
+                    si.threshold,
+                    now - since,
+                    si.sustain.as_secs()
+                ),
+            );
+        }
+        if warming > 0 {
+            return self.hold(obs, floor, format!("{warming} node(s) warming up"));
+        }
+        if state
+            .last_action
+            .is_some_and(|t| now - t < si.cooldown.as_secs() as i64)
+        {
+            return self.hold(obs, floor, "in cooldown".into());
+        }
+        let hottest = serving.iter().map(|i| i.connections).max().unwrap_or(0);
+        if hottest as f64 >= threshold {
+            return self.hold(
+                obs,
+                floor,
+                format!("a node holds {hottest} ≥ {threshold:.0}"),
+            );
+        }
+        let max_after = p.scale_in_max_after() as f64;
+        let mut k = si.step.min(capacity.saturating_sub(floor));
+        while k > 0 && projected.max(total) / f64::from(capacity - k) > max_after {
+            k -= 1;
+        }
+        if k == 0 {
+            return self.hold(
+                obs,
+                floor,
+                format!(
+                    "average {avg:.0}: removing a node would leave the rest above {max_after:.0}"
+                ),
+            );
+        }
+        let reason = format!(
+            "average {avg:.0} ≤ {} for {}s; the remaining {} nodes carry {:.0} ≤ {max_after:.0}",
+            si.threshold,
+            now - since,
+            capacity - k,
+            total / f64::from(capacity - k)
+        );
+        self.scale_in(obs, state, capacity, k, reason)
+    }
+
+    /// No scaling; a desired capacity outside the bounds (set by hand, say) is still corrected.
+    fn hold(&self, obs: &Observation, floor: u32, reason: String) -> Decision {
+        let desired = obs.desired.clamp(floor, self.policy.group.max_size);
+        Decision {
+            desired,
+            scale_in: Vec::new(),
+            reason: format!("hold at {desired}: {reason}"),
+        }
+    }
+
+    /// Removes the `k` least-connected serving instances (ties: newest first, which AWS bills least).
+    fn scale_in(
+        &self,
+        obs: &Observation,
+        state: &mut EngineState,
+        capacity: u32,
+        k: u32,
+        reason: String,
+    ) -> Decision {
+        let mut candidates: Vec<&InstanceView> = obs
+            .instances
+            .iter()
+            .filter(|i| i.lifecycle == Lifecycle::InService)
+            .collect();
+        candidates.sort_by_key(|i| {
+            (
+                i.connections,
+                std::cmp::Reverse(i.launched_at),
+                i.id.clone(),
+            )
+        });
+        let chosen: Vec<String> = candidates
+            .iter()
+            .take(k as usize)
+            .map(|i| i.id.clone())
+            .collect();
+        // Desired drops by k even when fewer instances can be named: the group removes the rest.
+        let desired = capacity - k;
+        state.last_action = Some(obs.now);
+        state.below_since = None;
+        let who = candidates
+            .iter()
+            .take(k as usize)
+            .map(|i| format!("{} ({} conns)", i.id, i.connections))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Decision {
+            desired,
+            scale_in: chosen,
+            reason: format!("scale in {capacity} → {desired}: {reason}; drain {who}"),
+        }
+    }
+}
+
+fn ready_or_all<'a>(
+    ready: &[&'a InstanceView],
+    serving: &[&'a InstanceView],
+) -> Vec<&'a InstanceView> {
+    if ready.is_empty() {
+        serving.to_vec()
+    } else {
+        ready.to_vec()
+    }
+}
+
+/// Least-squares slope (units per second) of (t, y) points; 0 with fewer than two.
+pub fn slope(points: &VecDeque<(i64, f64)>) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let t0 = points.front().map(|p| p.0).unwrap_or(0);
+    let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+    for &(t, y) in points {
+        let x = (t - t0) as f64;
+        sx += x;
+        sy += y;
+        sxx += x * x;
+        sxy += x * y;
+    }
+    let den = n * sxx - sx * sx;
+    if den.abs() < f64::EPSILON {
+        0.0
+    } else {
+        (n * sxy - sx * sy) / den
+    }
+}

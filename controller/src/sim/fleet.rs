@@ -1,0 +1,300 @@
+//! The fleet model the simulator replays a trace through.
+//!
+//! Nodes launch after a cold delay (or a shorter warm-pool delay), hold connections up to the
+//! per-node cap, and receive new connections round-robin among nodes under their cap, as the ALB
+//! does when full nodes fail its health check; demand beyond every node's cap is rejected (and
+//! retried the next tick, so rejected connection-minutes measure unmet demand over time). A
+//! fraction of connections churns each tick and reconnects through the balancer. Scaling a node in
+//! moves its connections to the rest (each one a forced reconnect).
+
+use super::trace::Trace;
+use crate::engine::{Decision, InstanceView, Lifecycle, Observation};
+use connscale_common::policy::{PoolState, WarmPool};
+use serde::Serialize;
+
+/// Anything that scales the simulated fleet: connscale's engine or a baseline.
+pub trait Scaler {
+    fn name(&self) -> String;
+    /// Called every tick with the fleet as it is; returns the desired capacity and any instances
+    /// to remove.
+    fn decide(&mut self, obs: &Observation) -> Decision;
+    /// The warm pool this scaler keeps, if any.
+    fn warm_pool(&self) -> Option<&WarmPool> {
+        None
+    }
+}
+
+/// Fleet model parameters.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetModel {
+    pub node_cap: f64,
+    /// Seconds from launch to serving, cold.
+    pub cold_launch: i64,
+    /// Seconds from a warm-pool instance's start to serving, per pool state.
+    pub warm_stopped: i64,
+    pub warm_hibernated: i64,
+    pub warm_running: i64,
+    /// Simulation step, seconds.
+    pub tick: i64,
+    /// Mean connection lifetime, seconds: 1/this of connections reconnect per second.
+    pub mean_session: f64,
+}
+
+impl Default for FleetModel {
+    fn default() -> Self {
+        Self {
+            node_cap: 28_000.0,
+            cold_launch: 180,
+            warm_stopped: 60,
+            warm_hibernated: 45,
+            warm_running: 15,
+            tick: 10,
+            mean_session: 1_800.0,
+        }
+    }
+}
+
+impl FleetModel {
+    fn warm_delay_of(&self, pool: Option<&WarmPool>) -> i64 {
+        pool.map(|w| self.warm_delay(w.state)).unwrap_or(0)
+    }
+
+    fn warm_delay(&self, s: PoolState) -> i64 {
+        match s {
+            PoolState::Stopped => self.warm_stopped,
+            PoolState::Hibernated => self.warm_hibernated,
+            PoolState::Running => self.warm_running,
+        }
+    }
+}
+
+/// What one policy did over one trace. JSON keys are part of the CLI's contract.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    pub rejected_connection_minutes: f64,
+    pub minutes_at_cap: f64,
+    pub instance_hours: f64,
+    pub warm_pool_hours: f64,
+    pub scaling_actions: u64,
+    pub forced_reconnects: f64,
+    pub peak_nodes: u32,
+    #[serde(skip)]
+    pub timeline: Vec<Sample>,
+    #[serde(skip)]
+    pub actions: Vec<(i64, String)>,
+}
+
+/// One point of the plotted timeline.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    pub t: i64,
+    pub demand: f64,
+    pub served: f64,
+    pub nodes: u32,
+}
+
+struct Node {
+    id: String,
+    conns: f64,
+    ready_at: i64,
+}
+
+/// Replays `trace` through the model under `scaler`, starting with enough nodes for the initial
+/// demand at `initial_per_node` connections each.
+pub fn run(
+    trace: &Trace,
+    model: &FleetModel,
+    scaler: &mut dyn Scaler,
+    initial_nodes: u32,
+    max_size: u32,
+    max_samples: usize,
+) -> Outcome {
+    let (start, end) = (trace.start(), trace.end());
+    let cap = model.node_cap;
+    let dt = model.tick;
+    let mut out = Outcome::default();
+    let mut seq = 0u64;
+    let mut new_id = || {
+        seq += 1;
+        format!("n{seq:05}")
+    };
+    let d0 = trace.at(start);
+    let mut nodes: Vec<Node> = (0..initial_nodes.max(1))
+        .map(|_| Node {
+            id: new_id(),
+            conns: (d0 / initial_nodes.max(1) as f64).min(cap),
+            ready_at: start - 3_600,
+        })
+        .collect();
+    let pool = scaler.warm_pool().cloned();
+    // Warm-pool instances: times at which each becomes ready to start (prepared).
+    let mut pool_ready: Vec<i64> = Vec::new();
+    let mut desired = nodes.len() as u32;
+    let sample_every = (((end - start) / dt) as usize / max_samples.max(1)).max(1);
+    let churn = (dt as f64 / model.mean_session).min(1.0);
+    let mut step = 0usize;
+    let mut t = start;
+    while t <= end {
+        let demand = trace.at(t);
+        // Departures, proportionally; then churn, which reconnects through the balancer.
+        let held: f64 = nodes.iter().map(|n| n.conns).sum();
+        let keep = if held > demand && held > 0.0 {
+            demand / held
+        } else {
+            1.0
+        };
+        for n in nodes.iter_mut() {
+            n.conns *= keep * (1.0 - churn);
+        }
+        let held: f64 = nodes.iter().map(|n| n.conns).sum();
+        let arrivals = (demand - held).max(0.0);
+        // A fraction of a connection left over from proportional placement is not a client.
+        let rejected = Some(place(&mut nodes, arrivals, cap, t))
+            .filter(|r| *r >= 1.0)
+            .unwrap_or(0.0);
+        out.rejected_connection_minutes += rejected * dt as f64 / 60.0;
+        if nodes
+            .iter()
+            .any(|n| n.ready_at <= t && n.conns >= cap - 0.5)
+        {
+            out.minutes_at_cap += dt as f64 / 60.0;
+        }
+
+        let obs = Observation {
+            now: t,
+            desired,
+            instances: nodes
+                .iter()
+                .map(|n| InstanceView {
+                    id: n.id.clone(),
+                    lifecycle: if n.ready_at <= t {
+                        Lifecycle::InService
+                    } else {
+                        Lifecycle::Pending
+                    },
+                    connections: n.conns.round() as u64,
+                    launched_at: n.ready_at.min(t),
+                })
+                .collect(),
+        };
+        let d = scaler.decide(&obs);
+        if d.changes(&obs) {
+            out.scaling_actions += 1;
+            if out.actions.len() < 10_000 {
+                out.actions.push((t, d.reason.clone()));
+            }
+            for id in &d.scale_in {
+                if let Some(pos) = nodes.iter().position(|n| &n.id == id) {
+                    let n = nodes.swap_remove(pos);
+                    out.forced_reconnects += n.conns;
+                    if pool.as_ref().is_some_and(|w| w.reuse_on_scale_in) {
+                        pool_ready.push(t + model.warm_delay_of(pool.as_ref()));
+                    }
+                }
+            }
+            // Scale-in without named instances (never from our scalers) removes the newest.
+            while nodes.len() as u32 > d.desired {
+                if let Some(n) = nodes.pop() {
+                    out.forced_reconnects += n.conns;
+                }
+            }
+            while (nodes.len() as u32) < d.desired {
+                let ready_at = match (&pool, pool_ready.iter().position(|&r| r <= t)) {
+                    (Some(w), Some(i)) => {
+                        pool_ready.swap_remove(i);
+                        t + model.warm_delay(w.state)
+                    }
+                    _ => t + model.cold_launch,
+                };
+                nodes.push(Node {
+                    id: new_id(),
+                    conns: 0.0,
+                    ready_at,
+                });
+            }
+            desired = d.desired;
+        }
+        // AWS sizes the pool as max(min_size, max_prepared (default max_size) − desired):
+        // it refills with cold launches and sheds the excess.
+        if let Some(w) = &pool {
+            let target = w
+                .min_size
+                .max(w.max_prepared.unwrap_or(max_size).saturating_sub(desired))
+                as usize;
+            let prepared_at = if step == 0 { t } else { t + model.cold_launch };
+            while pool_ready.len() < target {
+                pool_ready.push(prepared_at);
+            }
+            pool_ready.sort_unstable();
+            pool_ready.truncate(target);
+            out.warm_pool_hours += pool_ready.len() as f64 * dt as f64 / 3_600.0;
+        }
+        out.instance_hours += nodes.len() as f64 * dt as f64 / 3_600.0;
+        out.peak_nodes = out.peak_nodes.max(nodes.len() as u32);
+        if step.is_multiple_of(sample_every) {
+            out.timeline.push(Sample {
+                t,
+                demand,
+                served: nodes.iter().map(|n| n.conns).sum(),
+                nodes: nodes.len() as u32,
+            });
+        }
+        step += 1;
+        t += dt;
+    }
+    out
+}
+
+/// Places new connections round-robin on serving nodes under the cap (equal shares, refilled
+/// while any node has room); returns how many found no room.
+fn place(nodes: &mut [Node], mut arrivals: f64, cap: f64, now: i64) -> f64 {
+    for _ in 0..nodes.len() + 1 {
+        let open: Vec<usize> = (0..nodes.len())
+            .filter(|&i| nodes[i].ready_at <= now && nodes[i].conns < cap - 1e-9)
+            .collect();
+        if open.is_empty() || arrivals <= 1e-9 {
+            break;
+        }
+        let share = arrivals / open.len() as f64;
+        for i in open {
+            let take = share.min(cap - nodes[i].conns);
+            nodes[i].conns += take;
+            arrivals -= take;
+        }
+    }
+    arrivals.max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(conns: f64) -> Node {
+        Node {
+            id: String::new(),
+            conns,
+            ready_at: 0,
+        }
+    }
+
+    #[test]
+    fn placement_fills_open_nodes_and_rejects_the_rest() {
+        let mut n = vec![node(27_000.0), node(0.0)];
+        let rejected = place(&mut n, 30_000.0, 28_000.0, 0);
+        assert_eq!((n[0].conns, n[1].conns), (28_000.0, 28_000.0));
+        assert!((rejected - 1_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pending_nodes_take_nothing() {
+        let mut n = vec![
+            node(0.0),
+            Node {
+                ready_at: 100,
+                ..node(0.0)
+            },
+        ];
+        place(&mut n, 10.0, 28_000.0, 0);
+        assert_eq!((n[0].conns, n[1].conns), (10.0, 0.0));
+    }
+}

@@ -1,0 +1,190 @@
+//! The policy engine's rules, one test each, plus properties over random fleets.
+
+use connscale::engine::{Engine, EngineState, InstanceView, Lifecycle, Observation};
+use connscale_common::policy::Policy;
+use proptest::prelude::*;
+
+fn node(id: &str, conns: u64, launched_at: i64) -> InstanceView {
+    InstanceView {
+        id: id.into(),
+        lifecycle: Lifecycle::InService,
+        connections: conns,
+        launched_at,
+    }
+}
+
+fn fleet(conns: &[u64]) -> Vec<InstanceView> {
+    conns
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| node(&format!("i-{i}"), c, -10_000))
+        .collect()
+}
+
+fn obs(now: i64, instances: Vec<InstanceView>) -> Observation {
+    Observation {
+        now,
+        desired: instances.len() as u32,
+        instances,
+    }
+}
+
+#[test]
+fn a_breach_acts_at_the_first_evaluation() {
+    let e = Engine::new(Policy::default_policy());
+    let d = e.evaluate(&obs(0, fleet(&[26_000; 4])), &mut EngineState::default());
+    assert!(d.desired >= 5, "{d:?}");
+    assert!(d.reason.contains("scale out"), "{}", d.reason);
+}
+
+#[test]
+fn a_big_breach_takes_the_big_step() {
+    let e = Engine::new(Policy::default_policy());
+    let d = e.evaluate(&obs(0, fleet(&[27_900; 4])), &mut EngineState::default());
+    assert_eq!(d.desired, 7, "{d:?}");
+}
+
+#[test]
+fn launching_instances_count_toward_capacity() {
+    let e = Engine::new(Policy::default_policy());
+    let mut instances = fleet(&[25_200; 4]);
+    instances.push(InstanceView {
+        lifecycle: Lifecycle::Pending,
+        ..node("new", 0, -5)
+    });
+    let d = e.evaluate(&obs(0, instances), &mut EngineState::default());
+    assert_eq!(d.desired, 5, "step +1 is already launching: {d:?}");
+}
+
+#[test]
+fn quiet_fleet_holds() {
+    let e = Engine::new(Policy::default_policy());
+    let o = obs(0, fleet(&[20_000; 4]));
+    let d = e.evaluate(&o, &mut EngineState::default());
+    assert!(!d.changes(&o), "{d:?}");
+}
+
+#[test]
+fn scale_in_waits_for_sustain_then_drains_the_least_connected() {
+    let p = Policy::default_policy();
+    let sustain = p.scale_in.sustain.as_secs() as i64;
+    let e = Engine::new(p);
+    let mut st = EngineState::default();
+    let conns = [9_000, 8_000, 3_000, 9_500, 2_000, 8_800];
+    let mut t = 0;
+    while t < sustain {
+        let d = e.evaluate(&obs(t, fleet(&conns)), &mut st);
+        assert_eq!(d.desired, 6, "scaled in before sustain at t={t}: {d:?}");
+        t += 10;
+    }
+    let d = e.evaluate(&obs(t, fleet(&conns)), &mut st);
+    assert_eq!(
+        d.scale_in,
+        vec!["i-4".to_string(), "i-2".to_string()],
+        "{d:?}"
+    );
+    assert_eq!(d.desired, 4);
+    // Cooldown: nothing more right after.
+    let d = e.evaluate(&obs(t + 10, fleet(&[9_000, 8_000, 9_500, 8_800])), &mut st);
+    assert!(d.scale_in.is_empty(), "{d:?}");
+}
+
+#[test]
+fn scale_in_never_leaves_the_rest_above_max_after() {
+    let p = Policy::default_policy();
+    let max_after = p.scale_in_max_after() as u64;
+    let e = Engine::new(p);
+    let mut st = EngineState::default();
+    // 3 nodes at 17,000: removing one would leave 25,500 > 24,000.
+    let mut last = None;
+    for t in (0..3_600).step_by(10) {
+        last = Some(e.evaluate(&obs(t, fleet(&[17_000; 3])), &mut st));
+        assert!(last.as_ref().is_some_and(|d| d.scale_in.is_empty()));
+    }
+    assert!(last.is_some_and(|d| d.reason.contains(&max_after.to_string())));
+}
+
+#[test]
+fn schedules_raise_the_floor_ahead_of_the_window() {
+    let mut p = Policy::default_policy();
+    p.schedules.push(connscale_common::policy::Schedule {
+        name: "evening".into(),
+        cron: "0 18 * * *".into(),
+        timezone: "UTC".into(),
+        duration: std::time::Duration::from_secs(3_600),
+        min_size: 8,
+        desired: None,
+    });
+    let lead = p.scale_out.lookahead.max(p.scale_out.warmup).as_secs() as i64;
+    let e = Engine::new(p);
+    let six_pm = 1_795_370_400; // 2026-11-22T18:00:00Z
+    assert_eq!(six_pm % 86_400, 18 * 3_600);
+    let mut st = EngineState::default();
+    let before = e.evaluate(&obs(six_pm - lead - 60, fleet(&[100; 2])), &mut st);
+    assert_eq!(before.desired, 2, "{before:?}");
+    let ahead = e.evaluate(&obs(six_pm - lead + 10, fleet(&[100; 2])), &mut st);
+    assert_eq!(ahead.desired, 8, "{ahead:?}");
+    assert!(ahead.reason.contains("evening"), "{}", ahead.reason);
+    // After the window the floor is gone and scale-in may proceed.
+    let (floor, _) = e.schedule_floor(six_pm + 3_600 + 10, &mut st);
+    assert_eq!(floor, 0);
+}
+
+#[test]
+fn a_rising_trend_adds_capacity_before_the_threshold() {
+    let e = Engine::new(Policy::default_policy());
+    let mut st = EngineState::default();
+    let mut d = None;
+    // 4 nodes climbing 500 connections per 10 s each: 200 conns/s in total.
+    for k in 0..12 {
+        let c = 15_000 + 500 * k as u64;
+        d = Some(e.evaluate(&obs(k * 10, fleet(&[c; 4])), &mut st));
+        if d.as_ref().is_some_and(|d| d.desired > 4) {
+            break;
+        }
+    }
+    let d = d.expect("evaluated");
+    assert!(d.desired > 4 && d.reason.contains("projected"), "{d:?}");
+}
+
+fn lifecycle() -> impl Strategy<Value = Lifecycle> {
+    prop_oneof![
+        Just(Lifecycle::InService),
+        Just(Lifecycle::Pending),
+        Just(Lifecycle::Draining)
+    ]
+}
+
+prop_compose! {
+    fn instances()(v in prop::collection::vec((0u64..30_000, lifecycle(), -1_000i64..0), 0..30)) -> Vec<InstanceView> {
+        v.into_iter().enumerate().map(|(i, (c, l, t))| InstanceView { id: format!("i-{i}"), lifecycle: l, connections: c, launched_at: t }).collect()
+    }
+}
+
+proptest! {
+    #[test]
+    fn never_outside_bounds(steps in prop::collection::vec((instances(), 0u32..60), 1..20)) {
+        let p = Policy::default_policy();
+        let (min, max) = (p.group.min_size, p.group.max_size);
+        let e = Engine::new(p);
+        let mut st = EngineState::default();
+        for (k, (inst, desired)) in steps.into_iter().enumerate() {
+            let d = e.evaluate(&Observation { now: k as i64 * 10, desired, instances: inst }, &mut st);
+            prop_assert!(d.desired >= min && d.desired <= max, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn no_scale_in_while_a_node_is_over_the_scale_out_threshold(inst in instances(), hot in 25_000u64..28_000) {
+        let p = Policy::default_policy();
+        let e = Engine::new(p);
+        let mut inst = inst;
+        inst.push(node("hot", hot, -10_000));
+        let mut st = EngineState::default();
+        for k in 0..40 {
+            let o = Observation { now: k * 10, desired: inst.len() as u32, instances: inst.clone() };
+            let d = e.evaluate(&o, &mut st);
+            prop_assert!(d.scale_in.is_empty(), "{d:?}");
+        }
+    }
+}
