@@ -44,7 +44,13 @@ impl NetlinkCounter {
     /// Opens a NETLINK_SOCK_DIAG socket in this process's network namespace.
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain socket(2); the fd is owned immediately.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -66,7 +72,14 @@ impl NetlinkCounter {
             let target = std::fs::File::open(&netns)?;
             // SAFETY: setns on a valid namespace fd; this thread exits right after.
             if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("setns({}) failed: {}", netns.display(), io::Error::last_os_error())));
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "setns({}) failed: {}",
+                        netns.display(),
+                        io::Error::last_os_error()
+                    ),
+                ));
             }
             Self::new()
         })
@@ -107,7 +120,14 @@ impl NetlinkCounter {
         let mut count = 0;
         loop {
             // SAFETY: recv into our own buffer of the stated length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    0,
+                )
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -153,13 +173,19 @@ fn parse_replies(mut buf: &[u8], seq: u32) -> io::Result<Replies> {
         let kind = u16::from_ne_bytes([buf[4], buf[5]]);
         let msg_seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
         if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            ));
         }
         if msg_seq == seq {
             match kind {
                 NLMSG_DONE => return Ok(Replies::Done(count)),
                 NLMSG_ERROR => {
-                    let errno = buf.get(16..20).map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]])).unwrap_or(0);
+                    let errno = buf
+                        .get(16..20)
+                        .map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
+                        .unwrap_or(0);
                     return Err(io::Error::from_raw_os_error(-errno));
                 }
                 SOCK_DIAG_BY_FAMILY => count += 1,
@@ -185,17 +211,25 @@ pub fn count_proc(proc_root: &Path, ports: &[u16]) -> io::Result<u64> {
             Err(e) => return Err(e),
         };
         any = true;
-        total += text.lines().skip(1).filter(|l| proc_line_matches(l, ports)).count() as u64;
+        total += text
+            .lines()
+            .skip(1)
+            .filter(|l| proc_line_matches(l, ports))
+            .count() as u64;
     }
     if !any {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "no /proc/net/tcp or tcp6"));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no /proc/net/tcp or tcp6",
+        ));
     }
     Ok(total)
 }
 
 fn proc_line_matches(line: &str, ports: &[u16]) -> bool {
     let mut f = line.split_whitespace();
-    let (Some(_), Some(local), Some(_), Some(state)) = (f.next(), f.next(), f.next(), f.next()) else {
+    let (Some(_), Some(local), Some(_), Some(state)) = (f.next(), f.next(), f.next(), f.next())
+    else {
         return false;
     };
     state == "01"
@@ -211,7 +245,10 @@ pub fn host_established(proc_root: &Path) -> io::Result<u64> {
     let text = std::fs::read_to_string(proc_root.join("net/snmp"))?;
     let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
     let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "no Tcp: lines in /proc/net/snmp"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no Tcp: lines in /proc/net/snmp",
+        ));
     };
     names
         .split_whitespace()
@@ -239,7 +276,10 @@ pub struct Counter {
 impl Counter {
     /// `netns`: count inside that network namespace (`/proc/PID/ns/net` or `/run/netns/X`).
     pub fn new(ports: Vec<u16>, netns: Option<&Path>, force_proc: bool) -> Self {
-        let proc_root = match netns.and_then(|p| p.strip_prefix("/proc").ok()).and_then(|rest| rest.components().next()) {
+        let proc_root = match netns
+            .and_then(|p| p.strip_prefix("/proc").ok())
+            .and_then(|rest| rest.components().next())
+        {
             Some(pid) => Path::new("/proc").join(pid),
             None => "/proc".into(),
         };
@@ -258,11 +298,19 @@ impl Counter {
                 }
             }
         };
-        Self { netlink, proc_root, ports }
+        Self {
+            netlink,
+            proc_root,
+            ports,
+        }
     }
 
     pub fn method(&self) -> Method {
-        if self.netlink.is_some() { Method::Netlink } else { Method::Proc }
+        if self.netlink.is_some() {
+            Method::Netlink
+        } else {
+            Method::Proc
+        }
     }
 
     pub fn ports(&self) -> &[u16] {
@@ -310,21 +358,35 @@ mod tests {
         assert_eq!(c.method(), Method::Netlink);
         assert_eq!(c.sample().unwrap().connections, 25);
         let mut p = Counter::new(vec![port], None, true);
-        assert_eq!(p.sample().unwrap(), Sample { method: Method::Proc, ..p.sample().unwrap() });
+        assert_eq!(
+            p.sample().unwrap(),
+            Sample {
+                method: Method::Proc,
+                ..p.sample().unwrap()
+            }
+        );
         assert_eq!(p.sample().unwrap().connections, 25);
         assert!(c.sample().unwrap().host_established >= 64);
     }
 
     #[test]
     fn dual_stack_listener_counts_ipv4_and_ipv6_clients() {
-        let Ok(l) = TcpListener::bind("[::]:0") else { return };
+        let Ok(l) = TcpListener::bind("[::]:0") else {
+            return;
+        };
         let port = l.local_addr().unwrap().port();
         let mut keep = Vec::new();
         for addr in ["127.0.0.1", "::1", "127.0.0.1"] {
             keep.push(TcpStream::connect((addr, port)).unwrap());
             keep.push(l.accept().unwrap().0);
         }
-        assert_eq!(Counter::new(vec![port], None, false).sample().unwrap().connections, 3);
+        assert_eq!(
+            Counter::new(vec![port], None, false)
+                .sample()
+                .unwrap()
+                .connections,
+            3
+        );
     }
 
     #[test]

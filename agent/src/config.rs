@@ -1,0 +1,256 @@
+//! The agent's configuration: TOML file (`/etc/connscale/agent.toml`) with env overrides.
+
+use connscale_common::config::{ConfigError, EnvOverride, load};
+use connscale_common::metric::MetricId;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_PATH: &str = "/etc/connscale/agent.toml";
+
+/// Every key, with its default. See `agent/agent.example.toml` for the documented file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Local TCP ports whose established connections are counted.
+    pub ports: Vec<u16>,
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// Count inside this network namespace (`/proc/PID/ns/net` or `/run/netns/NAME`).
+    pub netns: Option<PathBuf>,
+    /// Use /proc/net/tcp even when netlink works (for comparison; inexact under churn).
+    pub force_proc: bool,
+    pub health: HealthConfig,
+    pub cloudwatch: CloudWatchConfig,
+    pub identity: IdentityConfig,
+    pub drain: DrainConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    pub bind: SocketAddr,
+    /// Connections at which /health turns 503 (the node's tuned cap).
+    pub cap: u64,
+    /// /health stays 503 until connections fall below cap × (1 − hysteresis).
+    pub hysteresis: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudWatchConfig {
+    /// "auto" (publish when an AWS region is known), "on" or "off".
+    pub mode: String,
+    #[serde(flatten)]
+    pub metric: MetricId,
+    /// One statistic set per period: 60 s, or 1/5/10/30 s for high resolution.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// Points older than this are dropped (counted) while CloudWatch is unreachable.
+    #[serde(with = "humantime_serde")]
+    pub max_buffer_age: Duration,
+    /// Keeps unsent points across restarts (JSON lines); optional.
+    pub spool_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Each is read from IMDSv2 when unset.
+    pub instance_id: Option<String>,
+    pub region: Option<String>,
+    pub group: Option<String>,
+    /// IMDS endpoint (tests point it at a local stand-in).
+    pub imds_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Watch the IMDS target lifecycle state and drain on Terminating:Wait.
+    pub enabled: bool,
+    /// How to tell the service: "http" (POST drain_url), "signal" (SIGTERM to pid_file's PID),
+    /// or "systemd" (systemctl stop unit).
+    pub method: String,
+    pub drain_url: Option<String>,
+    pub drain_token: Option<String>,
+    pub pid_file: Option<PathBuf>,
+    pub unit: Option<String>,
+    /// Complete the lifecycle action once connections fall below this...
+    pub threshold: u64,
+    /// ...or after this long.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    pub hook_name: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            ports: vec![3000],
+            sample_interval: Duration::from_secs(1),
+            netns: None,
+            force_proc: false,
+            health: HealthConfig::default(),
+            cloudwatch: CloudWatchConfig::default(),
+            identity: IdentityConfig::default(),
+            drain: DrainConfig::default(),
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 9100)),
+            cap: 28_000,
+            hysteresis: 0.05,
+        }
+    }
+}
+
+impl Default for CloudWatchConfig {
+    fn default() -> Self {
+        Self {
+            mode: "auto".into(),
+            metric: MetricId::default(),
+            period: Duration::from_secs(60),
+            max_buffer_age: Duration::from_secs(24 * 3600),
+            spool_file: None,
+        }
+    }
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            method: "http".into(),
+            drain_url: Some("http://127.0.0.1:3000/api/drain".into()),
+            drain_token: None,
+            pid_file: None,
+            unit: None,
+            threshold: 10,
+            timeout: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(60),
+            hook_name: "connscale-drain".into(),
+        }
+    }
+}
+
+const OVERRIDES: &[EnvOverride] = &[
+    EnvOverride {
+        var: "CONNSCALE_AGENT_PORTS",
+        key: "ports",
+    },
+    EnvOverride {
+        var: "CONNSCALE_AGENT_CAP",
+        key: "health.cap",
+    },
+    EnvOverride {
+        var: "CONNSCALE_AGENT_BIND",
+        key: "health.bind",
+    },
+    EnvOverride {
+        var: "CONNSCALE_AGENT_CLOUDWATCH",
+        key: "cloudwatch.mode",
+    },
+    EnvOverride {
+        var: "CONNSCALE_AGENT_PERIOD",
+        key: "cloudwatch.period",
+    },
+    EnvOverride {
+        var: "CONNSCALE_AGENT_SPOOL",
+        key: "cloudwatch.spool_file",
+    },
+    EnvOverride {
+        var: "CONNSCALE_AGENT_NAMESPACE",
+        key: "cloudwatch.namespace",
+    },
+    EnvOverride {
+        var: "CONNSCALE_INSTANCE_ID",
+        key: "identity.instance_id",
+    },
+    EnvOverride {
+        var: "CONNSCALE_GROUP",
+        key: "identity.group",
+    },
+    EnvOverride {
+        var: "CONNSCALE_IMDS_ENDPOINT",
+        key: "identity.imds_endpoint",
+    },
+];
+
+/// Problems a parsed config can still have, each naming its key.
+pub fn check(c: &AgentConfig) -> Result<(), String> {
+    if c.ports.is_empty() {
+        return Err(
+            "`ports` is empty: list the service port(s) to count, e.g. ports = [3000]".into(),
+        );
+    }
+    if !(0.0..1.0).contains(&c.health.hysteresis) {
+        return Err(format!(
+            "`health.hysteresis` = {} must be in [0, 1), e.g. 0.05",
+            c.health.hysteresis
+        ));
+    }
+    let p = c.cloudwatch.period.as_secs();
+    if c.cloudwatch.period.subsec_nanos() != 0
+        || !(p == 60 || p % 60 == 0 && p > 0 || [1, 5, 10, 30].contains(&p))
+    {
+        return Err(format!(
+            "`cloudwatch.period` = {:?} must be 1s, 5s, 10s, 30s or a multiple of 60s",
+            c.cloudwatch.period
+        ));
+    }
+    if !["auto", "on", "off"].contains(&c.cloudwatch.mode.as_str()) {
+        return Err(format!(
+            "`cloudwatch.mode` = {:?} must be \"auto\", \"on\" or \"off\"",
+            c.cloudwatch.mode
+        ));
+    }
+    if c.sample_interval.is_zero() {
+        return Err("`sample_interval` must be above 0, e.g. \"1s\"".into());
+    }
+    if !["http", "signal", "systemd"].contains(&c.drain.method.as_str()) {
+        return Err(format!(
+            "`drain.method` = {:?} must be \"http\", \"signal\" or \"systemd\"",
+            c.drain.method
+        ));
+    }
+    Ok(())
+}
+
+/// Loads `path` (or the default path, which may be absent) with env overrides, then checks it.
+pub fn load_config(path: Option<&Path>) -> Result<AgentConfig, String> {
+    let c: AgentConfig =
+        load(path, DEFAULT_PATH, OVERRIDES).map_err(|e: ConfigError| e.to_string())?;
+    check(&c)?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../agent.example.toml");
+        let c: AgentConfig = toml::from_str(text).unwrap();
+        check(&c).unwrap();
+        assert_eq!(c.health.cap, 28_000);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut c = AgentConfig::default();
+        c.cloudwatch.period = Duration::from_secs(7);
+        assert!(check(&c).unwrap_err().contains("cloudwatch.period"));
+        c = AgentConfig::default();
+        c.health.hysteresis = 1.5;
+        assert!(check(&c).unwrap_err().contains("health.hysteresis"));
+    }
+}

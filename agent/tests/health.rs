@@ -1,0 +1,40 @@
+//! /health turns 503 at the cap under a real connection ramp, stays 503 inside the hysteresis
+//! band, and returns to 200 below it.
+
+mod common;
+use common::start_agent;
+use std::net::{TcpListener, TcpStream};
+
+#[tokio::test]
+async fn health_follows_the_cap_with_hysteresis() {
+    // Wildcard, as a real service listens: a port bound on one loopback address only may be
+    // picked as the source port of other tests' clients on 127.0.0.x, which then have local port P.
+    let l = TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let agent = start_agent(
+        &["--port", &port.to_string(), "--cap", "200"],
+        &[("CONNSCALE_AGENT_CLOUDWATCH", "off".into())],
+    );
+    let mut held = Vec::new();
+    let ramp = |n: usize, held: &mut Vec<(TcpStream, TcpStream)>| {
+        while held.len() < n {
+            let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            held.push((c, l.accept().expect("accept").0));
+        }
+    };
+    ramp(150, &mut held);
+    agent
+        .wait_health(10, |code, c| code == 200 && c == 150)
+        .await;
+    ramp(200, &mut held);
+    let (code, _) = agent.wait_health(10, |_, c| c == 200).await;
+    assert_eq!(code, 503, "at the cap");
+    held.truncate(191); // 191 ≥ 200 × 0.95 = 190: still inside the band
+    let (code, _) = agent.wait_health(10, |_, c| c == 191).await;
+    assert_eq!(code, 503, "inside the hysteresis band");
+    held.truncate(189);
+    let (code, _) = agent.wait_health(10, |_, c| c == 189).await;
+    assert_eq!(code, 200, "below the band");
+    assert_eq!(agent.metric("connscale_connections").await, 189.0);
+    assert_eq!(agent.metric("connscale_count_method_netlink").await, 1.0);
+}
