@@ -199,7 +199,7 @@ pub fn check(c: &AgentConfig) -> Result<(), String> {
     }
     let p = c.cloudwatch.period.as_secs();
     if c.cloudwatch.period.subsec_nanos() != 0
-        || !(p == 60 || p % 60 == 0 && p > 0 || [1, 5, 10, 30].contains(&p))
+        || !(p > 0 && p.is_multiple_of(60) || [1, 5, 10, 30].contains(&p))
     {
         return Err(format!(
             "`cloudwatch.period` = {:?} must be 1s, 5s, 10s, 30s or a multiple of 60s",
