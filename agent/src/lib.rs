@@ -125,7 +125,12 @@ pub async fn publish_loop(
         loop {
             tokio::select! {
                 p = points.recv() => match p {
-                    Some(p) => buffer.push(p, now_secs()),
+                    Some(p) => {
+                        buffer.push(p, now_secs());
+                        let mut st = lock(&status);
+                        st.buffered_points = buffer.len();
+                        st.dropped_points = buffer.dropped;
+                    }
                     None => return,
                 },
                 _ = &mut deadline => break,

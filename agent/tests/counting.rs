@@ -93,3 +93,34 @@ fn bad_config_is_one_clear_error_naming_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn systemd_unit_is_hardened_and_unprivileged() {
+    let unit = include_str!("../systemd/connscale-agent.service");
+    for line in [
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=\n",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX",
+        "StateDirectory=connscale-agent",
+    ] {
+        assert!(unit.contains(line), "unit lacks {line:?}");
+    }
+    if let Ok(out) = Command::new("systemd-analyze")
+        .args([
+            "verify",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/systemd/connscale-agent.service"
+            ),
+        ])
+        .output()
+    {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("Unknown key") && !err.contains("Invalid"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! Publishing through the moto emulator: statistic sets read back with GetMetricData per instance
+//! and per group; then moto is stopped and restarted (empty, as moto keeps state in memory) and
+//! every period completed during the outage arrives exactly once with its original timestamp.
+//! The outage lasts CONNSCALE_OUTAGE_SECS (default 30 s, to keep the suite short; the mechanism
+//! does not depend on the length up to `max_buffer_age`).
+
+mod common;
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+use common::start_agent;
+use connscale_test_support::MotoServer;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const PERIOD: i64 = 5;
+const HELD: f64 = 7.0;
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// (timestamp → (average, sample count)) for one dimension set.
+async fn read(
+    cw: &aws_sdk_cloudwatch::Client,
+    dims: &[(&str, &str)],
+    from: i64,
+    to: i64,
+) -> BTreeMap<i64, (f64, f64)> {
+    let metric = Metric::builder()
+        .namespace("connscale-test")
+        .metric_name("TCPconnections")
+        .set_dimensions(Some(
+            dims.iter()
+                .map(|(k, v)| Dimension::builder().name(*k).value(*v).build())
+                .collect(),
+        ));
+    let q = |id: &str, stat: &str| {
+        MetricDataQuery::builder()
+            .id(id)
+            .metric_stat(
+                MetricStat::builder()
+                    .metric(metric.clone().build())
+                    .period(PERIOD as i32)
+                    .stat(stat)
+                    .build(),
+            )
+            .build()
+    };
+    let out = cw
+        .get_metric_data()
+        .start_time(DateTime::from_secs(from))
+        .end_time(DateTime::from_secs(to))
+        .metric_data_queries(q("avg", "Average"))
+        .metric_data_queries(q("n", "SampleCount"))
+        .send()
+        .await
+        .expect("GetMetricData");
+    let mut m: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
+    for r in out.metric_data_results() {
+        for (t, v) in r.timestamps().iter().zip(r.values()) {
+            let e = m.entry(t.secs()).or_default();
+            if r.id() == Some("avg") {
+                e.0 = *v;
+            } else {
+                e.1 = *v;
+            }
+        }
+    }
+    m
+}
+
+#[tokio::test]
+async fn heavy_statistic_sets_reach_cloudwatch_and_survive_an_outage() {
+    let outage = std::env::var("CONNSCALE_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30u64);
+    let mut moto = MotoServer::start();
+    moto.reset().await;
+    let l = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let mut held = Vec::new();
+    for _ in 0..HELD as usize {
+        held.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+        held.push(l.accept().expect("accept").0);
+    }
+    let mut env: Vec<(&str, String)> = moto.env();
+    env.extend([
+        ("CONNSCALE_AGENT_CLOUDWATCH", "on".to_string()),
+        ("CONNSCALE_AGENT_PERIOD", format!("{PERIOD}s")),
+        ("CONNSCALE_AGENT_NAMESPACE", "connscale-test".into()),
+        ("CONNSCALE_INSTANCE_ID", "i-0abc".into()),
+        ("CONNSCALE_GROUP", "chat".into()),
+    ]);
+    let start = now();
+    let agent = start_agent(&["--port", &port.to_string()], &env);
+    let cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
+
+    // Normal operation: a few periods published and readable per instance and per group.
+    for _ in 0..300 {
+        if agent.metric("connscale_published_points_total").await >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        agent.metric("connscale_published_points_total").await >= 3.0,
+        "nothing published"
+    );
+    for dims in [
+        vec![("AutoScalingGroupName", "chat"), ("InstanceId", "i-0abc")],
+        vec![("AutoScalingGroupName", "chat")],
+    ] {
+        let pts = read(&cw, &dims, start - PERIOD, now() + PERIOD).await;
+        assert!(pts.len() >= 3, "{dims:?}: {pts:?}");
+        assert!(
+            pts.values().all(|&(avg, _)| avg == HELD),
+            "{dims:?}: {pts:?}"
+        );
+    }
+
+    // Outage: stop moto, let periods complete, restart it empty.
+    moto.stop();
+    let down = now();
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+    let buffered = agent.metric("connscale_buffered_points").await;
+    assert!(
+        buffered >= (outage as i64 / PERIOD - 2) as f64,
+        "buffered only {buffered}"
+    );
+    moto.resume();
+    let up = now();
+    for _ in 0..600 {
+        if agent.metric("connscale_buffered_points").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        agent.metric("connscale_buffered_points").await,
+        0.0,
+        "backlog not drained"
+    );
+    assert_eq!(agent.metric("connscale_dropped_points_total").await, 0.0);
+
+    // Every period wholly inside the outage is present once: one statistic set of ~PERIOD
+    // samples (a doubled point would show about twice as many), at its original timestamp.
+    let pts = read(
+        &cw,
+        &[("AutoScalingGroupName", "chat"), ("InstanceId", "i-0abc")],
+        down - PERIOD,
+        now() + PERIOD,
+    )
+    .await;
+    let first = down - down.rem_euclid(PERIOD) + PERIOD;
+    let mut ts = first;
+    while ts + PERIOD <= up {
+        let (avg, n) = pts
+            .get(&ts)
+            .copied()
+            .unwrap_or_else(|| panic!("period {ts} lost (outage {down}..{up}): {pts:?}"));
+        assert_eq!(avg, HELD);
+        assert!(
+            (PERIOD as f64 - 1.0..=PERIOD as f64 + 1.0).contains(&n),
+            "period {ts} has {n} samples: doubled or torn ({pts:?})"
+        );
+        ts += PERIOD;
+    }
+    assert!(ts > first + PERIOD, "the outage must span several periods");
+    drop(agent);
+}
