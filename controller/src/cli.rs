@@ -43,6 +43,30 @@ pub enum Command {
     /// nodes at the policy's node_cap. Reports rejected connection-minutes, minutes with a node
     /// at its cap, instance-hours, warm-pool hours, scaling actions and forced reconnects.
     Simulate(SimulateArgs),
+    /// Pre-warm schedules.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCmd {
+    /// Derive [[schedule]] entries from the recurring peaks of a demand history (≥ 14 days of
+    /// `timestamp,value` CSV, values in connections). Paste the output into the policy file.
+    Suggest {
+        #[arg(long)]
+        history: PathBuf,
+        /// Policy whose scale-out threshold and bounds size the schedules.
+        #[arg(long, env = "CONNSCALE_POLICY")]
+        policy: Option<PathBuf>,
+        /// IANA time zone the peaks recur in.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Scale the history so its peak needs this many nodes at the cap (as `simulate` does).
+        #[arg(long)]
+        peak_nodes: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +122,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { policy, json } => validate(policy, json),
         Command::Simulate(args) => simulate(args),
+        Command::Schedule(ScheduleCmd::Suggest {
+            history,
+            policy,
+            timezone,
+            peak_nodes,
+            json,
+        }) => {
+            let policy = Policy::load(policy.as_deref())?;
+            let tz = connscale_common::cron::parse_tz(&timezone).map_err(anyhow::Error::msg)?;
+            let mut trace = Trace::load(&history)?;
+            if let Some(n) = peak_nodes {
+                trace = trace.scaled(n * policy.group.node_cap as f64, 1.0);
+            }
+            let s = crate::suggest::suggest(&trace, &policy, tz).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else if s.is_empty() {
+                println!("# no recurring peaks found in {}", history.display());
+            } else {
+                #[derive(serde::Serialize)]
+                struct Doc<'a> {
+                    schedule: &'a [connscale_common::policy::Schedule],
+                }
+                println!(
+                    "# suggested from {} — paste into your policy file",
+                    history.display()
+                );
+                println!("{}", toml::to_string_pretty(&Doc { schedule: &s })?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -133,6 +133,12 @@ pub fn run(
     let sample_every = (((end - start) / dt) as usize / max_samples.max(1)).max(1);
     let churn = (dt as f64 / model.mean_session).min(1.0);
     let mut step = 0usize;
+    let mut bucket = Sample {
+        t: start,
+        demand: 0.0,
+        served: 0.0,
+        nodes: 0,
+    };
     let mut t = start;
     while t <= end {
         let demand = trace.at(t);
@@ -231,13 +237,18 @@ pub fn run(
         }
         out.instance_hours += nodes.len() as f64 * dt as f64 / 3_600.0;
         out.peak_nodes = out.peak_nodes.max(nodes.len() as u32);
-        if step.is_multiple_of(sample_every) {
-            out.timeline.push(Sample {
+        // Each plotted point keeps its bucket's maxima, so short spikes stay visible.
+        bucket.demand = bucket.demand.max(demand);
+        bucket.served = bucket.served.max(nodes.iter().map(|n| n.conns).sum());
+        bucket.nodes = bucket.nodes.max(nodes.len() as u32);
+        if (step + 1).is_multiple_of(sample_every) || t + dt > end {
+            out.timeline.push(Sample { t, ..bucket });
+            bucket = Sample {
                 t,
-                demand,
-                served: nodes.iter().map(|n| n.conns).sum(),
-                nodes: nodes.len() as u32,
-            });
+                demand: 0.0,
+                served: 0.0,
+                nodes: 0,
+            };
         }
         step += 1;
         t += dt;
