@@ -46,6 +46,22 @@ pub enum Command {
     /// Pre-warm schedules.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// Export the policy for other tools.
+    #[command(subcommand)]
+    Export(ExportCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCmd {
+    /// The policy as variables for the terraform/ module (alarms, step and simple scaling
+    /// policies, schedules, warm pool). Writes JSON tfvars to --out, or stdout.
+    Terraform {
+        #[arg(long, env = "CONNSCALE_POLICY")]
+        policy: Option<PathBuf>,
+        /// Output file, e.g. terraform.tfvars.json (terraform loads *.auto.tfvars.json itself).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +138,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { policy, json } => validate(policy, json),
         Command::Simulate(args) => simulate(args),
+        Command::Export(ExportCmd::Terraform { policy, out }) => {
+            let p = Policy::load(policy.as_deref())?;
+            let vars = crate::export::terraform_vars(&p)
+                .map_err(|e| anyhow::anyhow!("cannot export: {e}"))?;
+            let text = serde_json::to_string_pretty(&vars)? + "\n";
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schedule(ScheduleCmd::Suggest {
             history,
             policy,

@@ -3,5 +3,6 @@
 
 pub mod cli;
 pub mod engine;
+pub mod export;
 pub mod sim;
 pub mod suggest;

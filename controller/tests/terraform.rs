@@ -1,0 +1,160 @@
+//! The terraform module matches the policy file: `connscale export terraform` writes only
+//! variables the module declares, with matching types; every reference in the module resolves;
+//! checkov passes with the listed skips (each with its reason in terraform/.checkov.yaml); and
+//! `terraform fmt -check` passes where a terraform binary exists.
+
+use connscale_common::policy::Policy;
+use connscale_test_support::{find_tool, workspace_root};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn venv_python() -> PathBuf {
+    find_tool(
+        "python",
+        &[workspace_root().join("target/venv/bin")],
+        "scripts/test (creates target/venv with python-hcl2)",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn check(tfvars: &serde_json::Value) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("vars.json");
+    std::fs::write(&f, tfvars.to_string()).expect("write");
+    let out = Command::new(venv_python())
+        .arg(workspace_root().join("terraform/tests/check_module.py"))
+        .arg(workspace_root().join("terraform"))
+        .arg(&f)
+        .output()
+        .expect("run check_module.py");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn policy_with_everything() -> Policy {
+    let mut p = Policy::default_policy();
+    p.schedules.push(connscale_common::policy::Schedule {
+        name: "evening".into(),
+        cron: "30 22 * * FRI,SAT".into(),
+        timezone: "Europe/Paris".into(),
+        duration: std::time::Duration::from_secs(3 * 3600),
+        min_size: 8,
+        desired: Some(10),
+    });
+    p
+}
+
+#[test]
+fn exported_variables_exist_with_matching_types_and_references_resolve() {
+    for p in [Policy::default_policy(), policy_with_everything()] {
+        let vars = connscale::export::terraform_vars(&p).expect("export");
+        let (ok, out) = check(&vars);
+        assert!(ok, "{out}");
+    }
+}
+
+#[test]
+fn the_checker_catches_unknown_variables_and_wrong_types() {
+    let mut vars = connscale::export::terraform_vars(&Policy::default_policy()).expect("export");
+    vars["scale_out_treshold"] = 1.into();
+    vars["scale_out_steps"][0]["adjustment"] = "two".into();
+    vars["warm_pool"] = serde_json::json!({"min_size": 1});
+    let (ok, out) = check(&vars);
+    assert!(!ok, "{out}");
+    for want in [
+        "scale_out_treshold",
+        "scale_out_steps[0].adjustment",
+        "warm_pool.pool_state: required",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn the_example_uses_the_current_export_of_the_default_policy() {
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("terraform/examples/complete/policy.json"))
+            .expect("read"),
+    )
+    .expect("json");
+    let fresh = connscale::export::terraform_vars(&Policy::default_policy()).expect("export");
+    assert_eq!(
+        committed, fresh,
+        "regenerate: connscale export terraform --out terraform/examples/complete/policy.json"
+    );
+}
+
+#[test]
+fn heavy_checkov_passes_with_only_the_listed_skips() {
+    let checkov = find_tool(
+        "checkov",
+        &[workspace_root().join("target/venv-checkov/bin")],
+        "scripts/test (creates target/venv-checkov)",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tf = workspace_root().join("terraform");
+    let out = Command::new(checkov)
+        .args(["--quiet", "--compact", "-d"])
+        .arg(&tf)
+        .arg("--config-file")
+        .arg(tf.join(".checkov.yaml"))
+        .output()
+        .expect("run checkov");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "checkov failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Failed checks: 0"), "{text}");
+    let skips = std::fs::read_to_string(tf.join(".checkov.yaml")).expect("read");
+    assert!(
+        skips_without_reason(&skips).is_empty(),
+        "skips without a reason: {:?}",
+        skips_without_reason(&skips)
+    );
+    assert_eq!(
+        skips_without_reason("skip-check:\n  - CKV_X\n"),
+        vec!["CKV_X"],
+        "the reason check itself must bite"
+    );
+}
+
+#[test]
+fn terraform_fmt_is_clean_where_terraform_exists() {
+    let Ok(tf) = find_tool("terraform", &[], "") else {
+        eprintln!("terraform not on PATH: fmt check skipped (HCL is still parsed by python-hcl2)");
+        return;
+    };
+    let out = Command::new(tf)
+        .args(["fmt", "-check", "-recursive"])
+        .arg(workspace_root().join("terraform"))
+        .output()
+        .expect("terraform fmt");
+    assert!(
+        out.status.success(),
+        "terraform fmt -check found unformatted files:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Skip ids not preceded by a comment (directly, or through other skips under one comment).
+fn skips_without_reason(yaml: &str) -> Vec<String> {
+    let lines: Vec<&str> = yaml.lines().map(str::trim).collect();
+    let mut missing = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(id) = l.strip_prefix("- CKV") {
+            let above = lines[..i].iter().rev().find(|a| !a.starts_with("- CKV"));
+            if !above.is_some_and(|a| a.starts_with('#')) {
+                missing.push(format!("CKV{id}"));
+            }
+        }
+    }
+    missing
+}

@@ -1,0 +1,117 @@
+resource "aws_launch_template" "node" {
+  name_prefix   = "${var.name}-"
+  image_id      = var.ami_id
+  instance_type = var.instance_type
+  tags          = local.tags
+
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.node.arn
+  }
+
+  vpc_security_group_ids = [aws_security_group.nodes.id]
+
+  # IMDSv2 only; instance tags in metadata let the agent read its group name.
+  metadata_options {
+    http_tokens                 = "required"
+    http_endpoint               = "enabled"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "enabled"
+  }
+
+  monitoring {
+    enabled = true
+  }
+
+  block_device_mappings {
+    device_name = "/dev/xvda"
+    ebs {
+      volume_size = 16
+      volume_type = "gp3"
+      encrypted   = true
+    }
+  }
+
+  user_data = base64encode(templatefile("${path.module}/templates/user_data.sh.tftpl", {
+    release_url      = var.release_url
+    chat_port        = var.chat_port
+    health_port      = var.health_port
+    node_cap         = var.node_cap
+    redis_url        = "rediss://:${var.redis_auth_token}@${aws_elasticache_replication_group.redis.primary_endpoint_address}:6379"
+    api_token        = var.api_token
+    metric_namespace = var.metric_namespace
+    metric_name      = var.metric_name
+    publish_period   = var.agent_publish_period
+    hook_name        = local.drain_hook
+    drain_timeout    = var.drain_timeout
+  }))
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = local.tags
+  }
+}
+
+locals {
+  drain_hook = "connscale-drain"
+}
+
+resource "aws_autoscaling_group" "fleet" {
+  name                = var.name
+  min_size            = var.min_size
+  max_size            = var.max_size
+  vpc_zone_identifier = var.subnet_ids
+  target_group_arns   = [aws_lb_target_group.chat.arn]
+  # EC2, not ELB: the target group's health check is a *capacity* signal (503 when full). With
+  # ELB health checks every full node would be terminated and replaced with all its clients.
+  health_check_type         = "EC2"
+  health_check_grace_period = 60
+  default_instance_warmup   = var.instance_warmup
+  protect_from_scale_in     = false
+  wait_for_capacity_timeout = "0"
+
+  launch_template {
+    id      = aws_launch_template.node.id
+    version = aws_launch_template.node.latest_version
+  }
+
+  instance_maintenance_policy {
+    min_healthy_percentage = 100
+    max_healthy_percentage = 150
+  }
+
+  # Scale-in drain: the agent sees Terminated in IMDS, drains chat-node, then CONTINUEs.
+  initial_lifecycle_hook {
+    name                 = local.drain_hook
+    lifecycle_transition = "autoscaling:EC2_INSTANCE_TERMINATING"
+    default_result       = "CONTINUE"
+    heartbeat_timeout    = var.drain_timeout
+  }
+
+  enabled_metrics = ["GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances", "GroupTerminatingInstances"]
+
+  dynamic "tag" {
+    for_each = local.tags
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = true
+    }
+  }
+
+  lifecycle {
+    # The controller (or the alarms) own desired capacity.
+    ignore_changes = [desired_capacity]
+  }
+}
+
+resource "aws_autoscaling_warm_pool" "this" {
+  count                       = var.warm_pool == null ? 0 : 1
+  autoscaling_group_name      = aws_autoscaling_group.fleet.name
+  pool_state                  = var.warm_pool.pool_state
+  min_size                    = var.warm_pool.min_size
+  max_group_prepared_capacity = var.warm_pool.max_group_prepared_capacity
+
+  instance_reuse_policy {
+    reuse_on_scale_in = var.warm_pool.reuse_on_scale_in
+  }
+}

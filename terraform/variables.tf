@@ -1,0 +1,269 @@
+# ---------------------------------------------------------------------------------------------
+# Deployment. These are yours to set.
+# ---------------------------------------------------------------------------------------------
+
+variable "name" {
+  description = "Name prefix for every resource (the Auto Scaling group is named after it)."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.name))
+    error_message = "name must be 2-31 lowercase letters, digits or dashes, starting with a letter."
+  }
+}
+
+variable "vpc_id" {
+  description = "VPC the fleet, the load balancer and Redis live in."
+  type        = string
+}
+
+variable "subnet_ids" {
+  description = "Private subnets for the instances and Redis (two or more, in different AZs)."
+  type        = list(string)
+  validation {
+    condition     = length(var.subnet_ids) >= 2
+    error_message = "Give at least two subnets in different availability zones."
+  }
+}
+
+variable "public_subnet_ids" {
+  description = "Public subnets for the internet-facing load balancer (two or more)."
+  type        = list(string)
+  validation {
+    condition     = length(var.public_subnet_ids) >= 2
+    error_message = "Give at least two public subnets in different availability zones."
+  }
+}
+
+variable "ami_id" {
+  description = "AMI for the chat nodes (Amazon Linux 2023 or Debian 12; user data installs the binaries)."
+  type        = string
+}
+
+variable "instance_type" {
+  description = "Instance type. Size it with `loadtest capacity` so node_cap matches it."
+  type        = string
+  default     = "c7g.large"
+}
+
+variable "release_url" {
+  description = "HTTPS URL of a tarball holding the chat-node and connscale-agent binaries for the AMI's architecture."
+  type        = string
+  validation {
+    condition     = startswith(var.release_url, "https://")
+    error_message = "release_url must be an https:// URL."
+  }
+}
+
+variable "chat_port" {
+  description = "Port chat-node listens on (the target group's traffic port)."
+  type        = number
+  default     = 3000
+}
+
+variable "health_port" {
+  description = "Port the connscale agent serves /health on (the target group's health check port)."
+  type        = number
+  default     = 9100
+}
+
+variable "allowed_cidrs" {
+  description = "CIDR blocks allowed to reach the load balancer."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate for an HTTPS listener. Empty: HTTP only (for trials; browsers need wss:// in production)."
+  type        = string
+  default     = ""
+}
+
+variable "load_balancing_algorithm" {
+  description = "round_robin, or least_outstanding_requests (counts HTTP requests, not websocket connections)."
+  type        = string
+  default     = "round_robin"
+  validation {
+    condition     = contains(["round_robin", "least_outstanding_requests"], var.load_balancing_algorithm)
+    error_message = "load_balancing_algorithm must be round_robin or least_outstanding_requests."
+  }
+}
+
+variable "deregistration_delay" {
+  description = "Seconds the load balancer keeps a deregistering target's connections (it ends early once they are gone)."
+  type        = number
+  default     = 60
+}
+
+variable "drain_timeout" {
+  description = "Seconds a terminating instance may spend draining in the lifecycle hook (30-7200)."
+  type        = number
+  default     = 300
+  validation {
+    condition     = var.drain_timeout >= 30 && var.drain_timeout <= 7200
+    error_message = "drain_timeout must be between 30 and 7200 seconds (the lifecycle hook's heartbeat range)."
+  }
+}
+
+variable "redis_node_type" {
+  description = "ElastiCache node type for the pub/sub broker."
+  type        = string
+  default     = "cache.t4g.small"
+}
+
+variable "redis_auth_token" {
+  description = "Redis AUTH token (16-128 printable characters). Keep it in a secret store."
+  type        = string
+  sensitive   = true
+  validation {
+    condition     = length(var.redis_auth_token) >= 16 && length(var.redis_auth_token) <= 128
+    error_message = "redis_auth_token must be 16 to 128 characters."
+  }
+}
+
+variable "api_token" {
+  description = "Bearer token web back ends use for chat-node's /api/broadcast and the agent's drain call."
+  type        = string
+  sensitive   = true
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}
+
+# ---------------------------------------------------------------------------------------------
+# Scaling. `connscale export terraform --out terraform.tfvars.json` writes exactly these from
+# the policy file: do not edit them by hand, edit the policy and export again.
+# ---------------------------------------------------------------------------------------------
+
+variable "min_size" {
+  description = "Group minimum (policy group.min_size)."
+  type        = number
+}
+
+variable "max_size" {
+  description = "Group maximum (policy group.max_size)."
+  type        = number
+  validation {
+    condition     = var.max_size >= 1
+    error_message = "max_size must be at least 1."
+  }
+}
+
+variable "node_cap" {
+  description = "Connections one node holds within its SLO (policy group.node_cap); the agent's /health turns 503 here."
+  type        = number
+}
+
+variable "metric_namespace" {
+  description = "CloudWatch namespace of the TCPconnections metric (policy metric.namespace)."
+  type        = string
+  default     = "connscale"
+}
+
+variable "metric_name" {
+  description = "CloudWatch metric name (policy metric.name)."
+  type        = string
+  default     = "TCPconnections"
+}
+
+variable "agent_publish_period" {
+  description = "Seconds per statistic set the agent publishes (10 for the high-resolution scale-out alarm)."
+  type        = number
+  default     = 10
+  validation {
+    condition     = contains([1, 5, 10, 30, 60], var.agent_publish_period)
+    error_message = "agent_publish_period must be 1, 5, 10, 30 or 60."
+  }
+}
+
+variable "scale_out_threshold" {
+  description = "Group average connections per instance that raises the scale-out alarm (first step's lower bound)."
+  type        = number
+}
+
+variable "scale_out_period" {
+  description = "Scale-out alarm period in seconds (10 or 30 need the agent's high-resolution metric)."
+  type        = number
+  validation {
+    condition     = contains([10, 30], var.scale_out_period) || var.scale_out_period % 60 == 0
+    error_message = "scale_out_period must be 10, 30 or a multiple of 60."
+  }
+}
+
+variable "scale_out_evaluation_periods" {
+  description = "Periods the scale-out alarm evaluates (policy scale_out.datapoints)."
+  type        = number
+}
+
+variable "scale_out_steps" {
+  description = "Step adjustments in absolute connections per instance: [lower, upper) → add. The last has no upper."
+  type = list(object({
+    lower      = number
+    upper      = optional(number)
+    adjustment = number
+  }))
+  validation {
+    condition     = length(var.scale_out_steps) >= 1
+    error_message = "Give at least one scale-out step."
+  }
+}
+
+variable "instance_warmup" {
+  description = "Seconds a new instance counts toward capacity but not the metric (estimated and default instance warmup)."
+  type        = number
+}
+
+variable "scale_in_threshold" {
+  description = "Group average at or below which the scale-in alarm fires."
+  type        = number
+}
+
+variable "scale_in_period" {
+  description = "Scale-in alarm period in seconds."
+  type        = number
+}
+
+variable "scale_in_evaluation_periods" {
+  description = "Periods the average must stay low (policy scale_in.sustain / scale_in_period)."
+  type        = number
+}
+
+variable "scale_in_adjustment" {
+  description = "Instances removed per scale-in (policy scale_in.step)."
+  type        = number
+}
+
+variable "scale_in_cooldown" {
+  description = "Seconds after a scale-in before the next (policy scale_in.cooldown)."
+  type        = number
+}
+
+variable "schedules" {
+  description = "Pre-warm windows: raise min (and desired) at start_recurrence, restore at end_recurrence (cron, in time_zone)."
+  type = list(object({
+    name             = string
+    start_recurrence = string
+    end_recurrence   = string
+    time_zone        = string
+    min_size         = number
+    desired_capacity = optional(number)
+  }))
+  default = []
+}
+
+variable "warm_pool" {
+  description = "Warm pool (null for none): min_size, max_group_prepared_capacity (-1 = unset), pool_state, reuse_on_scale_in."
+  type = object({
+    min_size                    = number
+    max_group_prepared_capacity = number
+    pool_state                  = string
+    reuse_on_scale_in           = bool
+  })
+  default = null
+  validation {
+    condition     = var.warm_pool == null || contains(["Stopped", "Running", "Hibernated"], try(var.warm_pool.pool_state, ""))
+    error_message = "warm_pool.pool_state must be Stopped, Running or Hibernated."
+  }
+}
