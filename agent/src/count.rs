@@ -30,6 +30,7 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const TCP_ESTABLISHED: u32 = 1;
+const TCP_LISTEN: u32 = 10;
 const NLMSG_HDRLEN: usize = 16;
 const REQ_LEN: usize = NLMSG_HDRLEN + 56;
 
@@ -38,7 +39,12 @@ pub struct NetlinkCounter {
     fd: OwnedFd,
     buf: Vec<u8>,
     seq: u32,
+    /// Per port: the families that have a listener, and when that was checked.
+    families: std::collections::HashMap<u16, (Vec<u8>, std::time::Instant)>,
 }
+
+/// How long the listener families of a port are trusted before being checked again.
+const FAMILY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl NetlinkCounter {
     /// Opens a NETLINK_SOCK_DIAG socket in this process's network namespace.
@@ -60,6 +66,7 @@ impl NetlinkCounter {
             fd,
             buf: vec![0u8; 64 * 1024],
             seq: 0,
+            families: std::collections::HashMap::new(),
         })
     }
 
@@ -87,20 +94,45 @@ impl NetlinkCounter {
         .map_err(|_| io::Error::other("namespace thread panicked"))?
     }
 
-    /// Established connections whose local port is one of `ports` (both families).
+    /// Established connections whose local port is one of `ports`.
+    ///
+    /// Each established dump walks the kernel's whole established-socket table, whatever the
+    /// filter, so only the families that have a listener on the port are asked (a LISTEN-only
+    /// dump skips that table and costs nearly nothing). With no listener (service restarting),
+    /// both are asked, as lingering connections still count.
     pub fn count(&mut self, ports: &[u16]) -> io::Result<u64> {
         let mut total = 0;
         for &port in ports {
-            for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-                total += self.dump(family, port)?;
+            for family in self.listener_families(port)? {
+                total += self.dump(family, port, 1 << TCP_ESTABLISHED)?;
             }
         }
         Ok(total)
     }
 
-    fn dump(&mut self, family: u8, port: u16) -> io::Result<u64> {
+    fn listener_families(&mut self, port: u16) -> io::Result<Vec<u8>> {
+        if let Some((f, at)) = self.families.get(&port)
+            && at.elapsed() < FAMILY_TTL
+        {
+            return Ok(f.clone());
+        }
+        let mut found = Vec::new();
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            if self.dump(family, port, 1 << TCP_LISTEN)? > 0 {
+                found.push(family);
+            }
+        }
+        if found.is_empty() {
+            found = vec![libc::AF_INET as u8, libc::AF_INET6 as u8];
+        }
+        self.families
+            .insert(port, (found.clone(), std::time::Instant::now()));
+        Ok(found)
+    }
+
+    fn dump(&mut self, family: u8, port: u16, states: u32) -> io::Result<u64> {
         self.seq = self.seq.wrapping_add(1);
-        let req = request(family, port, self.seq);
+        let req = request(family, port, states, self.seq);
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
         // SAFETY: sendto with a buffer and address we own, lengths correct.
@@ -143,8 +175,9 @@ impl NetlinkCounter {
     }
 }
 
-/// An `inet_diag_req_v2` dump request: TCP, ESTABLISHED only, local port `port`.
-fn request(family: u8, port: u16, seq: u32) -> [u8; REQ_LEN] {
+/// An `inet_diag_req_v2` dump request: TCP sockets in `states` (a bitmask of 1 << state) with
+/// local port `port`.
+fn request(family: u8, port: u16, states: u32, seq: u32) -> [u8; REQ_LEN] {
     let mut r = [0u8; REQ_LEN];
     r[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
     r[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -154,7 +187,7 @@ fn request(family: u8, port: u16, seq: u32) -> [u8; REQ_LEN] {
     b[0] = family;
     b[1] = libc::IPPROTO_TCP as u8;
     b[2] = 0; // idiag_ext: no extensions, smallest replies
-    b[4..8].copy_from_slice(&(1u32 << TCP_ESTABLISHED).to_ne_bytes());
+    b[4..8].copy_from_slice(&states.to_ne_bytes());
     // inet_diag_sockid starts at offset 8: sport (big endian), dport, addresses, ...
     b[8..10].copy_from_slice(&port.to_be_bytes());
     r

@@ -1,1 +1,96 @@
-//! A Socket.IO v5 chat server that scales out over Redis and drains without losing messages.
+//! chat-node: a Socket.IO v5 / Engine.IO v4 chat server that scales out over Redis.
+//!
+//! [`transport`] speaks Engine.IO (websocket, polling, upgrade) over [`session`]s; [`chat`] is
+//! the chat protocol; [`hub`] holds sessions and rooms and delivers locally and through the
+//! [`broker`] (Redis pub/sub and TTL presence); [`api`] serves back ends and operators.
+
+pub mod api;
+pub mod broker;
+pub mod chat;
+pub mod config;
+pub mod hub;
+pub mod session;
+pub mod transport;
+
+use axum::Router;
+use axum::routing::{get, post};
+use config::ChatConfig;
+use hub::Hub;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Notify;
+
+static SHUTDOWN: OnceLock<Notify> = OnceLock::new();
+
+/// Asks the server to drain and exit (POST /api/drain does this).
+pub fn request_shutdown() {
+    let n = SHUTDOWN.get_or_init(Notify::new);
+    n.notify_waiters();
+    n.notify_one();
+}
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route(
+            "/socket.io/",
+            get(transport::engine).post(transport::engine),
+        )
+        .route("/api/broadcast", post(api::broadcast))
+        .route("/api/online", get(api::online))
+        .route("/api/drain", post(api::drain))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/", get(page))
+        .with_state(hub)
+}
+
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../static/index.html"))
+}
+
+/// Runs the node until SIGTERM, Ctrl-C or /api/drain; then drains and returns.
+pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
+    let nofile = connscale_common::limits::raise_nofile();
+    if let Some(w) = connscale_common::limits::cap_warning(
+        "chat-node max_connections",
+        cfg.max_connections as u64,
+        nofile,
+    ) {
+        tracing::warn!("{w}");
+    }
+    let addr = std::net::SocketAddr::new(cfg.bind, cfg.port);
+    let hub = Hub::new(cfg).map_err(anyhow::Error::msg)?;
+    if let Some(b) = hub.broker.clone() {
+        let h = hub.clone();
+        tokio::spawn(async move { b.subscribe(move |env| h.on_remote(env)).await });
+        tokio::spawn(hub.clone().presence_loop());
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (bind/port): {e}"))?;
+    tracing::info!(%addr, node = %hub.node, redis = hub.broker.is_some(), "chat-node listening");
+    let notify = SHUTDOWN.get_or_init(Notify::new);
+    let h = hub.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = signal_term() => {},
+            _ = notify.notified() => {},
+        }
+        let window = h.cfg.drain_window;
+        h.drain(window).await;
+    };
+    axum::serve(listener, router(hub))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("chat-node stopped");
+    Ok(())
+}
+
+async fn signal_term() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+    }
+    tracing::info!("shutdown signal: draining");
+}

@@ -78,7 +78,9 @@ pub fn end_cron(start: &str, minutes: u64) -> Result<String, String> {
     let (m, h): (u64, u64) = match (f[0].parse(), f[1].parse()) {
         (Ok(m), Ok(h)) => (m, h),
         _ => {
-            return Err("minute and hour must be single numbers to compute the window's end".into());
+            return Err(
+                "minute and hour must be single numbers to compute the window's end".into(),
+            );
         }
     };
     let total = h * 60 + m + minutes;

@@ -37,7 +37,7 @@ def shell_cost(cmd, n):
 
 def agent_cost(port, force_proc, seconds=6):
     cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    cfg.write(f'ports = [{port}]\nsample_interval = "20ms"\nforce_proc = {"true" if force_proc else "false"}\n[cloudwatch]\nmode = "off"\n')
+    cfg.write(f'ports = [{port}]\nsample_interval = "20ms"\nforce_proc = {"true" if force_proc else "false"}\n[health]\ncap = 10000000\n[cloudwatch]\nmode = "off"\n')
     cfg.close()
     hp = free_port()
     a = subprocess.Popen([AGENT, "--config", cfg.name, "--bind", f"127.0.0.1:{hp}", "--quiet"], stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)

@@ -1,0 +1,197 @@
+//! HTTP endpoints for web back ends and operators: broadcast, online count, drain, health,
+//! readiness and Prometheus metrics.
+
+use crate::hub::{FANOUT_BUCKETS_US, Hub};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use connscale_common::sio::SioPacket;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Checks the bearer token; the error is the status and message to answer with.
+fn authorized(hub: &Hub, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+    let Some(token) = &hub.cfg.api_token else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "api_token is not configured on this node",
+        ));
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastReq {
+    event: String,
+    #[serde(default)]
+    data: serde_json::Value,
+    room: Option<String>,
+}
+
+/// `POST /api/broadcast` {event, data, room?}: a system message to every matching client on
+/// every node.
+pub async fn broadcast(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Result<Json<BroadcastReq>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = authorized(&hub, &headers) {
+        return r.into_response();
+    }
+    let Ok(Json(req)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"event\": string, \"data\": any, \"room\"?: string}",
+        )
+            .into_response();
+    };
+    if req.event.is_empty() || req.event.len() > 128 {
+        return (StatusCode::BAD_REQUEST, "event must be 1-128 characters").into_response();
+    }
+    let p = SioPacket::event(serde_json::json!([req.event, req.data]), vec![]);
+    hub.broadcast(req.room.as_deref(), None, &p).await;
+    Json(serde_json::json!({"ok": true, "node": hub.node})).into_response()
+}
+
+/// `GET /api/online`: connected clients across the cluster and per node.
+pub async fn online(State(hub): State<Arc<Hub>>) -> Response {
+    let (total, nodes) = hub.online();
+    Json(serde_json::json!({"online": total, "users": hub.cluster_users(), "nodes": nodes}))
+        .into_response()
+}
+
+/// `POST /api/drain`: stop accepting, disconnect clients over the drain window, then exit.
+pub async fn drain(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&hub, &headers) {
+        return r.into_response();
+    }
+    if !hub.draining.swap(true, Ordering::SeqCst) {
+        crate::request_shutdown();
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"draining": true, "window_s": hub.cfg.drain_window.as_secs_f64()})),
+    )
+        .into_response()
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// 503 while draining (the node should get no new clients) and at the hard cap.
+pub async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
+    if hub.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if hub.connections() >= hub.cfg.max_connections {
+        (StatusCode::SERVICE_UNAVAILABLE, "at connection cap").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    let m = &hub.metrics;
+    let mut s = String::new();
+    let mut g = |name: &str, kind: &str, help: &str, v: u64| {
+        s.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    };
+    g(
+        "chat_connections",
+        "gauge",
+        "Connected clients on this node.",
+        hub.connections() as u64,
+    );
+    g(
+        "chat_rooms",
+        "gauge",
+        "Rooms with at least one local member.",
+        hub.room_count() as u64,
+    );
+    g(
+        "chat_users",
+        "gauge",
+        "Logged-in users on this node.",
+        hub.users.load(Ordering::Relaxed).max(0) as u64,
+    );
+    g(
+        "chat_messages_in_total",
+        "counter",
+        "Socket.IO packets received.",
+        m.messages_in.load(Ordering::Relaxed),
+    );
+    g(
+        "chat_messages_out_total",
+        "counter",
+        "Packets delivered to local clients.",
+        m.messages_out.load(Ordering::Relaxed),
+    );
+    g(
+        "chat_malformed_total",
+        "counter",
+        "Connections closed for malformed or oversized packets.",
+        m.malformed.load(Ordering::Relaxed),
+    );
+    g(
+        "chat_rate_limited_total",
+        "counter",
+        "Connections closed for flooding.",
+        m.rate_limited.load(Ordering::Relaxed),
+    );
+    g(
+        "chat_refused_total",
+        "counter",
+        "Connections refused (cap or draining).",
+        m.refused.load(Ordering::Relaxed),
+    );
+    g(
+        "chat_published_total",
+        "counter",
+        "Broadcasts published to Redis.",
+        m.published.load(Ordering::Relaxed),
+    );
+    g(
+        "chat_publish_failed_total",
+        "counter",
+        "Broadcasts not published (Redis down).",
+        m.publish_failed.load(Ordering::Relaxed),
+    );
+    g(
+        "chat_redis_up",
+        "gauge",
+        "1 when Redis is reachable (always 0 without Redis).",
+        u64::from(hub.broker.as_ref().is_some_and(|b| b.is_up())),
+    );
+    s.push_str("# HELP chat_fanout_seconds Publish-to-delivery latency of broadcasts from other nodes.\n# TYPE chat_fanout_seconds histogram\n");
+    let mut cum = 0;
+    for (i, b) in FANOUT_BUCKETS_US.iter().enumerate() {
+        cum += m.fanout_us[i].load(Ordering::Relaxed);
+        let le = if *b == u64::MAX {
+            "+Inf".to_string()
+        } else {
+            format!("{}", *b as f64 / 1e6)
+        };
+        s.push_str(&format!(
+            "chat_fanout_seconds_bucket{{le=\"{le}\"}} {cum}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "chat_fanout_seconds_sum {}\nchat_fanout_seconds_count {}\n",
+        m.fanout_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        m.fanout_count.load(Ordering::Relaxed)
+    ));
+    ([("content-type", "text/plain; version=0.0.4")], s).into_response()
+}

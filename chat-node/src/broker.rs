@@ -1,0 +1,205 @@
+//! Cross-node fan-out and presence over Redis. Without Redis, the hub delivers locally only
+//! (the in-process broker of a single node).
+//!
+//! Publishing uses a reconnecting connection manager; the subscriber runs its own loop that
+//! reconnects with backoff capped at 1 s, so delivery resumes within ~2 s of Redis returning,
+//! and logs each up/down change once. Presence is one key per node with a TTL heartbeat, so a
+//! SIGKILLed node disappears from the count when its key expires (no INCR/DECR to drift).
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// A broadcast as it travels between nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Origin node (its own messages are delivered locally before publishing).
+    pub o: String,
+    /// Room, or all clients.
+    pub r: Option<String>,
+    /// Socket id to skip (the sender).
+    pub x: Option<String>,
+    /// The Socket.IO packet text.
+    pub p: String,
+    /// Binary attachments, base64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub b: Vec<String>,
+    /// Publish time, Unix microseconds (for the fan-out latency histogram).
+    pub t: u64,
+}
+
+pub const CHANNEL: &str = "connscale:chat";
+const PRESENCE_PREFIX: &str = "connscale:presence:";
+pub const PRESENCE_TTL_SECS: u64 = 10;
+
+/// The Redis side of a node.
+pub struct RedisBroker {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    up: AtomicBool,
+}
+
+impl RedisBroker {
+    /// Validates the URL; connecting happens lazily and is retried for ever.
+    pub fn new(url: &str) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| {
+            format!("invalid redis_url {url:?}: {e} (expected redis://host:port or rediss://...)")
+        })?;
+        Ok(Self {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+            up: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn mark(&self, up: bool, why: &str) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!("redis reachable: cross-node delivery on");
+            } else {
+                tracing::warn!(
+                    error = why,
+                    "redis unreachable: serving local clients only, retrying"
+                );
+            }
+        }
+    }
+
+    async fn manager(&self) -> Option<redis::aio::ConnectionManager> {
+        let mut g = self.conn.lock().await;
+        if g.is_none() {
+            match tokio::time::timeout(
+                Duration::from_secs(1),
+                redis::aio::ConnectionManager::new(self.client.clone()),
+            )
+            .await
+            {
+                Ok(Ok(m)) => *g = Some(m),
+                Ok(Err(e)) => self.mark(false, &e.to_string()),
+                Err(_) => self.mark(false, "connect timeout"),
+            }
+        }
+        g.clone()
+    }
+
+    async fn run<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut redis::aio::ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        let mut m = self.manager().await?;
+        match tokio::time::timeout(Duration::from_secs(1), f(&mut m)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.mark(false, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.mark(false, "timeout");
+                None
+            }
+        }
+    }
+
+    /// Publishes a broadcast to the other nodes; false if Redis is unreachable (dropped).
+    pub async fn publish(&self, env: &Envelope) -> bool {
+        let Ok(body) = serde_json::to_string(env) else {
+            return false;
+        };
+        self.run(async |c| c.publish::<_, _, i64>(CHANNEL, body).await)
+            .await
+            .is_some()
+    }
+
+    /// Refreshes this node's presence key: "connections users".
+    pub async fn heartbeat(&self, node: &str, conns: usize, users: i64) -> bool {
+        let key = format!("{PRESENCE_PREFIX}{node}");
+        self.run(async |c| {
+            c.set_ex::<_, _, ()>(key, format!("{conns} {users}"), PRESENCE_TTL_SECS)
+                .await
+        })
+        .await
+        .is_some()
+    }
+
+    /// Every live node's (connections, users).
+    pub async fn presence(&self) -> Option<BTreeMap<String, (u64, i64)>> {
+        self.run(async |c| {
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{PRESENCE_PREFIX}*"))
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(c)
+                    .await?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            let mut out = BTreeMap::new();
+            if keys.is_empty() {
+                return Ok(out);
+            }
+            let vals: Vec<Option<String>> = c.mget(&keys).await?;
+            for (k, v) in keys.iter().zip(vals) {
+                let Some(v) = v else { continue };
+                let mut it = v.split_whitespace();
+                let conns = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                let users = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                out.insert(
+                    k.trim_start_matches(PRESENCE_PREFIX).to_string(),
+                    (conns, users),
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Receives other nodes' broadcasts for ever, reconnecting after any failure.
+    pub async fn subscribe(&self, deliver: impl Fn(Envelope)) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), self.client.get_async_pubsub()).await
+            {
+                Ok(Ok(mut ps)) => {
+                    if let Err(e) = ps.subscribe(CHANNEL).await {
+                        self.mark(false, &e.to_string());
+                    } else {
+                        self.mark(true, "");
+                        backoff = Duration::from_millis(100);
+                        let mut stream = ps.on_message();
+                        while let Some(msg) = stream.next().await {
+                            let Ok(body) = msg.get_payload::<String>() else {
+                                continue;
+                            };
+                            match serde_json::from_str::<Envelope>(&body) {
+                                Ok(env) => deliver(env),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "ignoring malformed broadcast from redis")
+                                }
+                            }
+                        }
+                        self.mark(false, "subscription connection closed");
+                    }
+                }
+                Ok(Err(e)) => self.mark(false, &e.to_string()),
+                Err(_) => self.mark(false, "connect timeout"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}

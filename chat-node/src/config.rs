@@ -1,0 +1,118 @@
+//! chat-node's configuration: TOML file with env overrides (`PORT`, `REDIS_URL`, `NODE_ID`, ...).
+
+use connscale_common::config::{EnvOverride, load};
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Every key with its default; see `chat-node/chat-node.example.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Address to listen on: a wildcard, so the agent's per-port count is exact.
+    pub bind: IpAddr,
+    pub port: u16,
+    /// This node's name in /api/online and logs (default: hostname-port).
+    pub node_id: Option<String>,
+    /// redis://, rediss:// or redis+cluster:// (comma-separated seeds). None: in-process broker.
+    pub redis_url: Option<String>,
+    /// Bearer token for /api/broadcast and /api/drain. None: those endpoints answer 403.
+    pub api_token: Option<String>,
+    /// Hard cap: connections beyond it are refused (the ALB fails open, this does not).
+    pub max_connections: usize,
+    /// Largest accepted packet (websocket message or polling body), bytes.
+    pub max_message_bytes: usize,
+    /// Per-connection rate limit: sustained packets per second, and burst.
+    pub rate_per_sec: f64,
+    pub rate_burst: f64,
+    /// Allowed Origin headers; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// If set, clients must send `{ "token": ... }` in their CONNECT auth.
+    pub auth_token: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// Clients are disconnected spread over this window on drain.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 3000,
+            node_id: None,
+            redis_url: None,
+            api_token: None,
+            max_connections: 30_000,
+            max_message_bytes: 64 * 1024,
+            rate_per_sec: 20.0,
+            rate_burst: 40.0,
+            allowed_origins: Vec::new(),
+            auth_token: None,
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            drain_window: Duration::from_secs(30),
+        }
+    }
+}
+
+const OVERRIDES: &[EnvOverride] = &[
+    EnvOverride {
+        var: "PORT",
+        key: "port",
+    },
+    EnvOverride {
+        var: "REDIS_URL",
+        key: "redis_url",
+    },
+    EnvOverride {
+        var: "NODE_ID",
+        key: "node_id",
+    },
+    EnvOverride {
+        var: "CHAT_API_TOKEN",
+        key: "api_token",
+    },
+    EnvOverride {
+        var: "CHAT_MAX_CONNECTIONS",
+        key: "max_connections",
+    },
+    EnvOverride {
+        var: "CHAT_BIND",
+        key: "bind",
+    },
+    EnvOverride {
+        var: "CHAT_DRAIN_WINDOW",
+        key: "drain_window",
+    },
+];
+
+/// Loads the file (default `/etc/connscale/chat-node.toml`, optional) with env overrides.
+pub fn load_config(path: Option<&Path>) -> Result<ChatConfig, String> {
+    let c: ChatConfig =
+        load(path, "/etc/connscale/chat-node.toml", OVERRIDES).map_err(|e| e.to_string())?;
+    if c.max_message_bytes < 1024 {
+        return Err(format!(
+            "`max_message_bytes` = {} is too small (at least 1024)",
+            c.max_message_bytes
+        ));
+    }
+    if c.rate_per_sec <= 0.0 || c.rate_burst < 1.0 {
+        return Err("`rate_per_sec` must be > 0 and `rate_burst` ≥ 1".into());
+    }
+    Ok(c)
+}
+
+impl ChatConfig {
+    pub fn node_name(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_else(|_| "node".into());
+            format!("{}-{}", host.trim(), self.port)
+        })
+    }
+}

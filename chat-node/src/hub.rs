@@ -1,0 +1,319 @@
+//! The node's registry of sessions and rooms, and delivery: local fan-out plus the broker.
+
+use crate::broker::{Envelope, RedisBroker};
+use crate::config::ChatConfig;
+use crate::session::{Frame, Session};
+use axum::extract::ws::Utf8Bytes;
+use base64::Engine as _;
+use bytes::Bytes;
+use connscale_common::sio::SioPacket;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Counters for /metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub malformed: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub refused: AtomicU64,
+    pub published: AtomicU64,
+    pub publish_failed: AtomicU64,
+    /// Fan-out latency of remote broadcasts (publish → local delivery), microsecond buckets.
+    pub fanout_us: [AtomicU64; 8],
+    pub fanout_sum_us: AtomicU64,
+    pub fanout_count: AtomicU64,
+}
+
+pub const FANOUT_BUCKETS_US: [u64; 8] =
+    [500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, u64::MAX];
+
+/// Other nodes as last read from Redis.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterView {
+    pub nodes: BTreeMap<String, (u64, i64)>,
+}
+
+pub struct Hub {
+    pub cfg: ChatConfig,
+    pub node: String,
+    sessions: RwLock<HashMap<String, Arc<Session>>>,
+    rooms: RwLock<HashMap<String, HashSet<String>>>,
+    pub users: AtomicI64,
+    pub cluster: Mutex<ClusterView>,
+    pub broker: Option<Arc<RedisBroker>>,
+    pub draining: AtomicBool,
+    pub metrics: Metrics,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Hub {
+    pub fn new(cfg: ChatConfig) -> Result<Arc<Self>, String> {
+        let broker = match &cfg.redis_url {
+            Some(url) => Some(Arc::new(RedisBroker::new(url)?)),
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            node: cfg.node_name(),
+            cfg,
+            sessions: RwLock::new(HashMap::new()),
+            rooms: RwLock::new(HashMap::new()),
+            users: AtomicI64::new(0),
+            cluster: Mutex::new(ClusterView::default()),
+            broker,
+            draining: AtomicBool::new(false),
+            metrics: Metrics::default(),
+        }))
+    }
+
+    pub fn connections(&self) -> usize {
+        self.sessions.read().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.read().map(|r| r.len()).unwrap_or(0)
+    }
+
+    pub fn get(&self, sid: &str) -> Option<Arc<Session>> {
+        self.sessions.read().ok()?.get(sid).cloned()
+    }
+
+    /// Registers a session unless the node is draining or at its hard cap.
+    pub fn admit(&self, s: Arc<Session>) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            self.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            return Err("draining");
+        }
+        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= self.cfg.max_connections {
+            self.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            return Err("at connection cap");
+        }
+        map.insert(s.sid.clone(), s);
+        Ok(())
+    }
+
+    /// Forgets a session and its room memberships; returns it if it was registered.
+    pub fn remove(&self, sid: &str) -> Option<Arc<Session>> {
+        let s = self
+            .sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sid)?;
+        let rooms: Vec<String> = s.lock_state().rooms.drain().collect();
+        let mut r = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        for room in rooms {
+            if let Some(set) = r.get_mut(&room) {
+                set.remove(sid);
+                if set.is_empty() {
+                    r.remove(&room);
+                }
+            }
+        }
+        Some(s)
+    }
+
+    pub fn join(&self, s: &Session, room: &str) {
+        s.lock_state().rooms.insert(room.to_string());
+        self.rooms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(room.to_string())
+            .or_default()
+            .insert(s.sid.clone());
+    }
+
+    pub fn leave(&self, s: &Session, room: &str) {
+        s.lock_state().rooms.remove(room);
+        let mut r = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = r.get_mut(room) {
+            set.remove(&s.sid);
+            if set.is_empty() {
+                r.remove(room);
+            }
+        }
+    }
+
+    /// Delivers a packet to this node's clients (all, or a room), skipping `except`.
+    pub fn deliver_local(
+        &self,
+        room: Option<&str>,
+        except: Option<&str>,
+        text: &str,
+        attachments: &[Bytes],
+    ) {
+        let frame = Utf8Bytes::from(format!("4{text}"));
+        let targets: Vec<Arc<Session>> = {
+            let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+            match room {
+                None => sessions.values().cloned().collect(),
+                Some(r) => {
+                    let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+                    rooms
+                        .get(r)
+                        .map(|ids| {
+                            ids.iter()
+                                .filter_map(|id| sessions.get(id).cloned())
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                }
+            }
+        };
+        let mut sent = 0;
+        for s in targets {
+            if Some(s.sid.as_str()) == except || !s.lock_state().connected {
+                continue;
+            }
+            let mut ok = s.send(Frame::Text(frame.clone()));
+            for a in attachments {
+                ok &= s.send(Frame::Binary(a.clone()));
+            }
+            sent += u64::from(ok);
+        }
+        self.metrics.messages_out.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Broadcasts to every matching client on every node.
+    pub async fn broadcast(&self, room: Option<&str>, except: Option<&str>, p: &SioPacket) {
+        let text = p.encode();
+        self.deliver_local(room, except, &text, &p.attachments);
+        if let Some(b) = &self.broker {
+            let env = Envelope {
+                o: self.node.clone(),
+                r: room.map(str::to_string),
+                x: except.map(str::to_string),
+                p: text,
+                b: p.attachments
+                    .iter()
+                    .map(|a| base64::engine::general_purpose::STANDARD.encode(a))
+                    .collect(),
+                t: now_us(),
+            };
+            let counter = if b.publish(&env).await {
+                &self.metrics.published
+            } else {
+                &self.metrics.publish_failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A broadcast from another node.
+    pub fn on_remote(&self, env: Envelope) {
+        if env.o == self.node {
+            return;
+        }
+        let attachments: Vec<Bytes> = env
+            .b
+            .iter()
+            .filter_map(|a| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(a)
+                    .ok()
+                    .map(Bytes::from)
+            })
+            .collect();
+        self.deliver_local(env.r.as_deref(), env.x.as_deref(), &env.p, &attachments);
+        let lat = now_us().saturating_sub(env.t);
+        let m = &self.metrics;
+        let i = FANOUT_BUCKETS_US
+            .iter()
+            .position(|b| lat <= *b)
+            .unwrap_or(7);
+        m.fanout_us[i].fetch_add(1, Ordering::Relaxed);
+        m.fanout_sum_us.fetch_add(lat, Ordering::Relaxed);
+        m.fanout_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Users logged in across the cluster: live nodes' reports, this node's exact count.
+    pub fn cluster_users(&self) -> i64 {
+        let others: i64 = self
+            .cluster
+            .lock()
+            .map(|c| {
+                c.nodes
+                    .iter()
+                    .filter(|(n, _)| **n != self.node)
+                    .map(|(_, v)| v.1)
+                    .sum()
+            })
+            .unwrap_or(0);
+        others + self.users.load(Ordering::Relaxed)
+    }
+
+    /// (cluster connections, per-node connections) for /api/online.
+    pub fn online(&self) -> (u64, BTreeMap<String, u64>) {
+        let mut per: BTreeMap<String, u64> = self
+            .cluster
+            .lock()
+            .map(|c| c.nodes.iter().map(|(n, v)| (n.clone(), v.0)).collect())
+            .unwrap_or_default();
+        per.insert(self.node.clone(), self.connections() as u64);
+        (per.values().sum(), per)
+    }
+
+    /// Writes this node's presence and re-reads everyone's (one Redis round trip each).
+    /// Called every 2 s, and on every login/logout so numUsers is exact when it is sent.
+    pub async fn refresh_presence(&self) {
+        let Some(b) = &self.broker else { return };
+        b.heartbeat(
+            &self.node,
+            self.connections(),
+            self.users.load(Ordering::Relaxed),
+        )
+        .await;
+        if let Some(nodes) = b.presence().await
+            && let Ok(mut c) = self.cluster.lock()
+        {
+            c.nodes = nodes;
+        }
+    }
+
+    /// Keeps this node's presence key fresh and the cluster view current.
+    pub async fn presence_loop(self: Arc<Self>) {
+        loop {
+            self.refresh_presence().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Disconnects every client spread evenly over `window` (they reconnect elsewhere without a
+    /// stampede); returns when none is left or the window plus a grace period is over.
+    pub async fn drain(self: Arc<Self>, window: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        let all: Vec<Arc<Session>> = self
+            .sessions
+            .read()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default();
+        tracing::info!(
+            clients = all.len(),
+            window_s = window.as_secs_f64(),
+            "draining"
+        );
+        let step = if all.is_empty() {
+            Duration::ZERO
+        } else {
+            window / all.len() as u32
+        };
+        for s in all {
+            s.close();
+            tokio::time::sleep(step).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(left = self.connections(), "drain finished");
+    }
+}

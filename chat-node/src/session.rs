@@ -1,0 +1,179 @@
+//! One client connection: an Engine.IO session carrying one Socket.IO socket on `/`.
+//!
+//! Outgoing frames go through a bounded queue. The websocket transport drains it in the
+//! connection's own task; the polling transport drains it on each long-poll GET. A slow client
+//! whose queue fills is disconnected rather than allowed to grow memory without bound.
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use connscale_common::sio::SioPacket;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::sync::{Notify, mpsc};
+
+/// Frames queued for a client.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+/// Queue depth per client: enough for bursts, small enough to bound memory.
+pub const QUEUE: usize = 256;
+
+/// A token bucket: `rate` packets per second sustained, `burst` at once.
+#[derive(Debug)]
+pub struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    pub fn new(burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token; false when the client is over its rate.
+    pub fn take(&mut self, rate: f64, burst: f64) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Per-socket chat state.
+#[derive(Debug, Default)]
+pub struct SocketState {
+    /// Socket.IO CONNECT done.
+    pub connected: bool,
+    pub username: Option<String>,
+    pub rooms: HashSet<String>,
+    /// A binary packet waiting for its attachments.
+    pub pending: Option<SioPacket>,
+}
+
+/// One client.
+#[derive(Debug)]
+pub struct Session {
+    pub sid: String,
+    tx: mpsc::Sender<Frame>,
+    /// The queue's receiving end, held by whichever transport is active.
+    pub rx: tokio::sync::Mutex<mpsc::Receiver<Frame>>,
+    pub state: Mutex<SocketState>,
+    pub bucket: Mutex<Bucket>,
+    pub last_pong: Mutex<Instant>,
+    pub upgraded: AtomicBool,
+    pub websocket: AtomicBool,
+    closed: AtomicBool,
+    pub close_notify: Notify,
+}
+
+impl Session {
+    pub fn new(sid: String, burst: f64, websocket: bool) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Self {
+            sid,
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            state: Mutex::new(SocketState::default()),
+            bucket: Mutex::new(Bucket::new(burst)),
+            last_pong: Mutex::new(Instant::now()),
+            upgraded: AtomicBool::new(false),
+            websocket: AtomicBool::new(websocket),
+            closed: AtomicBool::new(false),
+            close_notify: Notify::new(),
+        }
+    }
+
+    /// Queues a frame; false (and the session is closed) if the client is too slow.
+    pub fn send(&self, f: Frame) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        match self.tx.try_send(f) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(sid = %self.sid, "client too slow: queue full, disconnecting");
+                self.close();
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn send_text(&self, s: impl Into<Utf8Bytes>) -> bool {
+        self.send(Frame::Text(s.into()))
+    }
+
+    /// Sends a Socket.IO packet (an Engine.IO message, then its binary attachments).
+    pub fn send_packet(&self, p: &SioPacket) -> bool {
+        let mut ok = self.send_text(format!("4{}", p.encode()));
+        for a in &p.attachments {
+            ok &= self.send(Frame::Binary(a.clone()));
+        }
+        ok
+    }
+
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            self.close_notify.notify_waiters();
+            self.close_notify.notify_one();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Rate check for one inbound packet.
+    pub fn allow(&self, rate: f64, burst: f64) -> bool {
+        self.bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(rate, burst)
+    }
+
+    pub fn lock_state(&self) -> std::sync::MutexGuard<'_, SocketState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A random session id (URL-safe base64 of 15 random bytes).
+pub fn new_sid() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 15] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_limits() {
+        let mut b = Bucket::new(5.0);
+        let allowed = (0..20).filter(|_| b.take(1.0, 5.0)).count();
+        assert_eq!(allowed, 5);
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_the_session() {
+        let s = Session::new("x".into(), 1.0, true);
+        for _ in 0..QUEUE {
+            assert!(s.send_text("2"));
+        }
+        assert!(!s.send_text("2"));
+        assert!(s.is_closed());
+    }
+}

@@ -1,0 +1,407 @@
+//! Engine.IO v4 transports: websocket, HTTP long-polling, and the polling → websocket upgrade.
+
+use crate::chat;
+use crate::hub::Hub;
+use crate::session::{Frame, Session, new_sid};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use connscale_common::sio::{self, EioType, PollItem, SioPacket, SioType};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Deserialize)]
+pub struct EioQuery {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+/// Engine.IO error responses, as the reference server sends them.
+fn eio_error(code: u8, message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(serde_json::json!({"code": code, "message": message})),
+    )
+        .into_response()
+}
+
+fn origin_allowed(hub: &Hub, headers: &HeaderMap) -> bool {
+    let allowed = &hub.cfg.allowed_origins;
+    allowed.is_empty()
+        || headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .is_none_or(|o| allowed.iter().any(|a| a == o))
+}
+
+fn open_packet(hub: &Hub, sid: &str, upgrades: &[&str]) -> String {
+    sio::eio_encode(
+        EioType::Open,
+        &sio::eio_open_json(
+            sid,
+            upgrades,
+            hub.cfg.ping_interval.as_millis() as u64,
+            hub.cfg.ping_timeout.as_millis() as u64,
+            hub.cfg.max_message_bytes,
+        ),
+    )
+}
+
+/// `GET|POST /socket.io/`: dispatches on `transport` and `sid`.
+pub async fn engine(
+    State(hub): State<Arc<Hub>>,
+    Query(q): Query<EioQuery>,
+    req: Request,
+) -> Response {
+    if q.eio.as_deref() != Some("4") {
+        return eio_error(5, "Unsupported protocol version");
+    }
+    if !origin_allowed(&hub, req.headers()) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    match (q.transport.as_deref(), q.sid) {
+        (Some("websocket"), sid) => {
+            let (mut parts, _body) = req.into_parts();
+            let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &hub).await else {
+                return eio_error(3, "Bad request");
+            };
+            let ws = ws
+                .read_buffer_size(4 * 1024)
+                .write_buffer_size(0)
+                .max_message_size(hub.cfg.max_message_bytes)
+                .max_frame_size(hub.cfg.max_message_bytes);
+            match sid {
+                None => {
+                    let s = Arc::new(Session::new(new_sid(), hub.cfg.rate_burst, true));
+                    if let Err(why) = hub.admit(s.clone()) {
+                        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+                    }
+                    s.send_text(open_packet(&hub, &s.sid, &[]));
+                    ws.on_upgrade(move |socket| run_websocket(hub, s, socket, false))
+                }
+                Some(sid) => match hub.get(&sid) {
+                    Some(s) if !s.websocket.load(Ordering::SeqCst) => {
+                        ws.on_upgrade(move |socket| run_websocket(hub, s, socket, true))
+                    }
+                    _ => eio_error(1, "Session ID unknown"),
+                },
+            }
+        }
+        (Some("polling"), None) if req.method() == axum::http::Method::GET => {
+            let s = Arc::new(Session::new(new_sid(), hub.cfg.rate_burst, false));
+            if let Err(why) = hub.admit(s.clone()) {
+                return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+            }
+            tokio::spawn(polling_heartbeat(hub.clone(), s.clone()));
+            text_response(open_packet(&hub, &s.sid, &["websocket"]))
+        }
+        (Some("polling"), Some(sid)) => {
+            let Some(s) = hub.get(&sid) else {
+                return eio_error(1, "Session ID unknown");
+            };
+            if s.upgraded.load(Ordering::SeqCst) {
+                return eio_error(3, "Bad request");
+            }
+            if req.method() == axum::http::Method::POST {
+                poll_post(hub, s, req).await
+            } else {
+                poll_get(hub, s).await
+            }
+        }
+        _ => eio_error(0, "Transport unknown"),
+    }
+}
+
+fn text_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
+}
+
+/// Long-poll: waits for queued frames (pings arrive at least every ping interval), returns all
+/// that are ready as one payload.
+async fn poll_get(hub: Arc<Hub>, s: Arc<Session>) -> Response {
+    let Ok(mut rx) = s.rx.try_lock() else {
+        return eio_error(3, "Bad request"); // a second concurrent GET
+    };
+    let mut items = Vec::new();
+    let wait = hub.cfg.ping_interval + Duration::from_secs(1);
+    tokio::select! {
+        f = rx.recv() => if let Some(f) = f { items.push(f) },
+        _ = tokio::time::sleep(wait) => {},
+        _ = s.close_notify.notified() => {},
+    }
+    while items.len() < 512 {
+        match rx.try_recv() {
+            Ok(f) => items.push(f),
+            Err(_) => break,
+        }
+    }
+    drop(rx);
+    if s.is_closed() && items.is_empty() {
+        finish(&hub, &s).await;
+        return text_response(sio::eio_encode(EioType::Close, ""));
+    }
+    let payload: Vec<PollItem> = items
+        .into_iter()
+        .map(|f| match f {
+            Frame::Text(t) => PollItem::Text(t.to_string()),
+            Frame::Binary(b) => PollItem::Binary(b),
+        })
+        .collect();
+    text_response(sio::encode_payload(&payload))
+}
+
+async fn poll_post(hub: Arc<Hub>, s: Arc<Session>, req: Request) -> Response {
+    let Ok(body) = axum::body::to_bytes(req.into_body(), hub.cfg.max_message_bytes).await else {
+        hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+        s.close();
+        return (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response();
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return bad_packet(&hub, &s);
+    };
+    let Ok(items) = sio::decode_payload(text) else {
+        return bad_packet(&hub, &s);
+    };
+    for item in items {
+        let ok = match item {
+            PollItem::Text(t) => on_text(&hub, &s, &t).await,
+            PollItem::Binary(b) => on_binary(&hub, &s, b).await,
+        };
+        if !ok {
+            return bad_packet(&hub, &s);
+        }
+    }
+    text_response("ok".into())
+}
+
+fn bad_packet(hub: &Hub, s: &Session) -> Response {
+    hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+    s.close();
+    eio_error(3, "Bad request")
+}
+
+/// Pings a polling session and closes it when the client stops answering.
+async fn polling_heartbeat(hub: Arc<Hub>, s: Arc<Session>) {
+    let (interval, timeout) = (hub.cfg.ping_interval, hub.cfg.ping_timeout);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {},
+            _ = s.close_notify.notified() => break,
+        }
+        if s.websocket.load(Ordering::SeqCst) || s.is_closed() {
+            break;
+        }
+        s.send_text(sio::eio_encode(EioType::Ping, ""));
+        tokio::time::sleep(timeout).await;
+        let last = *s.last_pong.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.websocket.load(Ordering::SeqCst) && last.elapsed() > interval + timeout {
+            s.close();
+            break;
+        }
+    }
+    if !s.websocket.load(Ordering::SeqCst) {
+        finish(&hub, &s).await;
+    }
+}
+
+/// The websocket transport: one task per client reads, writes and pings.
+async fn run_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, upgrading: bool) {
+    if upgrading && !probe(&hub, &s, &mut ws).await {
+        return;
+    }
+    s.websocket.store(true, Ordering::SeqCst);
+    let mut rx = s.rx.lock().await;
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + hub.cfg.ping_interval,
+        hub.cfg.ping_interval,
+    );
+    let mut ping_sent: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            m = ws.recv() => {
+                let ok = match m {
+                    Some(Ok(Message::Text(t))) => on_text(&hub, &s, t.as_str()).await,
+                    Some(Ok(Message::Binary(b))) => on_binary(&hub, &s, b).await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        tracing::debug!(sid = %s.sid, error = %e, "websocket error (oversized or malformed frame)");
+                        hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                };
+                if !ok {
+                    hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                if let Some(t) = ping_sent && *s.last_pong.lock().unwrap_or_else(|e| e.into_inner()) >= t {
+                    ping_sent = None;
+                }
+            }
+            f = rx.recv() => {
+                let msg = match f {
+                    Some(Frame::Text(t)) => Message::Text(t),
+                    Some(Frame::Binary(b)) => Message::Binary(b),
+                    None => break,
+                };
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if ping_sent.is_some_and(|t| t.elapsed() > hub.cfg.ping_timeout + hub.cfg.ping_interval) {
+                    break;
+                }
+                if ws.send(Message::Text("2".into())).await.is_err() {
+                    break;
+                }
+                ping_sent.get_or_insert_with(Instant::now);
+            }
+            _ = s.close_notify.notified() => break,
+        }
+        if s.is_closed() {
+            break;
+        }
+    }
+    drop(rx);
+    let _ = ws.send(Message::Close(None)).await;
+    finish(&hub, &s).await;
+}
+
+/// The upgrade handshake: `2probe` → `3probe`, the polling GET is released with a noop, then `5`.
+async fn probe(hub: &Arc<Hub>, s: &Arc<Session>, ws: &mut WebSocket) -> bool {
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            m = ws.recv() => match m {
+                Some(Ok(Message::Text(t))) if t.as_str() == "2probe" => {
+                    if ws.send(Message::Text("3probe".into())).await.is_err() {
+                        return false;
+                    }
+                    s.send_text(sio::eio_encode(EioType::Noop, ""));
+                }
+                Some(Ok(Message::Text(t))) if t.as_str() == "5" => {
+                    s.upgraded.store(true, Ordering::SeqCst);
+                    return true;
+                }
+                Some(Ok(_)) => {}
+                _ => return false,
+            },
+            _ = &mut deadline => {
+                let _ = hub;
+                return false;
+            }
+        }
+    }
+}
+
+/// Removes a finished session once and tells the chat layer.
+async fn finish(hub: &Arc<Hub>, s: &Arc<Session>) {
+    s.close();
+    if let Some(s) = hub.remove(&s.sid) {
+        chat::on_disconnect(hub, &s).await;
+    }
+}
+
+/// One Engine.IO text packet from a client; false closes the connection.
+async fn on_text(hub: &Arc<Hub>, s: &Arc<Session>, text: &str) -> bool {
+    let Ok((kind, data)) = sio::eio_decode(text) else {
+        return false;
+    };
+    match kind {
+        EioType::Pong => {
+            *s.last_pong.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            true
+        }
+        EioType::Ping => s.send_text(sio::eio_encode(EioType::Pong, data)),
+        EioType::Close => {
+            s.close();
+            true
+        }
+        EioType::Message => {
+            if !s.allow(hub.cfg.rate_per_sec, hub.cfg.rate_burst) {
+                hub.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(sid = %s.sid, "rate limit exceeded: disconnecting");
+                s.close();
+                return true;
+            }
+            hub.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+            match SioPacket::decode(data) {
+                Ok(p) => on_packet(hub, s, p).await,
+                Err(_) => false,
+            }
+        }
+        EioType::Noop | EioType::Upgrade | EioType::Open => true,
+    }
+}
+
+async fn on_binary(hub: &Arc<Hub>, s: &Arc<Session>, b: Bytes) -> bool {
+    let complete = {
+        let mut st = s.lock_state();
+        let Some(p) = st.pending.as_mut() else {
+            return false;
+        };
+        p.attachments.push(b);
+        if p.is_complete() {
+            st.pending.take()
+        } else {
+            None
+        }
+    };
+    match complete {
+        Some(p) => {
+            chat::on_event(hub, s, p).await;
+            true
+        }
+        None => true,
+    }
+}
+
+async fn on_packet(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) -> bool {
+    if p.nsp != "/" {
+        s.send_packet(&SioPacket {
+            nsp: p.nsp.clone(),
+            ..SioPacket::connect_error("Invalid namespace")
+        });
+        return true;
+    }
+    let connected = s.lock_state().connected;
+    match (p.kind, connected) {
+        (SioType::Connect, false) => {
+            if let Some(token) = &hub.cfg.auth_token {
+                let given = p
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("token"))
+                    .and_then(|t| t.as_str());
+                if given != Some(token.as_str()) {
+                    s.send_packet(&SioPacket::connect_error("unauthorized"));
+                    return true;
+                }
+            }
+            s.lock_state().connected = true;
+            s.send_packet(&SioPacket::connect(serde_json::json!({"sid": s.sid})))
+        }
+        (SioType::Disconnect, _) => {
+            s.close();
+            true
+        }
+        (SioType::Event, true) => {
+            chat::on_event(hub, s, p).await;
+            true
+        }
+        (SioType::BinaryEvent, true) => {
+            s.lock_state().pending = Some(p);
+            true
+        }
+        (SioType::Ack | SioType::BinaryAck, true) => true,
+        _ => false,
+    }
+}

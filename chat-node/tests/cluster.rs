@@ -1,0 +1,320 @@
+//! The official socket.io-client (npm, lockfile committed) against two chat-nodes sharing one
+//! real redis-server: cross-node chat, rooms, numUsers, acks, binary, the polling → websocket
+//! upgrade, the online count after a SIGKILL, delivery resuming after a Redis restart, a drain
+//! with clients moving to the other node, and bad clients cut off without hurting others.
+
+mod common;
+use common::{Driver, TOKEN, eventually, http_get, http_post, node};
+use connscale_test_support::RedisServer;
+use serde_json::{Value, json};
+
+#[test]
+fn heavy_cross_node_chat_rooms_acks_binary_and_upgrade() {
+    let redis = RedisServer::start();
+    let (a, b) = (
+        node("a", Some(&redis.url()), &[]),
+        node("b", Some(&redis.url()), &[]),
+    );
+    let mut d = Driver::start();
+    // ann on node a over websocket; bob on node b starting with polling, then upgrading.
+    d.connect("ann", &a.url(), json!({"transports": ["websocket"]}));
+    d.connect("bob", &b.url(), json!({}));
+    let opened = d.expect(10, "bob's session opens", |e| {
+        e["ev"] == "open" && e["id"] == "bob"
+    });
+    assert_eq!(
+        opened["transport"], "polling",
+        "the default client starts with long-polling"
+    );
+    d.expect(10, "bob upgrades to websocket", |e| {
+        e["ev"] == "upgrade" && e["id"] == "bob" && e["transport"] == "websocket"
+    });
+
+    let ack = d.emit_ack("bob", "add user", json!(["bob"]));
+    assert_eq!(ack, json!([{"numUsers": 1}]));
+    d.emit("ann", "add user", json!(["ann"]));
+    let login = d.expect(10, "ann login", |e| {
+        e["id"] == "ann" && e["name"] == "login"
+    });
+    assert_eq!(login["args"][0]["numUsers"], 2, "numUsers is cluster-wide");
+    let joined = d.expect(10, "bob sees ann join", |e| {
+        e["id"] == "bob" && e["name"] == "user joined"
+    });
+    assert_eq!(joined["args"][0]["username"], "ann");
+
+    // Cross-node message with an ack; the sender does not get its own message.
+    let ack = d.emit_ack("ann", "new message", json!(["hello from a"]));
+    assert_eq!(ack, json!(["ok"]));
+    let m = d.expect(10, "bob gets ann's message", |e| {
+        e["id"] == "bob" && e["name"] == "new message"
+    });
+    assert_eq!(
+        m["args"][0],
+        json!({"username": "ann", "message": "hello from a"})
+    );
+
+    // Binary payloads cross nodes intact.
+    d.emit("bob", "new message", json!([{"$bin": "AAECAwQ="}]));
+    let m = d.expect(10, "ann gets binary", |e| {
+        e["id"] == "ann" && e["name"] == "new message"
+    });
+    assert_eq!(m["args"][0]["message"], json!({"$bin": "AAECAwQ="}));
+
+    // Rooms: carl (node b) joins "ops"; a channel message from ann reaches carl, not bob.
+    d.connect("carl", &b.url(), json!({"transports": ["websocket"]}));
+    d.emit("carl", "add user", json!(["carl"]));
+    d.expect(10, "carl login", |e| {
+        e["id"] == "carl" && e["name"] == "login"
+    });
+    d.emit_ack("carl", "join-channel", json!(["ops"]));
+    d.emit_ack("ann", "join-channel", json!(["ops"]));
+    let notice = d.expect(10, "carl sees ann join ops", |e| {
+        e["id"] == "carl" && e["name"] == "channel notice"
+    });
+    assert_eq!(notice["args"][0]["action"], "joined");
+    d.emit_ack(
+        "ann",
+        "new message",
+        json!([{"message": "ops only", "channel": "ops"}]),
+    );
+    let m = d.expect(10, "carl gets the channel message", |e| {
+        e["id"] == "carl" && e["name"] == "new message"
+    });
+    assert_eq!(m["args"][0]["channel"], "ops");
+    d.drain_events(500);
+    assert!(
+        d.events_named("bob", "new message")
+            .iter()
+            .all(|e| e["args"][0]["message"] != "ops only"),
+        "bob is not in ops"
+    );
+
+    // System messages from a back end: token required; delivered on every node.
+    let (code, _) = http_post(
+        &format!("{}/api/broadcast", a.url()),
+        Some("wrong"),
+        r#"{"event":"system","data":"x"}"#,
+    );
+    assert_eq!(code, 401);
+    let (code, body) = http_post(
+        &format!("{}/api/broadcast", a.url()),
+        Some(TOKEN),
+        r#"{"event":"system","data":{"text":"maintenance"}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    for who in ["ann", "bob", "carl"] {
+        let e = d.expect(10, &format!("{who} gets the system message"), |e| {
+            e["id"] == who && e["name"] == "system"
+        });
+        assert_eq!(e["args"][0]["text"], "maintenance");
+    }
+
+    // Leaving: `user left` with the new cluster-wide count.
+    d.send(json!({"op": "close", "id": "carl"}));
+    let left = d.expect(10, "ann sees carl leave", |e| {
+        e["id"] == "ann" && e["name"] == "user left"
+    });
+    assert_eq!(left["args"][0], json!({"username": "carl", "numUsers": 2}));
+}
+
+fn online(url: &str) -> Value {
+    serde_json::from_str(&http_get(&format!("{url}/api/online")).1).unwrap_or_default()
+}
+
+#[test]
+fn heavy_online_count_converges_after_sigkill() {
+    let redis = RedisServer::start();
+    let (a, b) = (
+        node("a", Some(&redis.url()), &[]),
+        node("b", Some(&redis.url()), &[]),
+    );
+    let mut d = Driver::start();
+    for i in 0..3 {
+        d.connect(
+            &format!("a{i}"),
+            &a.url(),
+            json!({"transports": ["websocket"], "reconnection": false}),
+        );
+    }
+    for i in 0..2 {
+        d.connect(
+            &format!("b{i}"),
+            &b.url(),
+            json!({"transports": ["websocket"], "reconnection": false}),
+        );
+    }
+    eventually(15, "online = 5 with both nodes", || {
+        (online(&a.url())["online"] == 5).then_some(())
+    });
+    b.process.signal(libc::SIGKILL);
+    // The killed node's presence key expires (TTL 10 s); the count must follow within 15 s.
+    let start = std::time::Instant::now();
+    let v = eventually(30, "online drops to node a's 3", || {
+        let v = online(&a.url());
+        (v["online"] == 3).then_some(v)
+    });
+    assert!(v["nodes"].get("b").is_none(), "{v}");
+    assert!(
+        start.elapsed().as_secs() <= 15,
+        "converged only after {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn heavy_delivery_resumes_after_redis_restart() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (
+        node("a", Some(&redis.url()), &[]),
+        node("b", Some(&redis.url()), &[]),
+    );
+    let mut d = Driver::start();
+    d.connect("x", &a.url(), json!({"transports": ["websocket"]}));
+    d.connect("y", &b.url(), json!({"transports": ["websocket"]}));
+    d.emit("x", "add user", json!(["x"]));
+    d.emit("y", "add user", json!(["y"]));
+    d.expect(10, "y login", |e| e["id"] == "y" && e["name"] == "login");
+    d.emit("x", "new message", json!(["before"]));
+    d.expect(10, "y gets 'before'", |e| {
+        e["id"] == "y" && e["name"] == "new message"
+    });
+
+    redis.kill();
+    // Local clients keep being served while Redis is down.
+    d.connect("z", &a.url(), json!({"transports": ["websocket"]}));
+    d.emit("z", "add user", json!(["z"]));
+    d.emit("x", "new message", json!(["local during outage"]));
+    d.expect(10, "z (same node) gets it during the outage", |e| {
+        e["id"] == "z"
+            && e["name"] == "new message"
+            && e["args"][0]["message"] == "local during outage"
+    });
+    redis.restart();
+    // Cross-node delivery resumes without restarting anything.
+    let got = eventually(20, "cross-node delivery after restart", || {
+        d.emit("x", "new message", json!(["after"]));
+        d.drain_events(300);
+        d.events_named("y", "new message")
+            .into_iter()
+            .find(|e| e["args"][0]["message"] == "after")
+    });
+    assert_eq!(got["args"][0]["username"], "x");
+}
+
+#[test]
+fn heavy_drain_moves_clients_to_the_other_node() {
+    let redis = RedisServer::start();
+    let (mut a, b) = (
+        node("a", Some(&redis.url()), &[]),
+        node("b", Some(&redis.url()), &[]),
+    );
+    let mut d = Driver::start();
+    // Two clients that know both nodes, as behind a load balancer; they start on a.
+    for id in ["p", "q"] {
+        d.connect(id, &a.url(), json!({"transports": ["websocket"]}));
+    }
+    let (code, _) = http_post(&format!("{}/api/drain", a.url()), Some(TOKEN), "");
+    assert_eq!(code, 202);
+    assert_eq!(http_get(&format!("{}/readyz", a.url())).0, 503);
+    for id in ["p", "q"] {
+        let e = d.expect(10, &format!("{id} is disconnected by the drain"), |e| {
+            e["ev"] == "disconnect" && e["id"] == id
+        });
+        assert_eq!(
+            e["reason"], "transport close",
+            "a drain must let clients reconnect (not 'io server disconnect')"
+        );
+    }
+    assert_eq!(
+        a.process.wait_exit(std::time::Duration::from_secs(15)),
+        Some(0),
+        "node a exits after draining"
+    );
+    // Reconnecting "through the load balancer" lands them on b.
+    for id in ["p2", "q2"] {
+        d.connect(id, &b.url(), json!({"transports": ["websocket"]}));
+    }
+    eventually(10, "node b holds the drained clients", || {
+        (online(&b.url())["nodes"]["b"] == 2).then_some(())
+    });
+}
+
+#[test]
+fn heavy_bad_clients_are_cut_off_and_others_unaffected() {
+    let n = node("solo", None, &[]);
+    let mut d = Driver::start();
+    d.connect("good", &n.url(), json!({"transports": ["websocket"]}));
+    d.emit("good", "add user", json!(["good"]));
+    d.expect(10, "good login", |e| {
+        e["id"] == "good" && e["name"] == "login"
+    });
+    // Oversized: one 100 KiB message (limit 64 KiB).
+    d.connect(
+        "big",
+        &n.url(),
+        json!({"transports": ["websocket"], "reconnection": false}),
+    );
+    d.emit("big", "new message", json!(["x".repeat(100 * 1024)]));
+    d.expect(10, "oversized client cut off", |e| {
+        e["ev"] == "disconnect" && e["id"] == "big"
+    });
+    // Flooding: far beyond the rate limit.
+    d.connect(
+        "flood",
+        &n.url(),
+        json!({"transports": ["websocket"], "reconnection": false}),
+    );
+    for i in 0..200 {
+        d.emit("flood", "typing", json!([i]));
+    }
+    d.expect(10, "flooding client cut off", |e| {
+        e["ev"] == "disconnect" && e["id"] == "flood"
+    });
+    // Malformed frames on a raw websocket.
+    let port = n.port;
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async move {
+        use futures::{SinkExt, StreamExt};
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+            "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+        ))
+        .await
+        .expect("ws");
+        let _open = ws.next().await;
+        ws.send(tokio_tungstenite::tungstenite::Message::text("40"))
+            .await
+            .expect("send");
+        let _connect = ws.next().await;
+        ws.send(tokio_tungstenite::tungstenite::Message::text("42{not json"))
+            .await
+            .expect("send");
+        let mut closed = false;
+        for _ in 0..10 {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), ws.next()).await {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))))
+                | Ok(None)
+                | Ok(Some(Err(_))) => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(closed, "malformed client was not disconnected");
+    });
+    // The good client still works.
+    let ack = d.emit_ack("good", "new message", json!(["still here"]));
+    assert_eq!(ack, json!(["ok"]));
+    let (_, metrics) = http_get(&format!("{}/metrics", n.url()));
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{name} "))
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    assert!(value("chat_malformed_total") >= 2.0, "{metrics}");
+    assert!(value("chat_rate_limited_total") >= 1.0, "{metrics}");
+}
