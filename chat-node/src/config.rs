@@ -116,3 +116,24 @@ impl ChatConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let c: ChatConfig = toml::from_str(include_str!("../chat-node.example.toml")).unwrap();
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.max_message_bytes, 65_536);
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("chatcfg-{}", std::process::id()));
+        std::fs::write(&dir, "prot = 1\n").unwrap();
+        let e = load_config(Some(&dir)).unwrap_err();
+        let _ = std::fs::remove_file(&dir);
+        assert!(e.contains("prot") && e.contains("line 1"), "{e}");
+    }
+}

@@ -49,6 +49,15 @@ pub enum Command {
     /// Export the policy for other tools.
     #[command(subcommand)]
     Export(ExportCmd),
+    /// The whole loop on this machine. Today: the simulator on a generated flash-crowd trace
+    /// (the live local fleet, issue 9, is not built yet).
+    Demo {
+        /// Write the timeline plot here.
+        #[arg(long, default_value = "connscale-demo.svg")]
+        plot: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { policy, json } => validate(policy, json),
         Command::Simulate(args) => simulate(args),
+        Command::Demo { plot, json } => demo(&plot, json),
         Command::Export(ExportCmd::Terraform { policy, out }) => {
             let p = Policy::load(policy.as_deref())?;
             let vars = crate::export::terraform_vars(&p)
@@ -281,6 +291,35 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_value(&reports)?
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(plot_path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "connscale demo: the live local fleet (chat-node + agent processes scaling under loadtest)\n\
+         is not built yet. Meanwhile: connscale's default policy against the classic alarm policy\n\
+         on two weeks of generated flash crowds (peak = 10 nodes at the cap)."
+    );
+    let trace = crate::sim::trace::synthetic("flash", 1);
+    let cfg = SimConfig {
+        policy: Policy::default_policy(),
+        peak_nodes: 10.0,
+        time_scale: 1.0,
+        compare: vec!["classic".into(), "oracle".into()],
+        model: FleetModel::default(),
+    };
+    let report = sim::simulate(&trace, &cfg).map_err(anyhow::Error::msg)?;
+    std::fs::write(
+        plot_path,
+        plot::report_svg(&report, cfg.policy.group.node_cap as f64),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", plot_path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.table());
+        println!("plot: {}", plot_path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ use connscale::engine::{InstanceView, Lifecycle, Observation};
 use connscale::sim::baselines::Classic;
 use connscale::sim::fleet::{FleetModel, Scaler};
 use connscale::sim::trace::Trace;
+use connscale::sim::trace::synthetic as generated;
 use connscale::sim::{SimConfig, simulate};
 use connscale_common::policy::Policy;
 use std::path::PathBuf;
@@ -147,54 +148,6 @@ fn check_beats_classic(trace: &Trace) -> f64 {
 fn default_policy_beats_classic_on_the_shared_traces() {
     for path in shared_traces() {
         let _ = check_beats_classic(&Trace::load(&path).expect("trace"));
-    }
-}
-
-/// A deterministic generator (xorshift) for traces nobody tuned the policy on.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-pub fn generated(kind: &str, seed: u64) -> Trace {
-    let mut rng = Rng(seed * 0x9E37_79B9 + 1);
-    let step = 300;
-    let n = 14 * 288; // two weeks of 5-minute points
-    let mut spike = 0.0f64;
-    let mut points = Vec::with_capacity(n);
-    let mut walk = 1.0f64;
-    for i in 0..n {
-        let day = (i as f64 / 288.0) * std::f64::consts::TAU;
-        let v = match kind {
-            // Daily and weekly cycle with noise, evening peak.
-            "diurnal" => {
-                (1.2 + (day - 1.9).sin()) * (1.0 + 0.25 * (day / 7.0).sin()) + 0.15 * rng.next()
-            }
-            // A quiet base with sudden flash crowds that decay over about an hour.
-            "flash" => {
-                if rng.next() < 0.004 {
-                    spike = 5.0 + 25.0 * rng.next();
-                }
-                spike *= 0.93;
-                1.0 + spike + 0.3 * rng.next()
-            }
-            // A random walk with drift reversals (a product launch, then decline).
-            _ => {
-                walk =
-                    (walk * (1.0 + 0.04 * (rng.next() - 0.5)) + 0.02 * (day / 3.0).sin()).max(0.05);
-                walk
-            }
-        };
-        points.push((1_700_000_000 + (i * step) as i64, v.max(0.0)));
-    }
-    Trace {
-        name: format!("{kind}-{seed}"),
-        points,
     }
 }
 

@@ -18,7 +18,8 @@ AGENT = os.path.join(ROOT, "target/release/connscale-agent")
 PER_PROC = 15_000
 
 def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+    # Wildcard: the port must be free on every address, as the helpers' listeners need it.
+    s = socket.socket(); s.bind(("0.0.0.0", 0)); p = s.getsockname()[1]; s.close(); return p
 
 def helper(*args):
     p = subprocess.Popen([sys.executable, HOLD, *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
