@@ -32,6 +32,34 @@ pub struct Envelope {
 }
 
 pub const CHANNEL: &str = "connscale:chat";
+const SEQ_KEY: &str = "connscale:seq";
+const STREAM_PREFIX: &str = "connscale:stream:";
+const SESSION_PREFIX: &str = "connscale:session:";
+
+/// One round trip, atomically: the next cluster-wide sequence number, the envelope appended to
+/// its room's bounded stream under that number (so each stream's ids increase), and the publish
+/// ("seq|envelope") to the other nodes. Atomicity is what keeps every stream in order.
+const PUBLISH_SCRIPT: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'e', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], seq .. '|' .. ARGV[1])
+return seq
+"#;
+
+/// The recovery stream of a room (`None`: broadcasts to everyone).
+pub fn stream_key(room: Option<&str>) -> String {
+    format!("{STREAM_PREFIX}{}", room.unwrap_or("*all"))
+}
+
+/// What a disconnected socket leaves behind for its recovery.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub rooms: Vec<String>,
+    pub username: Option<String>,
+    pub sids: Vec<String>,
+    pub since: u64,
+}
 const PRESENCE_PREFIX: &str = "connscale:presence:";
 pub const PRESENCE_TTL_SECS: u64 = 10;
 
@@ -107,14 +135,80 @@ impl RedisBroker {
         }
     }
 
-    /// Publishes a broadcast to the other nodes; false if Redis is unreachable (dropped).
-    pub async fn publish(&self, env: &Envelope) -> bool {
-        let Ok(body) = serde_json::to_string(env) else {
+    /// Persists a broadcast for recovery and publishes it to the other nodes; returns its
+    /// sequence number (the clients' offset), or None if Redis is unreachable (dropped).
+    pub async fn publish(&self, env: &Envelope, max_len: u64, ttl_secs: u64) -> Option<u64> {
+        let body = serde_json::to_string(env).ok()?;
+        let stream = stream_key(env.r.as_deref());
+        self.run(async |c| {
+            redis::Script::new(PUBLISH_SCRIPT)
+                .key(SEQ_KEY)
+                .key(stream)
+                .arg(body)
+                .arg(max_len)
+                .arg(ttl_secs)
+                .arg(CHANNEL)
+                .invoke_async::<u64>(c)
+                .await
+        })
+        .await
+    }
+
+    /// The latest sequence number handed out (0 if none).
+    pub async fn current_seq(&self) -> Option<u64> {
+        self.run(async |c| c.get::<_, Option<u64>>(SEQ_KEY).await)
+            .await
+            .map(|v| v.unwrap_or(0))
+    }
+
+    pub async fn save_session(&self, pid: &str, rec: &SessionRecord, ttl_secs: u64) -> bool {
+        let Ok(body) = serde_json::to_string(rec) else {
             return false;
         };
-        self.run(async |c| c.publish::<_, _, i64>(CHANNEL, body).await)
+        let key = format!("{SESSION_PREFIX}{pid}");
+        self.run(async |c| c.set_ex::<_, _, ()>(key, body, ttl_secs).await)
             .await
             .is_some()
+    }
+
+    /// Takes (and deletes) a session record, so a pid recovers at most once.
+    pub async fn take_session(&self, pid: &str) -> Option<SessionRecord> {
+        let key = format!("{SESSION_PREFIX}{pid}");
+        let body: Option<String> = self
+            .run(async |c| redis::cmd("GETDEL").arg(key).query_async(c).await)
+            .await?;
+        serde_json::from_str(&body?).ok()
+    }
+
+    /// Envelopes of a room's stream with sequence numbers above `after`, oldest first.
+    pub async fn read_after(
+        &self,
+        room: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Vec<(u64, Envelope)> {
+        let key = stream_key(room);
+        type Rows = Vec<(String, Vec<(String, String)>)>;
+        let rows: Option<Rows> = self
+            .run(async |c| {
+                redis::cmd("XRANGE")
+                    .arg(key)
+                    .arg(format!("({after}-1"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(c)
+                    .await
+            })
+            .await;
+        rows.unwrap_or_default()
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let seq = id.split('-').next()?.parse().ok()?;
+                let body = fields.into_iter().find(|(k, _)| k == "e")?.1;
+                Some((seq, serde_json::from_str(&body).ok()?))
+            })
+            .collect()
     }
 
     /// Refreshes this node's presence key: "connections users".
@@ -168,8 +262,9 @@ impl RedisBroker {
         .await
     }
 
-    /// Receives other nodes' broadcasts for ever, reconnecting after any failure.
-    pub async fn subscribe(&self, deliver: impl Fn(Envelope)) {
+    /// Receives other nodes' broadcasts (with their sequence numbers) for ever, reconnecting
+    /// after any failure.
+    pub async fn subscribe(&self, deliver: impl Fn(u64, Envelope)) {
         let mut backoff = Duration::from_millis(100);
         loop {
             match tokio::time::timeout(Duration::from_secs(1), self.client.get_async_pubsub()).await
@@ -185,11 +280,15 @@ impl RedisBroker {
                             let Ok(body) = msg.get_payload::<String>() else {
                                 continue;
                             };
-                            match serde_json::from_str::<Envelope>(&body) {
-                                Ok(env) => deliver(env),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "ignoring malformed broadcast from redis")
-                                }
+                            let parsed = body.split_once('|').and_then(|(seq, env)| {
+                                Some((
+                                    seq.parse().ok()?,
+                                    serde_json::from_str::<Envelope>(env).ok()?,
+                                ))
+                            });
+                            match parsed {
+                                Some((seq, env)) => deliver(seq, env),
+                                None => tracing::warn!("ignoring malformed broadcast from redis"),
                             }
                         }
                         self.mark(false, "subscription connection closed");

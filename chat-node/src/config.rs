@@ -37,6 +37,11 @@ pub struct ChatConfig {
     /// Clients are disconnected spread over this window on drain.
     #[serde(with = "humantime_serde")]
     pub drain_window: Duration,
+    /// A client that reconnects (to any node) within this window gets what it missed.
+    #[serde(with = "humantime_serde")]
+    pub recovery_window: Duration,
+    /// Most messages kept per room for recovery.
+    pub recovery_max_len: u64,
 }
 
 impl Default for ChatConfig {
@@ -56,6 +61,8 @@ impl Default for ChatConfig {
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
             drain_window: Duration::from_secs(30),
+            recovery_window: Duration::from_secs(120),
+            recovery_max_len: 10_000,
         }
     }
 }
@@ -88,6 +95,14 @@ const OVERRIDES: &[EnvOverride] = &[
     EnvOverride {
         var: "CHAT_DRAIN_WINDOW",
         key: "drain_window",
+    },
+    EnvOverride {
+        var: "CHAT_RATE_PER_SEC",
+        key: "rate_per_sec",
+    },
+    EnvOverride {
+        var: "CHAT_RATE_BURST",
+        key: "rate_burst",
     },
 ];
 
@@ -135,5 +150,19 @@ mod tests {
         let e = load_config(Some(&dir)).unwrap_err();
         let _ = std::fs::remove_file(&dir);
         assert!(e.contains("prot") && e.contains("line 1"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    #[test]
+    fn rate_env_override_applies() {
+        // SAFETY: this test binary sets these variables before reading them, single-threaded here.
+        unsafe {
+            std::env::set_var("CHAT_RATE_PER_SEC", "1000");
+            std::env::set_var("CHAT_RATE_BURST", "1000");
+        }
+        let c = super::load_config(None).unwrap();
+        assert_eq!((c.rate_per_sec, c.rate_burst), (1000.0, 1000.0));
     }
 }

@@ -143,14 +143,21 @@ impl Hub {
         }
     }
 
-    /// Delivers a packet to this node's clients (all, or a room), skipping `except`.
+    /// Delivers a packet to this node's clients (all, or a room), skipping `except`. With a
+    /// sequence number, the packet carries it as its offset (the last argument), and clients in
+    /// the middle of a recovery get it after their replay instead.
     pub fn deliver_local(
         &self,
         room: Option<&str>,
         except: Option<&str>,
         text: &str,
         attachments: &[Bytes],
+        seq: Option<u64>,
     ) {
+        let text = match seq {
+            Some(n) => with_offset(text, n),
+            None => text.to_string(),
+        };
         let frame = Utf8Bytes::from(format!("4{text}"));
         let targets: Vec<Arc<Session>> = {
             let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
@@ -171,8 +178,18 @@ impl Hub {
         };
         let mut sent = 0;
         for s in targets {
-            if Some(s.sid.as_str()) == except || !s.lock_state().connected {
+            if Some(s.sid.as_str()) == except {
                 continue;
+            }
+            {
+                let mut st = s.lock_state();
+                if !st.connected {
+                    continue;
+                }
+                if let (Some(buf), Some(n)) = (st.recovering.as_mut(), seq) {
+                    buf.push((n, text.clone(), attachments.to_vec()));
+                    continue;
+                }
             }
             let mut ok = s.send(Frame::Text(frame.clone()));
             for a in attachments {
@@ -183,47 +200,54 @@ impl Hub {
         self.metrics.messages_out.fetch_add(sent, Ordering::Relaxed);
     }
 
-    /// Broadcasts to every matching client on every node.
+    /// Broadcasts to every matching client on every node. With Redis, the message is first
+    /// numbered and kept for recovery (one round trip), then delivered with its offset.
     pub async fn broadcast(&self, room: Option<&str>, except: Option<&str>, p: &SioPacket) {
         let text = p.encode();
-        self.deliver_local(room, except, &text, &p.attachments);
-        if let Some(b) = &self.broker {
-            let env = Envelope {
-                o: self.node.clone(),
-                r: room.map(str::to_string),
-                x: except.map(str::to_string),
-                p: text,
-                b: p.attachments
-                    .iter()
-                    .map(|a| base64::engine::general_purpose::STANDARD.encode(a))
-                    .collect(),
-                t: now_us(),
-            };
-            let counter = if b.publish(&env).await {
-                &self.metrics.published
-            } else {
-                &self.metrics.publish_failed
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
+        let Some(b) = &self.broker else {
+            self.deliver_local(room, except, &text, &p.attachments, None);
+            return;
+        };
+        let env = Envelope {
+            o: self.node.clone(),
+            r: room.map(str::to_string),
+            x: except.map(str::to_string),
+            p: text,
+            b: p.attachments
+                .iter()
+                .map(|a| base64::engine::general_purpose::STANDARD.encode(a))
+                .collect(),
+            t: now_us(),
+        };
+        let seq = b
+            .publish(
+                &env,
+                self.cfg.recovery_max_len,
+                self.cfg.recovery_window.as_secs().max(1),
+            )
+            .await;
+        let counter = if seq.is_some() {
+            &self.metrics.published
+        } else {
+            &self.metrics.publish_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.deliver_local(room, except, &env.p, &p.attachments, seq);
     }
 
     /// A broadcast from another node.
-    pub fn on_remote(&self, env: Envelope) {
+    pub fn on_remote(&self, seq: u64, env: Envelope) {
         if env.o == self.node {
             return;
         }
-        let attachments: Vec<Bytes> = env
-            .b
-            .iter()
-            .filter_map(|a| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(a)
-                    .ok()
-                    .map(Bytes::from)
-            })
-            .collect();
-        self.deliver_local(env.r.as_deref(), env.x.as_deref(), &env.p, &attachments);
+        let attachments = decode_attachments(&env);
+        self.deliver_local(
+            env.r.as_deref(),
+            env.x.as_deref(),
+            &env.p,
+            &attachments,
+            Some(seq),
+        );
         let lat = now_us().saturating_sub(env.t);
         let m = &self.metrics;
         let i = FANOUT_BUCKETS_US
@@ -233,6 +257,48 @@ impl Hub {
         m.fanout_us[i].fetch_add(1, Ordering::Relaxed);
         m.fanout_sum_us.fetch_add(lat, Ordering::Relaxed);
         m.fanout_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends a recovering client what it missed after `offset` in its rooms (and broadcasts to
+    /// all), in order, then what arrived live meanwhile, skipping anything already replayed.
+    /// Reads are proportional to the client's rooms, not to all traffic.
+    pub async fn replay(&self, s: &Session, offset: u64) -> usize {
+        let Some(b) = &self.broker else { return 0 };
+        let (rooms, old): (Vec<String>, Vec<String>) = {
+            let st = s.lock_state();
+            (st.rooms.iter().cloned().collect(), st.old_sids.clone())
+        };
+        let limit = self.cfg.recovery_max_len as usize;
+        let oldest = now_us().saturating_sub(self.cfg.recovery_window.as_micros() as u64);
+        let mut missed: Vec<(u64, Envelope)> = b.read_after(None, offset, limit).await;
+        for r in &rooms {
+            missed.extend(b.read_after(Some(r), offset, limit).await);
+        }
+        missed.sort_by_key(|(n, _)| *n);
+        missed.dedup_by_key(|(n, _)| *n);
+        let mut last = offset;
+        let mut sent = 0;
+        for (n, env) in missed {
+            last = n;
+            if env.t < oldest || env.x.as_ref().is_some_and(|x| old.contains(x)) {
+                continue;
+            }
+            s.send_text(format!("4{}", with_offset(&env.p, n)));
+            for a in decode_attachments(&env) {
+                s.send(Frame::Binary(a));
+            }
+            sent += 1;
+        }
+        let live = s.lock_state().recovering.take().unwrap_or_default();
+        for (n, text, atts) in live {
+            if n > last {
+                s.send_text(format!("4{text}"));
+                for a in atts {
+                    s.send(Frame::Binary(a));
+                }
+            }
+        }
+        sent
     }
 
     /// Users logged in across the cluster: live nodes' reports, this node's exact count.
@@ -315,5 +381,44 @@ impl Hub {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tracing::info!(left = self.connections(), "drain finished");
+    }
+}
+
+/// Appends the offset as the event's last argument (`2["ev",{...}]` → `2["ev",{...},"7"]`),
+/// which is where socket.io-client ≥ 4.6 reads it from.
+pub fn with_offset(text: &str, seq: u64) -> String {
+    match text.strip_suffix(']') {
+        Some(head) if head.ends_with('[') => format!("{head}\"{seq}\"]"),
+        Some(head) => format!("{head},\"{seq}\"]"),
+        None => text.to_string(),
+    }
+}
+
+fn decode_attachments(env: &Envelope) -> Vec<Bytes> {
+    env.b
+        .iter()
+        .filter_map(|a| {
+            base64::engine::general_purpose::STANDARD
+                .decode(a)
+                .ok()
+                .map(Bytes::from)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_offset;
+
+    #[test]
+    fn offsets_are_the_last_argument() {
+        assert_eq!(
+            with_offset(r#"2["new message",{"a":1}]"#, 7),
+            r#"2["new message",{"a":1},"7"]"#
+        );
+        assert_eq!(
+            with_offset(r#"51-["f",{"_placeholder":true,"num":0}]"#, 12),
+            r#"51-["f",{"_placeholder":true,"num":0},"12"]"#
+        );
     }
 }

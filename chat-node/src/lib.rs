@@ -62,7 +62,7 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
     let hub = Hub::new(cfg).map_err(anyhow::Error::msg)?;
     if let Some(b) = hub.broker.clone() {
         let h = hub.clone();
-        tokio::spawn(async move { b.subscribe(move |env| h.on_remote(env)).await });
+        tokio::spawn(async move { b.subscribe(move |seq, env| h.on_remote(seq, env)).await });
         tokio::spawn(hub.clone().presence_loop());
     }
     let listener = tokio::net::TcpListener::bind(addr)

@@ -61,6 +61,15 @@ pub struct SocketState {
     pub rooms: HashSet<String>,
     /// A binary packet waiting for its attachments.
     pub pending: Option<SioPacket>,
+    /// Private session id for connection state recovery (issued only with Redis).
+    pub pid: Option<String>,
+    /// The broadcast sequence when this socket connected: replay starts here if the client never
+    /// received an offset.
+    pub since: u64,
+    /// Socket ids this client had before recoveries (its own messages are not replayed to it).
+    pub old_sids: Vec<String>,
+    /// While missed messages are replayed, live broadcasts wait here (seq, text, attachments).
+    pub recovering: Option<Vec<(u64, String, Vec<Bytes>)>>,
 }
 
 /// One client.

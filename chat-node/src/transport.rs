@@ -1,5 +1,6 @@
 //! Engine.IO v4 transports: websocket, HTTP long-polling, and the polling → websocket upgrade.
 
+use crate::broker::SessionRecord;
 use crate::chat;
 use crate::hub::Hub;
 use crate::session::{Frame, Session, new_sid};
@@ -270,8 +271,9 @@ async fn run_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, upgrad
         }
     }
     drop(rx);
-    let _ = ws.send(Message::Close(None)).await;
+    // Save the recovery record before the client sees the close and reconnects elsewhere.
     finish(&hub, &s).await;
+    let _ = ws.send(Message::Close(None)).await;
 }
 
 /// The upgrade handshake: `2probe` → `3probe`, the polling GET is released with a noop, then `5`.
@@ -302,12 +304,86 @@ async fn probe(hub: &Arc<Hub>, s: &Arc<Session>, ws: &mut WebSocket) -> bool {
     }
 }
 
-/// Removes a finished session once and tells the chat layer.
+/// Removes a finished session once, keeps what its recovery needs, and tells the chat layer.
 async fn finish(hub: &Arc<Hub>, s: &Arc<Session>) {
     s.close();
+    let record = {
+        let st = s.lock_state();
+        st.pid.clone().map(|pid| {
+            let mut sids = st.old_sids.clone();
+            sids.push(s.sid.clone());
+            (
+                pid,
+                SessionRecord {
+                    rooms: st.rooms.iter().cloned().collect(),
+                    username: st.username.clone(),
+                    sids,
+                    since: st.since,
+                },
+            )
+        })
+    };
     if let Some(s) = hub.remove(&s.sid) {
+        if let (Some(b), Some((pid, rec))) = (&hub.broker, record) {
+            b.save_session(&pid, &rec, hub.cfg.recovery_window.as_secs().max(1))
+                .await;
+        }
         chat::on_disconnect(hub, &s).await;
     }
+}
+
+/// Socket.IO CONNECT. With Redis, a client presenting a known `pid` gets its rooms and name
+/// back and the messages it missed after `offset`; any other client gets a fresh `pid`.
+async fn connect(hub: &Arc<Hub>, s: &Arc<Session>, data: &serde_json::Value) -> bool {
+    let Some(b) = hub.broker.clone() else {
+        s.lock_state().connected = true;
+        return s.send_packet(&SioPacket::connect(serde_json::json!({"sid": s.sid})));
+    };
+    let claimed = data.get("pid").and_then(|v| v.as_str()).map(str::to_string);
+    let record = match &claimed {
+        Some(pid) => b.take_session(pid).await,
+        None => None,
+    };
+    let Some(rec) = record else {
+        let since = b.current_seq().await.unwrap_or(0);
+        let pid = crate::session::new_sid();
+        {
+            let mut st = s.lock_state();
+            st.connected = true;
+            st.pid = Some(pid.clone());
+            st.since = since;
+        }
+        return s.send_packet(&SioPacket::connect(
+            serde_json::json!({"sid": s.sid, "pid": pid}),
+        ));
+    };
+    let pid = claimed.unwrap_or_default();
+    let offset = data
+        .get("offset")
+        .and_then(|v| v.as_str())
+        .and_then(|o| o.parse::<u64>().ok())
+        .unwrap_or(rec.since);
+    {
+        let mut st = s.lock_state();
+        st.connected = true;
+        st.pid = Some(pid.clone());
+        st.since = rec.since;
+        st.old_sids = rec.sids.clone();
+        st.username = rec.username.clone();
+        st.recovering = Some(Vec::new());
+    }
+    for r in &rec.rooms {
+        hub.join(s, r);
+    }
+    if rec.username.is_some() {
+        hub.users.fetch_add(1, Ordering::Relaxed);
+    }
+    s.send_packet(&SioPacket::connect(
+        serde_json::json!({"sid": s.sid, "pid": pid}),
+    ));
+    let n = hub.replay(s, offset).await;
+    tracing::debug!(sid = %s.sid, replayed = n, offset, "recovered session");
+    true
 }
 
 /// One Engine.IO text packet from a client; false closes the connection.
@@ -375,19 +451,14 @@ async fn on_packet(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) -> bool {
     let connected = s.lock_state().connected;
     match (p.kind, connected) {
         (SioType::Connect, false) => {
-            if let Some(token) = &hub.cfg.auth_token {
-                let given = p
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("token"))
-                    .and_then(|t| t.as_str());
-                if given != Some(token.as_str()) {
-                    s.send_packet(&SioPacket::connect_error("unauthorized"));
-                    return true;
-                }
+            let data = p.data.clone().unwrap_or_default();
+            if let Some(token) = &hub.cfg.auth_token
+                && data.get("token").and_then(|t| t.as_str()) != Some(token.as_str())
+            {
+                s.send_packet(&SioPacket::connect_error("unauthorized"));
+                return true;
             }
-            s.lock_state().connected = true;
-            s.send_packet(&SioPacket::connect(serde_json::json!({"sid": s.sid})))
+            connect(hub, s, &data).await
         }
         (SioType::Disconnect, _) => {
             s.close();

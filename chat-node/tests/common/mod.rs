@@ -215,3 +215,55 @@ impl Drop for Driver {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP load balancer stand-in: new connections go to the first backend in its list that
+/// accepts (the list can change, as an ALB's healthy targets do). Stops with the test.
+pub struct Proxy {
+    pub port: u16,
+    pub backends: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Proxy {
+    pub fn start(backends: Vec<u16>) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("rt");
+        let list = std::sync::Arc::new(std::sync::Mutex::new(backends));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let l2 = list.clone();
+        rt.spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let targets = l2.lock().map(|l| l.clone()).unwrap_or_default();
+                tokio::spawn(async move {
+                    for t in targets {
+                        if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", t)).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            backends: list,
+            _rt: rt,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set(&self, backends: Vec<u16>) {
+        if let Ok(mut l) = self.backends.lock() {
+            *l = backends;
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Connection state recovery with the official socket.io-client (≥ 4.6 recovers by itself):
+//! a client in a room, behind a load balancer, is drained off its node mid-stream, reconnects to
+//! the other node and receives every message it missed, in order, with no duplicates.
+
+mod common;
+use common::{Driver, Proxy, TOKEN, http_post, node};
+use connscale_test_support::RedisServer;
+use serde_json::json;
+
+#[test]
+fn heavy_drain_with_recovery_loses_and_duplicates_nothing() {
+    let redis = RedisServer::start();
+    // The sender emits 100 messages/s: above the default per-client rate limit (20/s).
+    let fast = [("CHAT_RATE_PER_SEC", "1000"), ("CHAT_RATE_BURST", "1000")];
+    let (mut a, b) = (
+        node("a", Some(&redis.url()), &fast),
+        node("b", Some(&redis.url()), &fast),
+    );
+    let lb = Proxy::start(vec![a.port]);
+    let mut d = Driver::start();
+    d.connect("p", &lb.url(), json!({"transports": ["websocket"]}));
+    d.emit("p", "add user", json!(["p"]));
+    d.emit_ack("p", "join-channel", json!(["room"]));
+    d.connect("s", &b.url(), json!({"transports": ["websocket"]}));
+    d.emit("s", "add user", json!(["s"]));
+    d.emit_ack("s", "join-channel", json!(["room"]));
+
+    let n = 300;
+    for i in 0..n {
+        if i == n / 3 {
+            // The ALB stops routing to a (its health fails while draining), and a drains.
+            lb.set(vec![b.port]);
+            let (code, _) = http_post(&format!("{}/api/drain", a.url()), Some(TOKEN), "");
+            assert_eq!(code, 202);
+        }
+        d.emit(
+            "s",
+            "new message",
+            json!([{"message": i, "channel": "room"}]),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    d.expect(30, "p receives the last message", |e| {
+        e["id"] == "p" && e["name"] == "new message" && e["args"][0]["message"] == n - 1
+    });
+    let reconnect = d.expect(10, "p reconnected", |e| {
+        e["ev"] == "connect" && e["id"] == "p"
+    });
+    assert_eq!(
+        reconnect["recovered"], true,
+        "the client must report a recovered session"
+    );
+    assert!(
+        d.seen
+            .iter()
+            .any(|e| e["ev"] == "disconnect" && e["id"] == "p"),
+        "p was drained off node a"
+    );
+    d.drain_events(500);
+    let got: Vec<i64> = d
+        .events_named("p", "new message")
+        .iter()
+        .chain(std::iter::once(&json!({"args": [{"message": n - 1}]})))
+        .filter_map(|e| e["args"][0]["message"].as_i64())
+        .collect();
+    let want: Vec<i64> = (0..n).collect();
+    let lost: Vec<i64> = want.iter().filter(|i| !got.contains(i)).copied().collect();
+    let mut dup = got.clone();
+    dup.sort_unstable();
+    let dups = dup.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!(
+        (lost.len(), dups),
+        (0, 0),
+        "lost {lost:?}, {dups} duplicated; got {got:?}"
+    );
+    assert_eq!(got, want, "out of order");
+    assert_eq!(
+        a.process.wait_exit(std::time::Duration::from_secs(15)),
+        Some(0)
+    );
+}
