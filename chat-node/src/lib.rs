@@ -41,11 +41,24 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/", get(page))
+        .route("/socket.io.min.js", get(client_js))
         .with_state(hub)
 }
 
 async fn page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../static/index.html"))
+}
+
+/// The official socket.io-client 4.8 browser build (MIT, see static/socket.io-client.LICENSE),
+/// vendored so the page works without a CDN or node_modules.
+async fn client_js() -> impl axum::response::IntoResponse {
+    (
+        [
+            ("content-type", "application/javascript; charset=utf-8"),
+            ("cache-control", "public, max-age=86400"),
+        ],
+        include_str!("../static/socket.io.min.js"),
+    )
 }
 
 /// Runs the node until SIGTERM, Ctrl-C or /api/drain; then drains and returns.
