@@ -1,1 +1,7 @@
-//! Finds a node's connection capacity, drives Socket.IO chat traffic, and checks nothing is lost.
+//! loadtest: drives Socket.IO chat fleets from one machine. [`client`] is a lean websocket
+//! Socket.IO client; [`ramp`] opens and holds connections; [`chat`] exchanges numbered messages
+//! in rooms and checks completeness and latency. Used by the CLI, the benchmarks and the demo.
+
+pub mod chat;
+pub mod client;
+pub mod ramp;

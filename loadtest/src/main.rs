@@ -1,1 +1,163 @@
-fn main() {}
+//! `loadtest`: see `loadtest --help`. The work is in the library.
+
+use clap::{Parser, Subcommand};
+use connscale_common::telemetry::{self, LogFormat};
+use loadtest::{chat, client, ramp};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Load for Socket.IO chat fleets, from one machine: hold connections, drive chat traffic and
+/// check that nothing is lost. Exits non-zero when an SLO given on the command line is missed.
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, max_term_width = 100)]
+struct Cli {
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Open N connections at a rate over the targets (round robin) and hold them.
+    Ramp {
+        /// Target node(s), http://IP:PORT. Repeat for several.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Connection attempts per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// How long to hold the connections, e.g. 30s.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        /// Source addresses to spread over, e.g. 127.0.0.2-127.0.0.40 (each gives ~28k ports).
+        #[arg(long, default_value = "")]
+        source_ips: String,
+        /// Fail (exit 1) unless at least this share of connections succeeded, e.g. 0.999.
+        #[arg(long)]
+        min_success: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clients in rooms send numbered messages; checks completeness and latency.
+    Chat {
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Messages per second across all clients.
+        #[arg(long, default_value_t = 200.0)]
+        send_rate: f64,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "")]
+        source_ips: String,
+        /// Fail (exit 1) if more messages than this are lost or duplicated.
+        #[arg(long)]
+        max_lost: Option<u64>,
+        /// Fail (exit 1) if the p99 latency exceeds this many milliseconds.
+        #[arg(long)]
+        slo_p99: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, "warn");
+    connscale_common::limits::raise_nofile();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<ExitCode, String> {
+    match cmd {
+        Cmd::Ramp {
+            targets,
+            connections,
+            rate,
+            hold,
+            source_ips,
+            min_success,
+            json,
+        } => {
+            let cfg = ramp::RampConfig {
+                targets,
+                connections,
+                rate,
+                hold,
+                sources: client::parse_sources(&source_ips)?,
+                connect_timeout: Duration::from_secs(10),
+            };
+            let r = ramp::run(cfg, |a, c| eprint!("\rattempted {a}  connected {c}   ")).await?;
+            eprintln!();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", r.table());
+            }
+            let ok = min_success.is_none_or(|m| r.connected as f64 >= m * connections as f64);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Chat {
+            targets,
+            clients,
+            rooms,
+            send_rate,
+            duration,
+            source_ips,
+            max_lost,
+            slo_p99,
+            json,
+        } => {
+            let cfg = chat::ChatConfig {
+                targets,
+                clients,
+                rooms,
+                send_rate,
+                duration,
+                sources: client::parse_sources(&source_ips)?,
+            };
+            eprintln!(
+                "chat: {clients} clients in {rooms} rooms, {send_rate} msg/s for {duration:?}..."
+            );
+            let r = chat::run(cfg).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", r.table());
+            }
+            let ok = max_lost.is_none_or(|m| r.lost + r.duplicated <= m)
+                && slo_p99.is_none_or(|s| r.latency_ms_p99 <= s);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

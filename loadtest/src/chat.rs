@@ -1,0 +1,202 @@
+//! `loadtest chat`: clients in rooms exchange numbered messages; every receiver checks it got
+//! each room-mate's messages exactly once and in order, and end-to-end latency goes into an HDR
+//! histogram.
+
+use crate::client::{self, Incoming};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    pub targets: Vec<String>,
+    pub clients: usize,
+    pub rooms: usize,
+    /// Messages per second across all clients.
+    pub send_rate: f64,
+    pub duration: Duration,
+    pub sources: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatReport {
+    pub clients_connected: usize,
+    pub sent: u64,
+    /// Deliveries expected: each message × its room-mates (excluding the sender).
+    pub expected_deliveries: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_p999: f64,
+    pub latency_ms_max: f64,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// One receiver's view: per sender, the sequence numbers seen.
+#[derive(Default)]
+struct Seen {
+    per_sender: HashMap<u64, (u64, Vec<u64>)>, // sender → (highest seen, all seen)
+    dup: u64,
+    ooo: u64,
+}
+
+pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
+    let eps: Vec<_> = cfg
+        .targets
+        .iter()
+        .map(|t| client::endpoint(t))
+        .collect::<Result<_, _>>()?;
+    if eps.is_empty() || cfg.clients < 2 || cfg.rooms == 0 {
+        return Err("need at least one --target, 2 --clients and 1 --rooms".into());
+    }
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+    ));
+    let sent_by: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..cfg.clients).map(|_| Arc::default()).collect();
+    let ready = Arc::new(tokio::sync::Barrier::new(cfg.clients + 1));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let per_client_rate = cfg.send_rate / cfg.clients as f64;
+    let mut tasks = Vec::new();
+    for i in 0..cfg.clients {
+        let (addr, url) = eps[i % eps.len()].clone();
+        let src = (!cfg.sources.is_empty()).then(|| cfg.sources[i % cfg.sources.len()]);
+        let room = format!("room-{}", i % cfg.rooms);
+        let (hist, sent_by, seen, ready, stop, connected) = (
+            hist.clone(),
+            sent_by.clone(),
+            seen[i].clone(),
+            ready.clone(),
+            stop.clone(),
+            connected.clone(),
+        );
+        let duration = cfg.duration;
+        tasks.push(tokio::spawn(async move {
+            let ws = client::connect(addr, &url, src, Duration::from_secs(10)).await;
+            let Ok(mut ws) = ws else {
+                ready.wait().await;
+                return;
+            };
+            connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            client::emit(&mut ws, json!(["add user", format!("c{i}")])).await;
+            client::emit(&mut ws, json!(["join-channel", room])).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ready.wait().await;
+            let gap = Duration::from_secs_f64(1.0 / per_client_rate.max(1e-6));
+            let start = Instant::now() + gap.mul_f64(i as f64 / 1000.0 % 1.0);
+            let mut next = tokio::time::Instant::from_std(start);
+            let mut seq = 0u64;
+            let stopped = stop.notified();
+            tokio::pin!(stopped);
+            let end = tokio::time::Instant::now() + duration;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next), if next < end => {
+                        let msg = json!(["new message", {"message": {"s": i, "n": seq, "t": now_us()}, "channel": room}]);
+                        if client::emit(&mut ws, msg).await {
+                            seq += 1;
+                        }
+                        next += gap;
+                    }
+                    m = client::recv(&mut ws) => match m {
+                        Incoming::Event(name, args) if name == "new message" => {
+                            let m = &args.first().map(|a| a["message"].clone()).unwrap_or_default();
+                            let (Some(s), Some(n), Some(t)) = (m["s"].as_u64(), m["n"].as_u64(), m["t"].as_u64()) else { continue };
+                            let lat = now_us().saturating_sub(t).max(1);
+                            let _ = hist.lock().map(|mut h| h.record(lat.min(60_000_000)));
+                            let mut sn = seen.lock().unwrap_or_else(|e| e.into_inner());
+                            let Seen { per_sender, dup, ooo } = &mut *sn;
+                            let e = per_sender.entry(s).or_insert((0, Vec::new()));
+                            if e.1.contains(&n) {
+                                *dup += 1;
+                            } else {
+                                if !e.1.is_empty() && n < e.0 {
+                                    *ooo += 1;
+                                }
+                                e.0 = e.0.max(n);
+                                e.1.push(n);
+                            }
+                        }
+                        Incoming::Closed => break,
+                        _ => {}
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            sent_by.lock().unwrap_or_else(|e| e.into_inner()).insert(i as u64, seq);
+        }));
+    }
+    ready.wait().await;
+    tokio::time::sleep(cfg.duration + Duration::from_secs(2)).await;
+    stop.notify_waiters();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let sent_by = sent_by.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut r = ChatReport {
+        clients_connected: connected.load(std::sync::atomic::Ordering::Relaxed),
+        sent: sent_by.values().sum(),
+        ..Default::default()
+    };
+    for (recv, s) in seen.iter().enumerate() {
+        let s = s.lock().unwrap_or_else(|e| e.into_inner());
+        r.duplicated += s.dup;
+        r.out_of_order += s.ooo;
+        for (&sender, &count) in &sent_by {
+            if sender as usize == recv
+                || sender as usize % cfg.rooms != recv % cfg.rooms
+                || !sent_by.contains_key(&(recv as u64))
+            {
+                continue;
+            }
+            let got = s
+                .per_sender
+                .get(&sender)
+                .map(|e| e.1.len() as u64)
+                .unwrap_or(0);
+            r.expected_deliveries += count;
+            r.delivered += got.min(count);
+            r.lost += count.saturating_sub(got);
+        }
+    }
+    let h = hist.lock().unwrap_or_else(|e| e.into_inner());
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    r.latency_ms_p50 = ms(0.5);
+    r.latency_ms_p99 = ms(0.99);
+    r.latency_ms_p999 = ms(0.999);
+    r.latency_ms_max = h.max() as f64 / 1000.0;
+    Ok(r)
+}
+
+impl ChatReport {
+    pub fn table(&self) -> String {
+        format!(
+            "clients {}  sent {}  deliveries {}/{}\nlost {}  duplicated {}  out of order {}\nlatency ms  p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n",
+            self.clients_connected,
+            self.sent,
+            self.delivered,
+            self.expected_deliveries,
+            self.lost,
+            self.duplicated,
+            self.out_of_order,
+            self.latency_ms_p50,
+            self.latency_ms_p99,
+            self.latency_ms_p999,
+            self.latency_ms_max
+        )
+    }
+}
