@@ -49,12 +49,20 @@ pub enum Command {
     /// Export the policy for other tools.
     #[command(subcommand)]
     Export(ExportCmd),
-    /// The whole loop on this machine. Today: the simulator on a generated flash-crowd trace
-    /// (the live local fleet, issue 9, is not built yet).
+    /// The whole loop on this machine: a local fleet (Redis, chat-node + agent pairs behind a
+    /// round-robin balancer) scales itself out and back in under loadtest traffic; a live view,
+    /// then a summary and an SVG timeline. Ctrl-C stops everything it started.
     Demo {
-        /// Write the timeline plot here.
+        /// How long the load lasts (rise 30 %, hold 15 %, fall 25 %, quiet 30 %).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Peak idle connections (the policy's node cap is 1,500; 40 chat clients come on top).
+        #[arg(long, default_value_t = 4000)]
+        peak: usize,
+        /// Write the timeline here.
         #[arg(long, default_value = "connscale-demo.svg")]
         plot: PathBuf,
+        /// Print the summary as JSON (the live view still goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -147,7 +155,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { policy, json } => validate(policy, json),
         Command::Simulate(args) => simulate(args),
-        Command::Demo { plot, json } => demo(&plot, json),
+        Command::Demo {
+            duration,
+            peak,
+            plot,
+            json,
+        } => demo(duration, peak, plot, json),
         Command::Export(ExportCmd::Terraform { policy, out }) => {
             let p = Policy::load(policy.as_deref())?;
             let vars = crate::export::terraform_vars(&p)
@@ -295,31 +308,50 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(plot_path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    eprintln!(
-        "connscale demo: the live local fleet (chat-node + agent processes scaling under loadtest)\n\
-         is not built yet. Meanwhile: connscale's default policy against the classic alarm policy\n\
-         on two weeks of generated flash crowds (peak = 10 nodes at the cap)."
-    );
-    let trace = crate::sim::trace::synthetic("flash", 1);
-    let cfg = SimConfig {
-        policy: Policy::default_policy(),
-        peak_nodes: 10.0,
-        time_scale: 1.0,
-        compare: vec!["classic".into(), "oracle".into()],
-        model: FleetModel::default(),
-    };
-    let report = sim::simulate(&trace, &cfg).map_err(anyhow::Error::msg)?;
-    std::fs::write(
-        plot_path,
-        plot::report_svg(&report, cfg.policy.group.node_cap as f64),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", plot_path.display()))?;
+fn demo(
+    duration: std::time::Duration,
+    peak: usize,
+    plot: PathBuf,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    connscale_common::limits::raise_nofile();
+    // block_on runs the demo on this (the main) thread, which starts every child process: their
+    // parent-death signal then follows the whole process.
+    let report = rt
+        .block_on(crate::demo::run(crate::demo::DemoConfig {
+            duration,
+            peak,
+            plot: Some(plot.clone()),
+            quiet: false,
+        }))
+        .map_err(anyhow::Error::msg)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{}", report.table());
-        println!("plot: {}", plot_path.display());
+        let m = &report.messages;
+        println!(
+            "\nsummary: peak {} instances (final {}, minimum {}), {} scale-outs, {} scale-ins, {} rejected connections\n\
+             messages: sent {} delivered {}/{} lost {} duplicated {} ({} reconnects with recovery)\n\
+             agents' counts match the balancer's: {}\nprocesses left running: {}\ntimeline: {}",
+            report.peak_instances,
+            report.final_instances,
+            report.min_size,
+            report.scale_outs,
+            report.scale_ins,
+            report.rejected_connections,
+            m.sent,
+            m.delivered,
+            m.expected_deliveries,
+            m.lost,
+            m.duplicated,
+            m.reconnects,
+            report.counts_match,
+            report.processes_left,
+            plot.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

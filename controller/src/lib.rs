@@ -2,7 +2,9 @@
 //! and the operators' CLI ([`cli`]).
 
 pub mod cli;
+pub mod demo;
 pub mod engine;
 pub mod export;
+pub mod local;
 pub mod sim;
 pub mod suggest;

@@ -25,6 +25,8 @@ pub struct ChatConfig {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ChatReport {
     pub clients_connected: usize,
+    /// Reconnections after a node went away (each with a recovery attempt).
+    pub reconnects: usize,
     pub sent: u64,
     /// Deliveries expected: each message × its room-mates (excluding the sender).
     pub expected_deliveries: u64,
@@ -70,27 +72,31 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let ready = Arc::new(tokio::sync::Barrier::new(cfg.clients + 1));
     let stop = Arc::new(tokio::sync::Notify::new());
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reconnects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let per_client_rate = cfg.send_rate / cfg.clients as f64;
     let mut tasks = Vec::new();
     for i in 0..cfg.clients {
         let (addr, url) = eps[i % eps.len()].clone();
         let src = (!cfg.sources.is_empty()).then(|| cfg.sources[i % cfg.sources.len()]);
         let room = format!("room-{}", i % cfg.rooms);
-        let (hist, sent_by, seen, ready, stop, connected) = (
+        let (hist, sent_by, seen, ready, stop, connected, reconnects) = (
             hist.clone(),
             sent_by.clone(),
             seen[i].clone(),
             ready.clone(),
             stop.clone(),
             connected.clone(),
+            reconnects.clone(),
         );
         let duration = cfg.duration;
         tasks.push(tokio::spawn(async move {
-            let ws = client::connect(addr, &url, src, Duration::from_secs(10)).await;
-            let Ok(mut ws) = ws else {
+            let mut rec = client::Recovery::default();
+            let ws = client::connect_recovering(addr, &url, src, Duration::from_secs(10), None).await;
+            let Ok((mut ws, pid)) = ws else {
                 ready.wait().await;
                 return;
             };
+            rec.pid = pid;
             connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             client::emit(&mut ws, json!(["add user", format!("c{i}")])).await;
             client::emit(&mut ws, json!(["join-channel", room])).await;
@@ -114,6 +120,9 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                     }
                     m = client::recv(&mut ws) => match m {
                         Incoming::Event(name, args) if name == "new message" => {
+                            if let Some(serde_json::Value::String(off)) = args.last() {
+                                rec.offset = Some(off.clone());
+                            }
                             let m = &args.first().map(|a| a["message"].clone()).unwrap_or_default();
                             let (Some(s), Some(n), Some(t)) = (m["s"].as_u64(), m["n"].as_u64(), m["t"].as_u64()) else { continue };
                             let lat = now_us().saturating_sub(t).max(1);
@@ -131,7 +140,27 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                                 e.1.push(n);
                             }
                         }
-                        Incoming::Closed => break,
+                        Incoming::Closed => {
+                            // The node went away (drain, crash): reconnect through the same
+                            // target (a balancer routes elsewhere) and recover what was missed.
+                            let mut again = None;
+                            for _ in 0..50 {
+                                if let Ok(x) = client::connect_recovering(addr, &url, src, Duration::from_secs(5), Some(&rec)).await {
+                                    again = Some(x);
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            let Some((w, pid)) = again else { break };
+                            ws = w;
+                            reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if pid != rec.pid {
+                                // Not recovered (no Redis, or the window passed): start over.
+                                rec.pid = pid;
+                                client::emit(&mut ws, json!(["add user", format!("c{i}")])).await;
+                                client::emit(&mut ws, json!(["join-channel", room])).await;
+                            }
+                        }
                         _ => {}
                     },
                     _ = &mut stopped => break,
@@ -149,6 +178,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let sent_by = sent_by.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut r = ChatReport {
         clients_connected: connected.load(std::sync::atomic::Ordering::Relaxed),
+        reconnects: reconnects.load(std::sync::atomic::Ordering::Relaxed),
         sent: sent_by.values().sum(),
         ..Default::default()
     };

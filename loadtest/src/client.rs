@@ -51,6 +51,27 @@ pub async fn connect(
     src: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<Ws, Failure> {
+    connect_recovering(addr, url, src, timeout, None)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// A recoverable session: the server's private id and the last offset received.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    pub pid: Option<String>,
+    pub offset: Option<String>,
+}
+
+/// Like [`connect`], presenting `{pid, offset}` (as socket.io-client ≥ 4.6 does) so the server
+/// can replay what was missed; returns the session's pid for next time.
+pub async fn connect_recovering(
+    addr: SocketAddr,
+    url: &str,
+    src: Option<IpAddr>,
+    timeout: Duration,
+    rec: Option<&Recovery>,
+) -> Result<(Ws, Option<String>), Failure> {
     tokio::time::timeout(timeout, async {
         let sock = if addr.is_ipv4() {
             TcpSocket::new_v4()
@@ -79,12 +100,24 @@ pub async fn connect(
             Some(Ok(Message::Text(t))) if t.starts_with('0') => {}
             _ => return Err(Failure::Protocol),
         }
-        ws.send(Message::text("40"))
+        let hello = match rec.and_then(|r| r.pid.as_ref()) {
+            Some(pid) => format!(
+                "40{}",
+                serde_json::json!({"pid": pid, "offset": rec.and_then(|r| r.offset.clone())})
+            ),
+            None => "40".to_string(),
+        };
+        ws.send(Message::text(hello))
             .await
             .map_err(|_| Failure::Protocol)?;
         loop {
             match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.starts_with("40") => return Ok(ws),
+                Some(Ok(Message::Text(t))) if t.starts_with("40") => {
+                    let pid = serde_json::from_str::<serde_json::Value>(&t[2..])
+                        .ok()
+                        .and_then(|v| v["pid"].as_str().map(str::to_string));
+                    return Ok((ws, pid));
+                }
                 Some(Ok(Message::Text(t))) if t.as_str() == "2" => ws
                     .send(Message::text("3"))
                     .await

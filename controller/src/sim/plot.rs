@@ -15,9 +15,11 @@ pub struct Series<'a> {
 }
 
 /// A line chart with a legend and optional action markers (t, label) on the x axis.
+/// `x_unit`: the x axis label and how many seconds one label unit is (("hours", 3600.0)).
 pub fn line_chart(
     title: &str,
     y_label: &str,
+    x_unit: (&str, f64),
     series: &[Series],
     markers: &[(f64, String)],
 ) -> String {
@@ -59,9 +61,10 @@ pub fn line_chart(
     );
     let _ = write!(
         s,
-        r#"<text x="{}" y="{}" text-anchor="middle">hours</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
         (l + w - r) / 2.0,
-        h - 8.0
+        h - 8.0,
+        xml(x_unit.0)
     );
     for i in 0..=5 {
         let x = x0 + span * i as f64 / 5.0;
@@ -70,7 +73,7 @@ pub fn line_chart(
             r#"<text x="{}" y="{}" text-anchor="middle">{:.1}</text>"#,
             px(x),
             h - b + 16.0,
-            (x - x0) / 3600.0
+            (x - x0) / x_unit.1
         );
     }
     for (t_, label) in markers.iter().take(400) {
@@ -161,6 +164,7 @@ pub fn report_svg(report: &Report, node_cap: f64) -> String {
             report.trace
         ),
         "connections",
+        ("hours", 3600.0),
         &series,
         &markers,
     )

@@ -1,0 +1,422 @@
+//! `connscale demo`: the whole loop on this machine. A local fleet (Redis, chat-node + agent
+//! pairs behind a round-robin balancer) is driven by loadtest traffic that rises, holds and
+//! falls, while the policy engine scales it out and back in with drains. Ends with a summary
+//! (peak instances, actions, rejected connections, messages lost/duplicated, whether the agents'
+//! counts match the balancer's) and an SVG timeline. Every process it starts, it stops.
+
+use crate::engine::{Engine, EngineState};
+use crate::local::balancer::Balancer;
+use crate::local::{FleetSettings, LocalFleet};
+use crate::sim::plot::{Series, line_chart};
+use connscale_common::policy::Policy;
+use loadtest::client::{self, Incoming};
+use serde::Serialize;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const DEMO_POLICY: &str = include_str!("../../policies/demo.toml");
+
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub duration: Duration,
+    /// Peak idle connections (chat clients come on top).
+    pub peak: usize,
+    pub plot: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Action {
+    pub t: f64,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DemoReport {
+    pub duration_s: f64,
+    pub peak_demand: usize,
+    pub node_cap: u32,
+    pub min_size: u32,
+    pub peak_instances: u32,
+    pub final_instances: u32,
+    pub scale_outs: usize,
+    pub scale_ins: usize,
+    pub actions: Vec<Action>,
+    pub rejected_connections: usize,
+    pub messages: loadtest::chat::ChatReport,
+    /// Agents' per-node counts equal the balancer's live connections per node (at full load).
+    pub counts_match: bool,
+    pub counts_checked: Vec<(String, u64, usize)>,
+    pub processes_left: usize,
+}
+
+fn shape(frac: f64) -> f64 {
+    match frac {
+        f if f < 0.30 => f / 0.30,
+        f if f < 0.45 => 1.0,
+        f if f < 0.70 => 1.0 - (f - 0.45) / 0.25,
+        _ => 0.0,
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// A throwaway redis-server on a free port, killed on drop (and if we die).
+struct Redis(std::process::Child, u16);
+
+impl Redis {
+    fn start() -> Result<Self, String> {
+        let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .or_else(|| std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("redis-server")).find(|p| p.is_file())))
+            .ok_or("redis-server not found; install it with: apt-get install -y redis-server (scripts/demo does)")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Self(child, port));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("redis-server did not start".into())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Idle connections that hold a place on a node, reconnecting when their node drains.
+struct Holders {
+    open: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    stops: Vec<Arc<tokio::sync::Notify>>,
+}
+
+impl Holders {
+    fn adjust(&mut self, want: usize, port: u16) {
+        while self.stops.len() < want {
+            let stop = Arc::new(tokio::sync::Notify::new());
+            let (open, failed, s) = (self.open.clone(), self.failed.clone(), stop.clone());
+            let i = self.stops.len();
+            tokio::spawn(async move {
+                let (addr, url) = match client::endpoint(&format!("http://127.0.0.1:{port}")) {
+                    Ok(e) => e,
+                    Err(_) => return,
+                };
+                let src = Some(std::net::IpAddr::from([127, 0, 1, (2 + i % 200) as u8]));
+                let stopped = s.notified();
+                tokio::pin!(stopped);
+                loop {
+                    let ws = tokio::select! {
+                        r = client::connect(addr, &url, src, Duration::from_secs(5)) => r,
+                        _ = &mut stopped => return,
+                    };
+                    let Ok(mut ws) = ws else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                            _ = &mut stopped => return,
+                        }
+                    };
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let done = loop {
+                        tokio::select! {
+                            m = client::recv(&mut ws) => if matches!(m, Incoming::Closed) { break false },
+                            _ = &mut stopped => break true,
+                        }
+                    };
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    if done {
+                        return;
+                    }
+                }
+            });
+            self.stops.push(stop);
+        }
+        while self.stops.len() > want {
+            if let Some(s) = self.stops.pop() {
+                s.notify_one();
+            }
+        }
+    }
+}
+
+/// Runs the demo. Must run on the thread that owns the runtime (`block_on`): processes are
+/// started from here so that they die with it.
+pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
+    let policy = Policy::parse(DEMO_POLICY, "policies/demo.toml").map_err(|e| e.to_string())?;
+    let cap = policy.group.node_cap;
+    let interval = policy.scale_out.interval;
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_default();
+    let redis = Redis::start()?;
+    let mut fleet = LocalFleet::new(FleetSettings {
+        bin_dir,
+        redis_url: format!("redis://127.0.0.1:{}/", redis.1),
+        cap: cap as u64,
+        api_token: format!("demo-{}", std::process::id()),
+        drain_window: Duration::from_secs(3),
+    });
+    let engine = Engine::new(policy.clone());
+    let mut state = EngineState::default();
+    let balancer = Balancer::start()
+        .await
+        .map_err(|e| format!("cannot start the balancer: {e}"))?;
+    let start = Instant::now();
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    };
+    for _ in 0..policy.group.min_size {
+        fleet.launch(epoch())?;
+    }
+    let mut all_pids = fleet.pids();
+    // Wait for the first instances to serve.
+    for _ in 0..100 {
+        fleet.refresh().await;
+        if !fleet.healthy_ports().is_empty() && fleet.healthy_ports().len() == fleet.instances.len()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    balancer.set_targets(fleet.healthy_ports());
+    let say = |line: String| {
+        if !cfg.quiet {
+            eprintln!("{line}");
+        }
+    };
+    say(format!(
+        "connscale demo: {} s, up to {} connections + 40 chat clients, node cap {cap}, balancer on 127.0.0.1:{}",
+        cfg.duration.as_secs(),
+        cfg.peak,
+        balancer.port
+    ));
+    // Chat clients join once the fleet has grown, so they spread over nodes that scale-in will
+    // later drain: their reconnects must recover every message.
+    let chat_cfg = loadtest::chat::ChatConfig {
+        targets: vec![format!("http://127.0.0.1:{}", balancer.port)],
+        clients: 40,
+        rooms: 4,
+        send_rate: 20.0,
+        duration: cfg
+            .duration
+            .mul_f64(0.66)
+            .saturating_sub(Duration::from_secs(4)),
+        sources: vec![],
+    };
+    let mut chat = None;
+    let mut holders = Holders {
+        open: Arc::default(),
+        failed: Arc::default(),
+        stops: Vec::new(),
+    };
+    let (mut desired, mut peak_instances, mut peak_demand) =
+        (fleet.capacity(), fleet.capacity(), 0usize);
+    let mut actions = Vec::new();
+    let (mut timeline, mut markers) = (Vec::new(), Vec::new());
+    let (mut counts_checked, mut counts_match) = (Vec::new(), false);
+    let mut checked = false;
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    while start.elapsed() < cfg.duration {
+        let t = start.elapsed().as_secs_f64();
+        let frac = t / cfg.duration.as_secs_f64();
+        let want = (cfg.peak as f64 * shape(frac)).round() as usize;
+        holders.adjust(want, balancer.port);
+        if chat.is_none() && frac >= 0.30 {
+            chat = Some(tokio::spawn(loadtest::chat::run(chat_cfg.clone())));
+        }
+        peak_demand = peak_demand.max(want);
+        fleet.refresh().await;
+        balancer.set_targets(fleet.healthy_ports());
+        // At full load, once things settle, the agents' counts must equal the balancer's.
+        if !checked && frac > 0.40 {
+            let live = balancer.live();
+            let pairs: Vec<(String, u64, usize)> = fleet
+                .instances
+                .iter()
+                .filter(|i| !i.draining)
+                .map(|i| {
+                    (
+                        i.id.clone(),
+                        i.connections,
+                        live.get(&i.port).copied().unwrap_or(0),
+                    )
+                })
+                .collect();
+            if pairs.iter().all(|(_, a, b)| *a == *b as u64) || frac > 0.44 {
+                counts_match = pairs.iter().all(|(_, a, b)| *a == *b as u64);
+                counts_checked = pairs;
+                checked = true;
+            }
+        }
+        let obs = fleet.observation(epoch(), desired);
+        let d = engine.evaluate(&obs, &mut state);
+        if d.changes(&obs) {
+            say(format!("[{t:5.1}s] {}", d.reason));
+            actions.push(Action {
+                t,
+                reason: d.reason.clone(),
+            });
+            markers.push((t * 1.0, d.reason.clone()));
+            for id in &d.scale_in {
+                fleet.drain(id).await;
+            }
+            while fleet.capacity() < d.desired {
+                fleet.launch(epoch())?;
+                all_pids.extend(fleet.pids());
+            }
+            desired = d.desired;
+        }
+        peak_instances = peak_instances.max(fleet.instances.len() as u32);
+        let serving = fleet
+            .instances
+            .iter()
+            .filter(|i| i.serving && !i.draining)
+            .count();
+        timeline.push((
+            t,
+            want as f64,
+            (serving as u64 * cap as u64) as f64,
+            fleet.instances.len() as f64,
+        ));
+        say(format!(
+            "[{t:5.1}s] demand {:>5} open {:>5} | desired {desired} | {}",
+            want,
+            holders.open.load(Ordering::Relaxed),
+            fleet
+                .instances
+                .iter()
+                .map(|i| format!(
+                    "{} {:>4}{}",
+                    i.id,
+                    i.connections,
+                    if i.draining {
+                        " draining"
+                    } else if !i.serving {
+                        " starting"
+                    } else if i.healthy {
+                        ""
+                    } else {
+                        " FULL"
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {},
+            _ = &mut ctrl_c => { say("interrupted: stopping everything".into()); break; }
+        }
+    }
+    holders.adjust(0, balancer.port);
+    let messages = match chat {
+        Some(c) => match tokio::time::timeout(Duration::from_secs(30), c).await {
+            Ok(Ok(Ok(r))) => r,
+            _ => loadtest::chat::ChatReport::default(),
+        },
+        None => loadtest::chat::ChatReport::default(),
+    };
+    fleet.refresh().await;
+    let final_instances = fleet.capacity();
+    all_pids.extend(fleet.pids());
+    all_pids.push(redis.0.id());
+    drop(fleet);
+    drop(redis);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    all_pids.sort_unstable();
+    all_pids.dedup();
+    let processes_left = all_pids.iter().filter(|p| alive(**p)).count();
+    if let Some(path) = &cfg.plot {
+        let series = [
+            Series {
+                name: "demand (idle conns)",
+                points: timeline.iter().map(|p| (p.0, p.1)).collect(),
+                dashed: false,
+            },
+            Series {
+                name: "capacity (serving × cap)",
+                points: timeline.iter().map(|p| (p.0, p.2)).collect(),
+                dashed: true,
+            },
+        ];
+        let svg = line_chart(
+            "connscale demo: demand, capacity and scaling actions (ticks)",
+            "connections",
+            ("seconds", 1.0),
+            &series,
+            &markers,
+        );
+        std::fs::write(path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let scale_outs = actions
+        .iter()
+        .filter(|a| a.reason.starts_with("scale out"))
+        .count();
+    let scale_ins = actions
+        .iter()
+        .filter(|a| a.reason.starts_with("scale in"))
+        .count();
+    Ok(DemoReport {
+        duration_s: start.elapsed().as_secs_f64(),
+        peak_demand,
+        node_cap: cap,
+        min_size: policy.group.min_size,
+        peak_instances,
+        final_instances,
+        scale_outs,
+        scale_ins,
+        actions,
+        rejected_connections: balancer.rejected() + holders.failed.load(Ordering::Relaxed),
+        messages,
+        counts_match,
+        counts_checked,
+        processes_left,
+    })
+}
