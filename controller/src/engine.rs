@@ -394,3 +394,37 @@ pub fn slope(points: &VecDeque<(i64, f64)>) -> f64 {
         (n * sxy - sx * sy) / den
     }
 }
+
+/// The warm-pool change a fleet needs: the policy's pool when the observed one differs (or is
+/// missing), `Some(None)` to delete a pool the policy no longer has, `None` when nothing changes.
+/// Pure, like [`Engine::evaluate`]; providers apply it (AWS PutWarmPool / DeleteWarmPool).
+pub fn warm_pool_change(
+    policy: &Policy,
+    observed: Option<&connscale_common::policy::WarmPool>,
+) -> Option<Option<connscale_common::policy::WarmPool>> {
+    match (&policy.warm_pool, observed) {
+        (Some(want), Some(have)) if want == have => None,
+        (None, None) => None,
+        (want, _) => Some(want.clone()),
+    }
+}
+
+#[cfg(test)]
+mod warm_pool_tests {
+    use super::*;
+
+    #[test]
+    fn warm_pool_changes_only_when_different() {
+        let p = Policy::default_policy();
+        let want = p.warm_pool.clone().expect("default policy has a pool");
+        assert_eq!(warm_pool_change(&p, Some(&want)), None);
+        assert_eq!(warm_pool_change(&p, None), Some(Some(want.clone())));
+        let mut other = want.clone();
+        other.min_size += 1;
+        assert_eq!(warm_pool_change(&p, Some(&other)), Some(Some(want.clone())));
+        let mut none = p.clone();
+        none.warm_pool = None;
+        assert_eq!(warm_pool_change(&none, Some(&want)), Some(None));
+        assert_eq!(warm_pool_change(&none, None), None);
+    }
+}

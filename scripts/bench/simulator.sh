@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Simulator benchmark: connscale's default policy vs the baselines on the shared traces (peak
 # scaled to 10 nodes at the 28,000 cap), plus a 100k-point trace for speed. Writes plots to
-# target/bench/ and prints markdown tables.
+# docs/bench/ (linked from BENCHMARKS.md) and prints markdown tables.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 traces=${CONNSCALE_TRACES:-$root/../shared/traces}
 cargo build --release --quiet -p connscale
 bin=target/release/connscale
-mkdir -p target/bench
+mkdir -p target/bench docs/bench
 for t in "$traces"/*.csv; do
   name=$(basename "$t" .csv)
   echo "### $name"
   echo
   echo '| policy | rejected conn·min | minutes at cap | instance-h | warm-pool h | actions | forced reconnects | peak nodes |'
   echo '|---|---:|---:|---:|---:|---:|---:|---:|'
-  "$bin" simulate --trace "$t" --plot "target/bench/sim-$name.svg" --json |
+  "$bin" simulate --trace "$t" --plot "docs/bench/sim-$name.svg" --json |
     python3 -c '
 import json, sys
 r = json.load(sys.stdin)

@@ -63,6 +63,36 @@ fn group_average(obs: &Observation) -> f64 {
     if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
+/// CloudWatch-style 60 s datapoints from 10 s samples: the mean of one minute's samples.
+#[derive(Debug, Default)]
+struct MinuteDatapoints {
+    samples: Vec<f64>,
+    start: Option<i64>,
+}
+
+impl MinuteDatapoints {
+    /// Adds the sample taken at `now`; returns the minute's datapoint when it completes.
+    fn push(&mut self, now: i64, value: f64) -> Option<f64> {
+        let start = *self.start.get_or_insert(now);
+        self.samples.push(value);
+        if now - start + 10 < 60 {
+            return None;
+        }
+        let dp = self.samples.iter().sum::<f64>() / self.samples.len() as f64;
+        self.samples.clear();
+        self.start = Some(now + 10);
+        Some(dp)
+    }
+}
+
+/// Instances still launching or inside their warmup (they count toward capacity, not the metric).
+fn warming(obs: &Observation, warmup: i64) -> u32 {
+    obs.instances
+        .iter()
+        .filter(|i| i.lifecycle == Lifecycle::Pending || obs.now - i.launched_at < warmup)
+        .count() as u32
+}
+
 /// The classic alarm-driven policy of DESIGN.md, thresholds scaled to the node cap
 /// (the original numbers are for a cap of 28,000).
 ///
@@ -77,8 +107,7 @@ pub struct Classic {
     k: f64,
     warmup: i64,
     cooldown: i64,
-    minute_samples: Vec<f64>,
-    minute_start: Option<i64>,
+    datapoints: MinuteDatapoints,
     minutes: VecDeque<f64>,
     five_min: VecDeque<f64>,
     minutes_since_five: u32,
@@ -98,8 +127,7 @@ impl Classic {
             k: node_cap / Self::CAP,
             warmup: 150,
             cooldown: 300,
-            minute_samples: Vec::new(),
-            minute_start: None,
+            datapoints: MinuteDatapoints::default(),
             minutes: VecDeque::new(),
             five_min: VecDeque::new(),
             minutes_since_five: 0,
@@ -130,15 +158,9 @@ impl Scaler for Classic {
     }
 
     fn decide(&mut self, obs: &Observation) -> Decision {
-        let start = *self.minute_start.get_or_insert(obs.now);
-        self.minute_samples.push(group_average(obs));
-        if obs.now - start + 10 < 60 {
+        let Some(dp) = self.datapoints.push(obs.now, group_average(obs)) else {
             return hold(obs);
-        }
-        // A 60 s datapoint is complete.
-        let dp = self.minute_samples.iter().sum::<f64>() / self.minute_samples.len() as f64;
-        self.minute_samples.clear();
-        self.minute_start = Some(obs.now + 10);
+        };
         self.minutes.push_back(dp);
         if self.minutes.len() > 5 {
             self.minutes.pop_front();
@@ -152,11 +174,7 @@ impl Scaler for Classic {
                 self.five_min.pop_front();
             }
         }
-        let warming = obs
-            .instances
-            .iter()
-            .filter(|i| i.lifecycle == Lifecycle::Pending || obs.now - i.launched_at < self.warmup)
-            .count() as u32;
+        let warming = warming(obs, self.warmup);
         let capacity = (obs.instances.len() as u32).max(obs.desired);
         let ready = capacity - warming;
         if self.minutes.len() == 5 && self.minutes.iter().all(|&v| v >= Self::OUT * self.k) {
@@ -207,8 +225,7 @@ impl Scaler for Classic {
 pub struct TargetTracking {
     target: f64,
     warmup: i64,
-    samples: Vec<f64>,
-    minute_start: Option<i64>,
+    datapoints: MinuteDatapoints,
     minutes: VecDeque<f64>,
     last_in: Option<i64>,
     min: u32,
@@ -220,8 +237,7 @@ impl TargetTracking {
         Self {
             target,
             warmup,
-            samples: Vec::new(),
-            minute_start: None,
+            datapoints: MinuteDatapoints::default(),
             minutes: VecDeque::new(),
             last_in: None,
             min,
@@ -236,23 +252,14 @@ impl Scaler for TargetTracking {
     }
 
     fn decide(&mut self, obs: &Observation) -> Decision {
-        let start = *self.minute_start.get_or_insert(obs.now);
-        self.samples.push(group_average(obs));
-        if obs.now - start + 10 < 60 {
+        let Some(dp) = self.datapoints.push(obs.now, group_average(obs)) else {
             return hold(obs);
-        }
-        let dp = self.samples.iter().sum::<f64>() / self.samples.len() as f64;
-        self.samples.clear();
-        self.minute_start = Some(obs.now + 10);
+        };
         self.minutes.push_back(dp);
         if self.minutes.len() > 15 {
             self.minutes.pop_front();
         }
-        let warming = obs
-            .instances
-            .iter()
-            .filter(|i| i.lifecycle == Lifecycle::Pending || obs.now - i.launched_at < self.warmup)
-            .count() as u32;
+        let warming = warming(obs, self.warmup);
         let capacity = (obs.instances.len() as u32).max(obs.desired);
         let ready = (capacity - warming).max(1);
         let n = self.minutes.len();
