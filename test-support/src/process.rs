@@ -45,12 +45,33 @@ pub fn find_tool(tool: &str, extra: &[PathBuf], install: &str) -> Result<PathBuf
         .ok_or_else(|| MissingTool::new(tool, install))
 }
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; we release it for the server to bind).
+/// A TCP port free on every address, for a test server to bind.
+///
+/// Chosen below the kernel's ephemeral range: a port from that range can be taken at any moment
+/// as the source port of some other test's client on 127.0.0.x, and a server binding the
+/// wildcard address would then fail with "address in use". Ports are tried from a per-process
+/// offset so that tests running in parallel rarely probe the same ones.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u32>().ok())
+        })
+        .unwrap_or(32_768);
+    let (first, last) = (10_000u32, low.saturating_sub(1).max(10_001));
+    let span = last - first;
+    let base = (std::process::id().wrapping_mul(7_919)) % span;
+    for _ in 0..span {
+        let port = (first + (base + NEXT.fetch_add(1, Ordering::Relaxed) * 13) % span) as u16;
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    0
 }
 
 /// Waits until something accepts TCP connections on `addr`.
