@@ -49,6 +49,8 @@ async fn read(
             )
             .build()
     };
+    // moto buckets from StartTime (CloudWatch from the epoch): align so both agree on periods.
+    let from = from - from.rem_euclid(PERIOD);
     let out = cw
         .get_metric_data()
         .start_time(DateTime::from_secs(from))

@@ -4,9 +4,11 @@
 //! (peak instances, actions, rejected connections, messages lost/duplicated, whether the agents'
 //! counts match the balancer's) and an SVG timeline. Every process it starts, it stops.
 
+use crate::control;
 use crate::engine::{Engine, EngineState};
 use crate::local::balancer::Balancer;
 use crate::local::{FleetSettings, LocalFleet};
+use crate::provider::Provider;
 use crate::sim::plot::{Series, line_chart};
 use connscale_common::policy::Policy;
 use loadtest::client::{self, Incoming};
@@ -200,6 +202,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         cap: cap as u64,
         api_token: format!("demo-{}", std::process::id()),
         drain_window: Duration::from_secs(3),
+        min_size: policy.group.min_size,
+        max_size: policy.group.max_size,
     });
     let engine = Engine::new(policy.clone());
     let mut state = EngineState::default();
@@ -213,9 +217,10 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0)
     };
-    for _ in 0..policy.group.min_size {
-        fleet.launch(epoch())?;
-    }
+    fleet
+        .set_desired(policy.group.min_size)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut all_pids = fleet.pids();
     // Wait for the first instances to serve.
     for _ in 0..100 {
@@ -257,8 +262,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         failed: Arc::default(),
         stops: Vec::new(),
     };
-    let (mut desired, mut peak_instances, mut peak_demand) =
-        (fleet.capacity(), fleet.capacity(), 0usize);
+    let (mut peak_instances, mut peak_demand) = (fleet.capacity(), 0usize);
     let mut actions = Vec::new();
     let (mut timeline, mut markers) = (Vec::new(), Vec::new());
     let (mut counts_checked, mut counts_match) = (Vec::new(), false);
@@ -296,24 +300,20 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
                 checked = true;
             }
         }
-        let obs = fleet.observation(epoch(), desired);
-        let d = engine.evaluate(&obs, &mut state);
-        if d.changes(&obs) {
-            say(format!("[{t:5.1}s] {}", d.reason));
+        let turn = control::turn(&mut fleet, &engine, &mut state, epoch(), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        if turn.changes {
+            let reason = turn.decision.reason;
+            say(format!("[{t:5.1}s] {reason}"));
             actions.push(Action {
                 t,
-                reason: d.reason.clone(),
+                reason: reason.clone(),
             });
-            markers.push((t * 1.0, d.reason.clone()));
-            for id in &d.scale_in {
-                fleet.drain(id).await;
-            }
-            while fleet.capacity() < d.desired {
-                fleet.launch(epoch())?;
-                all_pids.extend(fleet.pids());
-            }
-            desired = d.desired;
+            markers.push((t, reason));
+            all_pids.extend(fleet.pids());
         }
+        let desired = fleet.desired;
         peak_instances = peak_instances.max(fleet.instances.len() as u32);
         let serving = fleet
             .instances

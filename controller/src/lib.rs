@@ -1,10 +1,13 @@
 //! The connscale controller: the policy engine ([`engine`]), the trace simulator ([`sim`]),
 //! and the operators' CLI ([`cli`]).
 
+pub mod aws;
 pub mod cli;
+pub mod control;
 pub mod demo;
 pub mod engine;
 pub mod export;
 pub mod local;
+pub mod provider;
 pub mod sim;
 pub mod suggest;

@@ -6,6 +6,7 @@
 //! with a parent-death signal and killed on drop, so none outlives the controller.
 
 pub mod balancer;
+mod provider;
 
 use crate::engine::{InstanceView, Lifecycle, Observation};
 use std::os::unix::process::CommandExt;
@@ -44,11 +45,16 @@ pub struct FleetSettings {
     pub cap: u64,
     pub api_token: String,
     pub drain_window: Duration,
+    /// Group bounds reported to the control loop.
+    pub min_size: u32,
+    pub max_size: u32,
 }
 
 pub struct LocalFleet {
     pub settings: FleetSettings,
     pub instances: Vec<Instance>,
+    /// The desired capacity the control loop last set.
+    pub desired: u32,
     next: u32,
     http: reqwest::Client,
 }
@@ -78,6 +84,7 @@ impl LocalFleet {
         Self {
             settings,
             instances: Vec::new(),
+            desired: 0,
             next: 0,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))

@@ -1,0 +1,410 @@
+//! The AWS provider: an Auto Scaling group, its instances (EC2) and their connection counts
+//! (CloudWatch GetMetricData on the agent's per-instance metric).
+//!
+//! [`plan`] compares the policy with the group's alarms, scaling policies, schedules, warm pool and
+//! lifecycle hook; [`lease`] keeps two control loops from acting on one group at once.
+
+pub mod lease;
+pub mod plan;
+pub mod status;
+
+use crate::engine::Lifecycle;
+use crate::provider::{ErrorKind, FleetView, Member, Provider, ProviderError};
+use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_autoscaling::types::{InstanceReusePolicy, WarmPoolState};
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat, ScanBy};
+use connscale_common::metric::{DIM_GROUP, DIM_INSTANCE, MetricId};
+use connscale_common::policy::{PoolState, WarmPool};
+use std::collections::HashMap;
+
+/// Where to find the group and how to reach AWS.
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    pub group: String,
+    pub region: Option<String>,
+    /// An alternative endpoint (the moto emulator in tests); AWS_ENDPOINT_URL works as well.
+    pub endpoint: Option<String>,
+    pub metric: MetricId,
+    /// CloudWatch period the per-instance counts are read at (10 s needs high-resolution
+    /// publishing by the agent; 60 s works with the default).
+    pub metric_period: i32,
+    /// Attempts per API call (the SDK's standard retry with backoff handles throttling).
+    pub max_attempts: u32,
+}
+
+/// An Auto Scaling group as a [`Provider`].
+#[derive(Debug, Clone)]
+pub struct AwsProvider {
+    pub settings: AwsSettings,
+    pub asg: aws_sdk_autoscaling::Client,
+    pub cw: aws_sdk_cloudwatch::Client,
+    pub ec2: aws_sdk_ec2::Client,
+}
+
+/// Maps an SDK error to a [`ProviderError`] naming the IAM action.
+pub fn sdk_error<E, R>(action: &str, e: SdkError<E, R>) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let message = DisplayErrorContext(&e).to_string();
+    let code = e.code().unwrap_or_default().to_string();
+    let lower = message.to_ascii_lowercase();
+    let kind = match &e {
+        SdkError::ServiceError(_) => match code.as_str() {
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnauthorizedOperation"
+            | "AuthFailure"
+            | "InvalidClientTokenId"
+            | "UnrecognizedClientException"
+            | "ExpiredToken"
+            | "SignatureDoesNotMatch" => ErrorKind::Denied,
+            c if c.contains("Throttl") || c == "RequestLimitExceeded" => ErrorKind::Throttled,
+            _ if lower.contains("rate exceeded") => ErrorKind::Throttled,
+            _ => ErrorKind::Other,
+        },
+        _ if lower.contains("credential") => ErrorKind::NoCredentials,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => ErrorKind::Unreachable,
+        _ => ErrorKind::Other,
+    };
+    ProviderError {
+        action: action.into(),
+        kind,
+        message,
+    }
+}
+
+fn lifecycle_of(state: &str) -> Option<Lifecycle> {
+    match state {
+        "InService" => Some(Lifecycle::InService),
+        s if s.starts_with("Pending") => Some(Lifecycle::Pending),
+        s if s.starts_with("Terminating") => Some(Lifecycle::Draining),
+        _ => None,
+    }
+}
+
+/// The policy's pool state from the API's spelling.
+pub fn pool_state(aws: &str) -> Option<PoolState> {
+    [
+        PoolState::Stopped,
+        PoolState::Running,
+        PoolState::Hibernated,
+    ]
+    .into_iter()
+    .find(|s| s.aws_name() == aws)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl AwsProvider {
+    /// Loads credentials and region the standard way (env, profile, instance role).
+    pub async fn connect(settings: AwsSettings) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(
+            aws_config::retry::RetryConfig::standard().with_max_attempts(settings.max_attempts),
+        );
+        if let Some(r) = &settings.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(e) = &settings.endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        let conf = loader.load().await;
+        Self {
+            asg: aws_sdk_autoscaling::Client::new(&conf),
+            cw: aws_sdk_cloudwatch::Client::new(&conf),
+            ec2: aws_sdk_ec2::Client::new(&conf),
+            settings,
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.settings.group
+    }
+
+    /// The group's description, or NotFound naming it.
+    pub async fn describe_group(
+        &self,
+    ) -> Result<aws_sdk_autoscaling::types::AutoScalingGroup, ProviderError> {
+        const A: &str = "autoscaling:DescribeAutoScalingGroups";
+        let out = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(self.group())
+            .send()
+            .await
+            .map_err(|e| sdk_error(A, e))?;
+        out.auto_scaling_groups()
+            .first()
+            .cloned()
+            .ok_or_else(|| ProviderError {
+                action: A.into(),
+                kind: ErrorKind::NotFound,
+                message: format!(
+                    "Auto Scaling group {:?} not found in this account and region (check --group and AWS_REGION)",
+                    self.group()
+                ),
+            })
+    }
+
+    /// The warm pool as the policy spells it, and how many instances wait in it.
+    pub async fn describe_warm_pool(&self) -> Result<(Option<WarmPool>, u32), ProviderError> {
+        let out = self
+            .asg
+            .describe_warm_pool()
+            .auto_scaling_group_name(self.group())
+            .send()
+            .await
+            .map_err(|e| sdk_error("autoscaling:DescribeWarmPool", e))?;
+        let pool = out.warm_pool_configuration().and_then(|c| {
+            Some(WarmPool {
+                min_size: c.min_size().unwrap_or(0).max(0) as u32,
+                max_prepared: c
+                    .max_group_prepared_capacity()
+                    .filter(|n| *n >= 0)
+                    .map(|n| n as u32),
+                state: pool_state(c.pool_state()?.as_str())?,
+                reuse_on_scale_in: c
+                    .instance_reuse_policy()
+                    .and_then(|r| r.reuse_on_scale_in())
+                    .unwrap_or(false),
+            })
+        });
+        Ok((pool, out.instances().len() as u32))
+    }
+
+    /// Launch times and private addresses of instances.
+    async fn instance_details(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, (i64, Option<String>)>, ProviderError> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let r = self
+                .ec2
+                .describe_instances()
+                .set_instance_ids(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| sdk_error("ec2:DescribeInstances", e))?;
+            for i in r.reservations().iter().flat_map(|r| r.instances()) {
+                if let Some(id) = i.instance_id() {
+                    out.insert(
+                        id.to_string(),
+                        (
+                            i.launch_time().map(|t| t.secs()).unwrap_or_else(now),
+                            i.private_ip_address().map(str::to_string),
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latest per-instance connection count within the last few periods.
+    pub async fn connections(&self, ids: &[String]) -> Result<HashMap<String, u64>, ProviderError> {
+        let period = self.settings.metric_period.max(1);
+        let end = now() + i64::from(period);
+        let start = end - 6 * i64::from(period);
+        // CloudWatch aligns periods to the epoch; moto to StartTime: align so both agree.
+        let start = start - start.rem_euclid(i64::from(period));
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let mut req = self
+                .cw
+                .get_metric_data()
+                .start_time(DateTime::from_secs(start))
+                .end_time(DateTime::from_secs(end))
+                .scan_by(ScanBy::TimestampDescending);
+            for (n, id) in chunk.iter().enumerate() {
+                let metric = Metric::builder()
+                    .namespace(&self.settings.metric.namespace)
+                    .metric_name(&self.settings.metric.name)
+                    .dimensions(
+                        Dimension::builder()
+                            .name(DIM_GROUP)
+                            .value(self.group())
+                            .build(),
+                    )
+                    .dimensions(Dimension::builder().name(DIM_INSTANCE).value(id).build())
+                    .build();
+                req = req.metric_data_queries(
+                    MetricDataQuery::builder()
+                        .id(format!("m{n}"))
+                        .metric_stat(
+                            MetricStat::builder()
+                                .metric(metric)
+                                .period(period)
+                                .stat("Average")
+                                .build(),
+                        )
+                        .build(),
+                );
+            }
+            let r = req
+                .send()
+                .await
+                .map_err(|e| sdk_error("cloudwatch:GetMetricData", e))?;
+            for res in r.metric_data_results() {
+                let Some(n) = res.id().and_then(|s| s[1..].parse::<usize>().ok()) else {
+                    continue;
+                };
+                // Latest timestamp wins, whatever order the service returns.
+                let latest = res
+                    .timestamps()
+                    .iter()
+                    .zip(res.values())
+                    .max_by_key(|(t, _)| t.secs());
+                if let (Some(id), Some((_, v))) = (chunk.get(n), latest) {
+                    out.insert(id.clone(), v.max(0.0).round() as u64);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Provider for AwsProvider {
+    async fn observe(&mut self) -> Result<FleetView, ProviderError> {
+        let g = self.describe_group().await?;
+        let ids: Vec<String> = g
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_string))
+            .collect();
+        let details = self.instance_details(&ids).await?;
+        let conns = self.connections(&ids).await?;
+        let members = g
+            .instances()
+            .iter()
+            .filter_map(|i| {
+                let id = i.instance_id()?.to_string();
+                let state = i
+                    .lifecycle_state()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                let (launched_at, address) = details.get(&id).cloned().unwrap_or((now(), None));
+                Some(Member {
+                    lifecycle: lifecycle_of(&state),
+                    state,
+                    healthy: i.health_status() == Some("Healthy"),
+                    protected: i.protected_from_scale_in().unwrap_or(false),
+                    launched_at,
+                    connections: conns.get(&id).copied(),
+                    address,
+                    id,
+                })
+            })
+            .collect();
+        let (warm_pool, warm_instances) = match self.describe_warm_pool().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(error = %e, "warm pool unreadable");
+                (None, g.warm_pool_size().unwrap_or(0).max(0) as u32)
+            }
+        };
+        Ok(FleetView {
+            name: self.group().to_string(),
+            desired: g.desired_capacity().unwrap_or(0).max(0) as u32,
+            min_size: g.min_size().unwrap_or(0).max(0) as u32,
+            max_size: g.max_size().unwrap_or(0).max(0) as u32,
+            members,
+            warm_pool,
+            warm_instances,
+        })
+    }
+
+    async fn set_desired(&mut self, desired: u32) -> Result<(), ProviderError> {
+        self.asg
+            .set_desired_capacity()
+            .auto_scaling_group_name(self.group())
+            .desired_capacity(desired as i32)
+            .honor_cooldown(false)
+            .send()
+            .await
+            .map_err(|e| sdk_error("autoscaling:SetDesiredCapacity", e))?;
+        Ok(())
+    }
+
+    async fn terminate(&mut self, id: &str, decrement: bool) -> Result<(), ProviderError> {
+        self.asg
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(id)
+            .should_decrement_desired_capacity(decrement)
+            .send()
+            .await
+            .map_err(|e| sdk_error("autoscaling:TerminateInstanceInAutoScalingGroup", e))?;
+        Ok(())
+    }
+
+    async fn set_protection(&mut self, ids: &[String], protect: bool) -> Result<(), ProviderError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.asg
+            .set_instance_protection()
+            .auto_scaling_group_name(self.group())
+            .set_instance_ids(Some(ids.to_vec()))
+            .protected_from_scale_in(protect)
+            .send()
+            .await
+            .map_err(|e| sdk_error("autoscaling:SetInstanceProtection", e))?;
+        Ok(())
+    }
+
+    async fn set_warm_pool(&mut self, pool: Option<&WarmPool>) -> Result<(), ProviderError> {
+        match pool {
+            Some(w) => {
+                self.asg
+                    .put_warm_pool()
+                    .auto_scaling_group_name(self.group())
+                    .min_size(w.min_size as i32)
+                    .max_group_prepared_capacity(w.max_prepared.map(|n| n as i32).unwrap_or(-1))
+                    .pool_state(WarmPoolState::from(w.state.aws_name()))
+                    .instance_reuse_policy(
+                        InstanceReusePolicy::builder()
+                            .reuse_on_scale_in(w.reuse_on_scale_in)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("autoscaling:PutWarmPool", e))?;
+            }
+            None => {
+                self.asg
+                    .delete_warm_pool()
+                    .auto_scaling_group_name(self.group())
+                    .force_delete(true)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("autoscaling:DeleteWarmPool", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn complete_lifecycle(
+        &mut self,
+        id: &str,
+        hook: &str,
+        proceed: bool,
+    ) -> Result<(), ProviderError> {
+        self.asg
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(self.group())
+            .lifecycle_hook_name(hook)
+            .instance_id(id)
+            .lifecycle_action_result(if proceed { "CONTINUE" } else { "ABANDON" })
+            .send()
+            .await
+            .map_err(|e| sdk_error("autoscaling:CompleteLifecycleAction", e))?;
+        Ok(())
+    }
+}

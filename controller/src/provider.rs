@@ -1,0 +1,177 @@
+//! The one interface to a fleet: what it looks like ([`FleetView`]) and what can be done to it
+//! ([`Provider`]). AWS ([`crate::aws::AwsProvider`]) and the local fleet ([`crate::local`])
+//! implement it; the control loop ([`crate::control`]) only talks to this trait.
+
+use crate::engine::{InstanceView, Lifecycle, Observation};
+use connscale_common::policy::WarmPool;
+use serde::Serialize;
+use std::fmt;
+
+/// One instance of the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    pub id: String,
+    /// The provider's own lifecycle state (AWS: `InService`, `Terminating:Wait`, ...).
+    pub state: String,
+    /// What scaling makes of it; `None` for instances outside the group's capacity (warm pool,
+    /// standby, detached).
+    pub lifecycle: Option<Lifecycle>,
+    pub healthy: bool,
+    pub protected: bool,
+    /// Unix seconds.
+    pub launched_at: i64,
+    /// Established connections on the service port(s); `None` when no recent datapoint exists.
+    pub connections: Option<u64>,
+    /// Where the instance serves (private IP, or a loopback port for the local fleet).
+    pub address: Option<String>,
+}
+
+/// The fleet at one moment: bounds, desired capacity, instances and warm pool.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetView {
+    pub name: String,
+    pub desired: u32,
+    pub min_size: u32,
+    pub max_size: u32,
+    pub members: Vec<Member>,
+    pub warm_pool: Option<WarmPool>,
+    /// Instances waiting in the warm pool.
+    pub warm_instances: u32,
+}
+
+/// Connections across the instances that serve: (min, average, max).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    pub min: u64,
+    pub avg: f64,
+    pub max: u64,
+}
+
+impl FleetView {
+    /// The engine's view of the fleet at `now`.
+    pub fn observation(&self, now: i64) -> Observation {
+        Observation {
+            now,
+            desired: self.desired,
+            instances: self
+                .members
+                .iter()
+                .filter_map(|m| {
+                    Some(InstanceView {
+                        id: m.id.clone(),
+                        lifecycle: m.lifecycle?,
+                        connections: m.connections.unwrap_or(0),
+                        launched_at: m.launched_at,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Min/avg/max connections over in-service instances with a count.
+    pub fn spread(&self) -> Option<Spread> {
+        let c: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|m| m.lifecycle == Some(Lifecycle::InService))
+            .filter_map(|m| m.connections)
+            .collect();
+        Some(Spread {
+            min: *c.iter().min()?,
+            avg: c.iter().sum::<u64>() as f64 / c.len() as f64,
+            max: *c.iter().max()?,
+        })
+    }
+}
+
+/// Why a provider call failed, in terms an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The credentials lack a permission: the IAM action is in [`ProviderError::action`].
+    Denied,
+    /// No credentials could be found at all.
+    NoCredentials,
+    /// The API throttled us: back off and retry.
+    Throttled,
+    /// The group or instance does not exist.
+    NotFound,
+    /// The API endpoint could not be reached.
+    Unreachable,
+    Other,
+}
+
+/// A failed provider call: which API action, what kind of failure, and the service's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderError {
+    /// The API (and IAM) action, e.g. `autoscaling:SetDesiredCapacity`.
+    pub action: String,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn other(action: &str, message: impl Into<String>) -> Self {
+        Self {
+            action: action.into(),
+            kind: ErrorKind::Other,
+            message: message.into(),
+        }
+    }
+
+    /// Worth retrying after a pause (throttling, an unreachable endpoint).
+    pub fn transient(&self) -> bool {
+        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Unreachable)
+    }
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let a = &self.action;
+        match self.kind {
+            ErrorKind::Denied => write!(
+                f,
+                "permission denied for {a}: grant the controller's role `{a}` (terraform/iam.tf has the controller policy): {}",
+                self.message
+            ),
+            ErrorKind::NoCredentials => write!(
+                f,
+                "no AWS credentials for {a}: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run where an instance role is available ({})",
+                self.message
+            ),
+            ErrorKind::Throttled => write!(f, "{a} throttled: {}", self.message),
+            ErrorKind::NotFound => write!(f, "{a}: {}", self.message),
+            ErrorKind::Unreachable => write!(
+                f,
+                "{a}: endpoint unreachable (check AWS_REGION / AWS_ENDPOINT_URL and the network): {}",
+                self.message
+            ),
+            ErrorKind::Other => write!(f, "{a} failed: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+/// A fleet that can be observed and changed. Every method is idempotent where the underlying
+/// API allows, so a restarted control loop may repeat its last action safely.
+#[allow(async_fn_in_trait)]
+pub trait Provider {
+    /// The fleet with each instance's connection count.
+    async fn observe(&mut self) -> Result<FleetView, ProviderError>;
+    /// Sets the desired capacity (the provider launches or removes instances to match).
+    async fn set_desired(&mut self, desired: u32) -> Result<(), ProviderError>;
+    /// Drains (through the termination lifecycle hook) and terminates one chosen instance,
+    /// lowering the desired capacity by one when `decrement`.
+    async fn terminate(&mut self, id: &str, decrement: bool) -> Result<(), ProviderError>;
+    /// Protects instances from (or exposes them to) the group's own scale-in.
+    async fn set_protection(&mut self, ids: &[String], protect: bool) -> Result<(), ProviderError>;
+    /// Creates, changes (`Some`) or deletes (`None`) the warm pool.
+    async fn set_warm_pool(&mut self, pool: Option<&WarmPool>) -> Result<(), ProviderError>;
+    /// Lets an instance paused in a lifecycle hook go on (`CONTINUE`) or abandon it.
+    async fn complete_lifecycle(
+        &mut self,
+        id: &str,
+        hook: &str,
+        proceed: bool,
+    ) -> Result<(), ProviderError>;
+}
