@@ -1,5 +1,7 @@
 //! The `connscale` command line: argument parsing and output only; the work is in the library.
 
+use crate::aws::AwsSettings;
+use crate::operate;
 use crate::sim::{self, SimConfig, fleet::FleetModel, plot, trace::Trace};
 use clap::{Args, Parser, Subcommand};
 use connscale_common::policy::Policy;
@@ -43,6 +45,68 @@ pub enum Command {
     /// nodes at the policy's node_cap. Reports rejected connection-minutes, minutes with a node
     /// at its cap, instance-hours, warm-pool hours, scaling actions and forced reconnects.
     Simulate(SimulateArgs),
+    /// A group at a glance: desired/min/max, every instance with its connections, health and
+    /// lifecycle state, the spread, warm pool, schedules, alarms, recent scaling activities and
+    /// who holds the control loop's lease.
+    Status {
+        #[command(flatten)]
+        aws: AwsArgs,
+        /// Refresh every interval until Ctrl-C (e.g. --watch 10s; bare --watch = 10 s).
+        #[arg(long, num_args = 0..=1, default_missing_value = "10s", value_parser = humantime::parse_duration)]
+        watch: Option<std::time::Duration>,
+        /// One JSON object per refresh.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what `apply` would change so the group matches the policy: alarms, the step
+    /// scale-out and simple scale-in policies, scheduled actions, warm pool, bounds and the drain
+    /// lifecycle hook. Exit 0 when up to date, 2 when changes are pending.
+    Plan {
+        #[command(flatten)]
+        aws: AwsArgs,
+        /// Policy file (default: the shipped default policy).
+        #[arg(long, env = "CONNSCALE_POLICY")]
+        policy: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the group's configuration match the policy (idempotent: a second apply changes
+    /// nothing). Prints what it changed.
+    Apply {
+        #[command(flatten)]
+        aws: AwsArgs,
+        /// Policy file (default: the shipped default policy).
+        #[arg(long, env = "CONNSCALE_POLICY")]
+        policy: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The control loop: every interval, read per-instance connections from CloudWatch, let
+    /// the engine decide and act. Scale-in terminates the least-connected instances with
+    /// decrement (each drains through the lifecycle hook) instead of AWS's termination order.
+    ///
+    /// Only one loop acts on a group: the lease is the group's `connscale:lease` tag
+    /// ("<holder> <expires-unix>"), renewed every turn, released on Ctrl-C, and taken over by
+    /// another loop once it expires (3 intervals + 10 s).
+    Run {
+        #[command(flatten)]
+        aws: AwsArgs,
+        /// Policy file (default: the shipped default policy).
+        #[arg(long, env = "CONNSCALE_POLICY")]
+        policy: Option<PathBuf>,
+        /// Decide and print, but change nothing (and take no lease).
+        #[arg(long)]
+        dry_run: bool,
+        /// Run one turn and exit (for cron jobs and tests).
+        #[arg(long)]
+        once: bool,
+        /// Time between turns (default: the policy's scale_out.interval).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
+        /// One JSON line per turn: the fleet seen, the decision and whether it acted.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pre-warm schedules.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
@@ -102,6 +166,48 @@ pub enum ScheduleCmd {
     },
 }
 
+/// Which group, where, and how to read its metric.
+#[derive(Debug, Args)]
+pub struct AwsArgs {
+    /// The Auto Scaling group's name.
+    #[arg(long, env = "CONNSCALE_GROUP")]
+    pub group: String,
+    /// AWS region (default: AWS_REGION / the profile's region).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// Another endpoint for every AWS API, e.g. a moto emulator (AWS_ENDPOINT_URL also works).
+    #[arg(long, env = "CONNSCALE_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// CloudWatch period (s) for per-instance connections: 10 or 30 need the agent's
+    /// high-resolution publishing. Default: the policy's interval if CloudWatch serves it, else 60.
+    #[arg(long)]
+    pub metric_period: Option<i32>,
+    /// Attempts per API call; the SDK retries throttling with backoff in between.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+}
+
+impl AwsArgs {
+    fn settings(&self, policy: &Policy) -> anyhow::Result<AwsSettings> {
+        let period = self
+            .metric_period
+            .unwrap_or_else(|| crate::operate::metric_period_for(policy.scale_out.interval));
+        anyhow::ensure!(
+            matches!(period, 1 | 5 | 10 | 30) || (period >= 60 && period % 60 == 0),
+            "--metric-period {period} is not a CloudWatch period: use 1, 5, 10, 30 or a multiple of 60"
+        );
+        anyhow::ensure!(self.max_attempts >= 1, "--max-attempts must be at least 1");
+        Ok(AwsSettings {
+            group: self.group.clone(),
+            region: self.region.clone(),
+            endpoint: self.endpoint_url.clone(),
+            metric: policy.metric.clone(),
+            metric_period: period,
+            max_attempts: self.max_attempts,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// Demand trace(s), `timestamp,value` CSV. Repeat for several.
@@ -151,8 +257,53 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let apply = matches!(cli.command, Command::Apply { .. });
     match cli.command {
+        Command::Status { aws, watch, json } => {
+            let settings = aws.settings(&Policy::default_policy())?;
+            runtime()?.block_on(operate::status(settings, json, watch))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { aws, policy, json } | Command::Apply { aws, policy, json } => {
+            let policy = Policy::load(policy.as_deref())?;
+            let settings = aws.settings(&policy)?;
+            let n = runtime()?.block_on(operate::plan_or_apply(settings, &policy, apply, json))?;
+            Ok(if !apply && n > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Run {
+            aws,
+            policy,
+            dry_run,
+            once,
+            interval,
+            json,
+        } => {
+            let policy = Policy::load(policy.as_deref())?;
+            let settings = aws.settings(&policy)?;
+            let interval = interval.unwrap_or(policy.scale_out.interval);
+            anyhow::ensure!(!interval.is_zero(), "--interval must be positive");
+            let opts = operate::RunOptions {
+                dry_run,
+                once,
+                interval,
+                json,
+                max_backoff: std::time::Duration::from_secs(120),
+                lease_verify: std::time::Duration::from_secs(2),
+            };
+            runtime()?.block_on(operate::run(settings, policy, opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { policy, json } => validate(policy, json),
         Command::Simulate(args) => simulate(args),
         Command::Demo {
@@ -314,9 +465,7 @@ fn demo(
     plot: PathBuf,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     connscale_common::limits::raise_nofile();
     // block_on runs the demo on this (the main) thread, which starts every child process: their
     // parent-death signal then follows the whole process.

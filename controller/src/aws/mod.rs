@@ -115,11 +115,15 @@ impl AwsProvider {
         if let Some(e) = &settings.endpoint {
             loader = loader.endpoint_url(e);
         }
-        let conf = loader.load().await;
+        Self::with_config(settings, &loader.load().await)
+    }
+
+    /// With an SDK configuration made elsewhere (credentials, retries and endpoint included).
+    pub fn with_config(settings: AwsSettings, conf: &aws_config::SdkConfig) -> Self {
         Self {
-            asg: aws_sdk_autoscaling::Client::new(&conf),
-            cw: aws_sdk_cloudwatch::Client::new(&conf),
-            ec2: aws_sdk_ec2::Client::new(&conf),
+            asg: aws_sdk_autoscaling::Client::new(conf),
+            cw: aws_sdk_cloudwatch::Client::new(conf),
+            ec2: aws_sdk_ec2::Client::new(conf),
             settings,
         }
     }

@@ -1,0 +1,517 @@
+//! The controller against a real Auto Scaling API (the moto emulator in server mode): `apply`
+//! writes the policy's alarms, scaling policies, schedules, warm pool and drain hook, read back with
+//! the Describe calls; a second `apply` changes nothing; the control loop, fed per-instance
+//! connections through CloudWatch PutMetricData, scales the group out and back in within its
+//! bounds, terminating the least-connected instance with decrement; the lease keeps a second loop
+//! standing by; `status --json` shows the group as AWS does.
+
+use aws_sdk_autoscaling::Client as Asg;
+use aws_sdk_cloudwatch::Client as Cw;
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+use connscale::aws::{AwsProvider, AwsSettings, lease};
+use connscale::control;
+use connscale::engine::{Engine, EngineState};
+use connscale_common::policy::Policy;
+use connscale_test_support::{MotoServer, workspace_bin};
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const GROUP: &str = "chat";
+
+/// Group max 4 is below the policy's max 6: the loop must respect the tighter bound.
+const POLICY: &str = r#"
+[group]
+min_size = 1
+max_size = 6
+node_cap = 1000
+
+[scale_out]
+interval = "10s"
+datapoints = 1
+warmup = "1s"
+lookahead = "0s"
+
+[[scale_out.steps]]
+lower = 700
+upper = 800
+add = 1
+
+[[scale_out.steps]]
+lower = 800
+upper = 900
+add = 2
+
+[[scale_out.steps]]
+lower = 900
+add = 3
+
+[scale_in]
+threshold = 400
+sustain = "1s"
+step = 1
+cooldown = "1s"
+max_after = 650
+
+[[schedule]]
+name = "evening"
+cron = "0 18 * * MON-FRI"
+timezone = "Europe/Berlin"
+duration = "3h"
+min_size = 3
+
+[warm_pool]
+min_size = 1
+max_prepared = 5
+state = "stopped"
+reuse_on_scale_in = true
+"#;
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+struct Env {
+    moto: MotoServer,
+    asg: Asg,
+    cw: Cw,
+    policy_file: tempfile::NamedTempFile,
+    policy: Policy,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let moto = MotoServer::start();
+        moto.reset().await;
+        let conf = moto.sdk_config().await;
+        let asg = Asg::new(&conf);
+        asg.create_launch_configuration()
+            .launch_configuration_name("chat-lc")
+            .image_id("ami-12c6146b")
+            .instance_type("t3.micro")
+            .send()
+            .await
+            .expect("CreateLaunchConfiguration");
+        asg.create_auto_scaling_group()
+            .auto_scaling_group_name(GROUP)
+            .launch_configuration_name("chat-lc")
+            .availability_zones("us-east-1a")
+            .min_size(1)
+            .max_size(4)
+            .desired_capacity(2)
+            .send()
+            .await
+            .expect("CreateAutoScalingGroup");
+        let mut policy_file = tempfile::NamedTempFile::new().expect("tmp");
+        std::io::Write::write_all(&mut policy_file, POLICY.as_bytes()).expect("write policy");
+        let policy = Policy::parse(POLICY, "test").expect("valid test policy");
+        // Past the policy's 1 s warmup, so the group's instances count in the average.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Self {
+            asg,
+            cw: Cw::new(&conf),
+            moto,
+            policy_file,
+            policy,
+        }
+    }
+
+    fn settings(&self) -> AwsSettings {
+        AwsSettings {
+            group: GROUP.into(),
+            region: Some("us-east-1".into()),
+            endpoint: Some(self.moto.endpoint()),
+            metric: self.policy.metric.clone(),
+            // One-second buckets: the latest datapoint is the one the test just wrote.
+            metric_period: 1,
+            max_attempts: 1,
+        }
+    }
+
+    async fn provider(&self) -> AwsProvider {
+        AwsProvider::with_config(self.settings(), &self.moto.sdk_config().await)
+    }
+
+    /// Runs the `connscale` binary against the emulator.
+    fn cli(&self, args: &[&str]) -> Output {
+        let bin = workspace_bin("connscale").unwrap_or_else(|e| panic!("{e}"));
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        for (flag, value) in [("--group", GROUP), ("--metric-period", "1")] {
+            if !args.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
+        cmd.env("CONNSCALE_POLICY", self.policy_file.path())
+            .env_remove("CONNSCALE_GROUP");
+        for (k, v) in self.moto.env() {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run connscale")
+    }
+
+    fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "connscale {args:?} failed:\n{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "connscale {args:?}: bad JSON ({e}):\n{}\n{stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// (desired, in-service instance ids sorted).
+    async fn group(&self) -> (i32, Vec<String>) {
+        let g = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(GROUP)
+            .send()
+            .await
+            .expect("DescribeAutoScalingGroups");
+        let g = &g.auto_scaling_groups()[0];
+        let mut ids: Vec<String> = g
+            .instances()
+            .iter()
+            .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
+            .filter_map(|i| i.instance_id().map(str::to_string))
+            .collect();
+        ids.sort();
+        (g.desired_capacity().unwrap_or(-1), ids)
+    }
+
+    /// Publishes each instance's connection count now, as the agent does.
+    async fn publish(&self, counts: &BTreeMap<String, f64>) {
+        let mut req = self
+            .cw
+            .put_metric_data()
+            .namespace(&self.policy.metric.namespace);
+        for (id, v) in counts {
+            req = req.metric_data(
+                MetricDatum::builder()
+                    .metric_name(&self.policy.metric.name)
+                    .dimensions(
+                        Dimension::builder()
+                            .name("AutoScalingGroupName")
+                            .value(GROUP)
+                            .build(),
+                    )
+                    .dimensions(Dimension::builder().name("InstanceId").value(id).build())
+                    .timestamp(DateTime::from_secs(now()))
+                    .value(*v)
+                    .unit(StandardUnit::Count)
+                    .storage_resolution(1)
+                    .build(),
+            );
+        }
+        req.send().await.expect("PutMetricData");
+    }
+
+    /// Gives every in-service instance a count: `f(rank)` by sorted id.
+    async fn publish_by_rank(&self, f: impl Fn(usize) -> f64) -> BTreeMap<String, f64> {
+        let (_, ids) = self.group().await;
+        let counts: BTreeMap<String, f64> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (id.clone(), f(n)))
+            .collect();
+        self.publish(&counts).await;
+        counts
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_writes_the_policy_and_a_second_apply_changes_nothing() {
+    let env = Env::new().await;
+    let pending = env.cli(&["plan", "--json"]);
+    assert_eq!(
+        pending.status.code(),
+        Some(2),
+        "plan with changes pending exits 2"
+    );
+
+    let applied = env.cli_json(&["apply", "--json"]);
+    let kinds: Vec<&str> = applied
+        .as_array()
+        .expect("list of changes")
+        .iter()
+        .filter_map(|c| c["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"alarm") && kinds.contains(&"warm-pool"),
+        "{applied:#}"
+    );
+
+    let pol = env
+        .asg
+        .describe_policies()
+        .auto_scaling_group_name(GROUP)
+        .send()
+        .await
+        .expect("DescribePolicies");
+    let by_name: BTreeMap<&str, _> = pol
+        .scaling_policies()
+        .iter()
+        .filter_map(|p| Some((p.policy_name()?, p)))
+        .collect();
+    let out = by_name["chat-scale-out"];
+    assert_eq!(out.policy_type(), Some("StepScaling"));
+    let steps: Vec<(Option<f64>, Option<f64>, Option<i32>)> = out
+        .step_adjustments()
+        .iter()
+        .map(|s| {
+            (
+                s.metric_interval_lower_bound(),
+                s.metric_interval_upper_bound(),
+                s.scaling_adjustment(),
+            )
+        })
+        .collect();
+    // Bounds are relative to the alarm threshold (700).
+    assert_eq!(
+        steps,
+        vec![
+            (Some(0.0), Some(100.0), Some(1)),
+            (Some(100.0), Some(200.0), Some(2)),
+            (Some(200.0), None, Some(3)),
+        ]
+    );
+    let inn = by_name["chat-scale-in"];
+    assert_eq!(inn.policy_type(), Some("SimpleScaling"));
+    assert_eq!(inn.scaling_adjustment(), Some(-1));
+    assert_eq!(inn.cooldown(), Some(1));
+
+    let sched = env
+        .asg
+        .describe_scheduled_actions()
+        .auto_scaling_group_name(GROUP)
+        .send()
+        .await
+        .expect("DescribeScheduledActions");
+    let mut names: Vec<(&str, Option<&str>, Option<&str>, Option<i32>)> = sched
+        .scheduled_update_group_actions()
+        .iter()
+        .map(|a| {
+            (
+                a.scheduled_action_name().unwrap_or_default(),
+                a.recurrence(),
+                a.time_zone(),
+                a.min_size(),
+            )
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(
+        names[1],
+        (
+            "evening-start",
+            Some("0 18 * * MON-FRI"),
+            Some("Europe/Berlin"),
+            Some(3)
+        )
+    );
+    assert_eq!(names[0].0, "evening-end");
+    assert_eq!(names[0].1, Some("0 21 * * MON-FRI"));
+
+    let wp = env
+        .asg
+        .describe_warm_pool()
+        .auto_scaling_group_name(GROUP)
+        .send()
+        .await
+        .expect("DescribeWarmPool");
+    let c = wp.warm_pool_configuration().expect("a warm pool");
+    assert_eq!(c.min_size(), Some(1));
+    assert_eq!(c.max_group_prepared_capacity(), Some(5));
+    assert_eq!(c.pool_state().map(|s| s.as_str()), Some("Stopped"));
+
+    let alarms = env
+        .cw
+        .describe_alarms()
+        .alarm_names("chat-connections-high")
+        .alarm_names("chat-connections-low")
+        .send()
+        .await
+        .expect("DescribeAlarms");
+    let th: BTreeMap<&str, Option<f64>> = alarms
+        .metric_alarms()
+        .iter()
+        .filter_map(|a| Some((a.alarm_name()?, a.threshold())))
+        .collect();
+    assert_eq!(th["chat-connections-high"], Some(700.0));
+    assert_eq!(th["chat-connections-low"], Some(400.0));
+    for a in alarms.metric_alarms() {
+        assert_eq!(a.metric_name(), Some("TCPconnections"));
+        assert_eq!(a.alarm_actions().len(), 1, "each alarm triggers its policy");
+    }
+
+    // Idempotent: nothing left to plan or apply.
+    assert_eq!(env.cli_json(&["plan", "--json"]), serde_json::json!([]));
+    assert_eq!(env.cli_json(&["apply", "--json"]), serde_json::json!([]));
+
+    // A change to the policy shows up as exactly that change.
+    let edited = POLICY.replace("threshold = 400", "threshold = 350");
+    std::fs::write(env.policy_file.path(), edited).expect("edit policy");
+    let out = env.cli(&["plan", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "changes pending");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let names: Vec<&str> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["chat-connections-low"], "{plan:#}");
+    env.cli_json(&["apply", "--json"]);
+    assert_eq!(env.cli_json(&["plan", "--json"]), serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_loop_scales_out_and_in_within_bounds_removing_the_least_connected() {
+    let env = Env::new().await;
+    let mut p = env.provider().await;
+    let engine = Engine::new(env.policy.clone());
+    let mut state = EngineState::default();
+
+    // Both nodes near their caps: step +3 wants 5, the group's max is 4.
+    env.publish_by_rank(|_| 950.0).await;
+    let t = control::turn(&mut p, &engine, &mut state, now(), false)
+        .await
+        .expect("turn");
+    assert!(t.acted, "{t:?}");
+    assert_eq!(t.decision.desired, 4, "{}", t.decision.reason);
+    let (desired, ids) = env.group().await;
+    assert_eq!((desired, ids.len()), (4, 4));
+
+    // Load falls: one node at a time goes, always the least-connected, never below min 1.
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let (desired, ids) = env.group().await;
+        assert!(
+            (1..=4).contains(&desired),
+            "desired {desired} outside 1..=4"
+        );
+        if desired == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // The last id gets the fewest connections.
+        let counts = env.publish_by_rank(|n| (10 * (ids.len() - n)) as f64).await;
+        let t = control::turn(&mut p, &engine, &mut state, now(), false)
+            .await
+            .expect("turn");
+        if !t.decision.scale_in.is_empty() {
+            let least = counts
+                .iter()
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(id, _)| id.clone())
+                .unwrap();
+            assert_eq!(
+                t.decision.scale_in,
+                vec![least.clone()],
+                "{}",
+                t.decision.reason
+            );
+            let (after, ids) = env.group().await;
+            assert_eq!(after, desired - 1, "terminated with decrement");
+            assert!(!ids.contains(&least), "{least} still in service");
+            seen.push(least);
+        }
+    }
+    let (desired, ids) = env.group().await;
+    assert_eq!((desired, ids.len()), (1, 1), "back to the minimum");
+    assert_eq!(seen.len(), 3, "three scale-ins of one node each");
+
+    // At the minimum with no load, further turns hold.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    env.publish_by_rank(|_| 0.0).await;
+    let t = control::turn(&mut p, &engine, &mut state, now(), false)
+        .await
+        .expect("turn");
+    assert!(!t.changes && t.decision.desired == 1, "{t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_acts_under_the_lease_and_stands_by_when_another_loop_holds_it() {
+    let env = Env::new().await;
+    env.publish_by_rank(|_| 950.0).await;
+
+    // A dry run decides but changes nothing.
+    let dry = env.cli_json(&["run", "--once", "--dry-run", "--json"]);
+    assert_eq!(dry["decision"]["desired"], 4, "{dry:#}");
+    assert_eq!(dry["acted"], false);
+    assert_eq!(env.group().await.0, 2);
+
+    // Another loop holds the lease: this one stands by and changes nothing.
+    let p = env.provider().await;
+    let held = lease::acquire(
+        &p,
+        "other-host:1:x",
+        now(),
+        Duration::from_secs(600),
+        Duration::ZERO,
+    )
+    .await
+    .expect("lease call");
+    assert!(held.is_ok(), "free lease taken");
+    let standby = env.cli_json(&["run", "--once", "--json"]);
+    assert!(
+        standby["standby"]
+            .as_str()
+            .is_some_and(|s| s.contains("other-host:1:x")),
+        "{standby:#}"
+    );
+    assert_eq!(env.group().await.0, 2);
+
+    // Released: the loop takes the lease, acts, and gives the lease back on exit.
+    lease::release(&p, "other-host:1:x").await.expect("release");
+    let acted = env.cli_json(&["run", "--once", "--json"]);
+    assert_eq!(acted["acted"], true, "{acted:#}");
+    assert_eq!(env.group().await.0, 4);
+    assert_eq!(lease::read(&p).await.expect("read lease"), None);
+
+    // status --json shows what AWS shows.
+    let s = env.cli_json(&["status", "--json"]);
+    assert_eq!(s["desired"], 4, "{s:#}");
+    assert_eq!(s["max_size"], 4);
+    assert_eq!(s["members"].as_array().map(Vec::len), Some(4));
+    let with_counts = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["connections"].as_u64().is_some())
+        .count();
+    assert!(
+        with_counts >= 2,
+        "the two original instances have counts: {s:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_name_the_group_and_the_fix() {
+    let env = Env::new().await;
+    let out = env.cli(&["status", "--group", "no-such-group"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no-such-group") && err.contains("DescribeAutoScalingGroups"),
+        "{err}"
+    );
+    let out = env.cli(&["run", "--once", "--metric-period", "7"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--metric-period 7"),
+        "{err}"
+    );
+}
