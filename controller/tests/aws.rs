@@ -298,7 +298,7 @@ async fn apply_writes_the_policy_and_a_second_apply_changes_nothing() {
         .send()
         .await
         .expect("DescribeScheduledActions");
-    let mut names: Vec<(&str, Option<&str>, Option<&str>, Option<i32>)> = sched
+    let mut names: Vec<_> = sched
         .scheduled_update_group_actions()
         .iter()
         .map(|a| {
