@@ -79,7 +79,9 @@ data "aws_iam_policy_document" "controller" {
       "autoscaling:SetDesiredCapacity",
       "autoscaling:TerminateInstanceInAutoScalingGroup",
       "autoscaling:SetInstanceProtection",
+      "autoscaling:UpdateAutoScalingGroup",
       "autoscaling:PutWarmPool",
+      "autoscaling:DeleteWarmPool",
       "autoscaling:PutScheduledUpdateGroupAction",
       "autoscaling:DeleteScheduledAction",
       "autoscaling:PutScalingPolicy",
@@ -87,6 +89,17 @@ data "aws_iam_policy_document" "controller" {
       "autoscaling:CompleteLifecycleAction",
     ]
     resources = [local.group_arn]
+  }
+  statement {
+    # The control loop's lease is a tag on the group; it may write no other tag.
+    sid       = "LeaseTag"
+    actions   = ["autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags"]
+    resources = [local.group_arn]
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "aws:TagKeys"
+      values   = ["connscale:lease"]
+    }
   }
   statement {
     sid       = "OwnAlarms"

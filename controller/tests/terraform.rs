@@ -158,3 +158,54 @@ fn skips_without_reason(yaml: &str) -> Vec<String> {
     }
     missing
 }
+
+/// Every `service:Action` string in the controller's code (each names the IAM action of an API
+/// call, for its error messages), in source order.
+fn actions_in(dir: &std::path::Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).expect("read src").flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            actions_in(&path, out);
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            let text = std::fs::read_to_string(&path).expect("read");
+            for piece in text.split('"').skip(1).step_by(2) {
+                let service = piece.split(':').next().unwrap_or_default();
+                let action = piece.split(':').nth(1).unwrap_or_default();
+                if ["autoscaling", "cloudwatch", "ec2"].contains(&service)
+                    && action
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_uppercase())
+                    && action.chars().all(|c| c.is_ascii_alphanumeric())
+                {
+                    out.push(piece.to_string());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_controller_policy_grants_every_action_the_controller_calls() {
+    let mut used = Vec::new();
+    actions_in(&workspace_root().join("controller/src"), &mut used);
+    used.sort();
+    used.dedup();
+    assert!(
+        used.len() >= 15 && used.contains(&"autoscaling:SetDesiredCapacity".to_string()),
+        "scan found too little: {used:?}"
+    );
+    let iam = std::fs::read_to_string(workspace_root().join("terraform/iam.tf")).expect("iam.tf");
+    let start = iam
+        .find("data \"aws_iam_policy_document\" \"controller\"")
+        .expect("controller policy document in iam.tf");
+    let block = &iam[start..];
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|a| !block.contains(&format!("\"{a}\"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "terraform/iam.tf's controller policy lacks {missing:?}"
+    );
+}
