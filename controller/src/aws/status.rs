@@ -85,33 +85,9 @@ pub async fn status(p: &mut AwsProvider) -> Result<Status, ProviderError> {
             desired: s.desired_capacity(),
         })
         .collect();
-    let (activities, activities_error) = match p
-        .asg
-        .describe_scaling_activities()
-        .auto_scaling_group_name(&group)
-        .max_records(10)
-        .send()
-        .await
-    {
-        Ok(out) => (
-            out.activities()
-                .iter()
-                .map(|a| Activity {
-                    start: a.start_time().map(|t| t.secs()),
-                    status: a
-                        .status_code()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default(),
-                    description: a.description().unwrap_or_default().into(),
-                    cause: a.cause().unwrap_or_default().into(),
-                })
-                .collect(),
-            None,
-        ),
-        Err(e) => (
-            Vec::new(),
-            Some(sdk_error("autoscaling:DescribeScalingActivities", e).to_string()),
-        ),
+    let (activities, activities_error) = match activities(p, 10).await {
+        Ok(a) => (a, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
     };
     let lease = lease::read(p).await?.map(|l| l.value());
     Ok(Status {
@@ -123,6 +99,31 @@ pub async fn status(p: &mut AwsProvider) -> Result<Status, ProviderError> {
         activities_error,
         lease,
     })
+}
+
+/// The group's most recent scaling activities, newest first.
+pub async fn activities(p: &AwsProvider, max: i32) -> Result<Vec<Activity>, ProviderError> {
+    let out = p
+        .asg
+        .describe_scaling_activities()
+        .auto_scaling_group_name(p.group())
+        .max_records(max)
+        .send()
+        .await
+        .map_err(|e| sdk_error("autoscaling:DescribeScalingActivities", e))?;
+    Ok(out
+        .activities()
+        .iter()
+        .map(|a| Activity {
+            start: a.start_time().map(|t| t.secs()),
+            status: a
+                .status_code()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            description: a.description().unwrap_or_default().into(),
+            cause: a.cause().unwrap_or_default().into(),
+        })
+        .collect())
 }
 
 /// The human rendering.
