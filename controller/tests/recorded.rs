@@ -65,7 +65,7 @@ async fn answer(State(seen): State<Requests>, body: String) -> impl IntoResponse
         .map(|(k, v)| (k.to_string(), v.replace("%3A", ":").replace("%20", " ")))
         .collect();
     let action = form.get("Action").cloned().unwrap_or_default();
-    seen.lock().unwrap().push(form);
+    seen.lock().expect("requests").push(form);
     let (status, body) = match action.as_str() {
         "CompleteLifecycleAction" => (StatusCode::OK, complete_ok()),
         "DescribeScalingActivities" => (StatusCode::OK, activities()),
@@ -131,7 +131,7 @@ async fn complete_lifecycle_action_sends_continue_for_the_group_hook_and_instanc
     p.complete_lifecycle("i-0c3bd5f4cd18a0b8b", "connscale-drain", false)
         .await
         .expect("recorded success");
-    let seen = seen.lock().unwrap().clone();
+    let seen = seen.lock().expect("requests").clone();
     let results: Vec<(&str, &str, &str, &str)> = seen
         .iter()
         .map(|f| {
@@ -168,7 +168,7 @@ async fn scaling_activities_are_read_for_status() {
     );
     assert!(a[0].cause.contains("shrinking the capacity from 3 to 2"));
     assert_eq!(a[0].start, Some(1_795_195_927));
-    assert_eq!(seen.lock().unwrap()[0]["MaxRecords"], "10");
+    assert_eq!(seen.lock().expect("requests")[0]["MaxRecords"], "10");
     task.abort();
 }
 
