@@ -175,7 +175,7 @@ pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         "1 when Redis is reachable (always 0 without Redis).",
         u64::from(hub.broker.as_ref().is_some_and(|b| b.is_up())),
     );
-    s.push_str("# HELP chat_fanout_seconds Publish-to-delivery latency of broadcasts from other nodes.\n# TYPE chat_fanout_seconds histogram\n");
+    s.push_str("# HELP chat_fanout_seconds Publish-to-delivery latency of broadcasts (through Redis).\n# TYPE chat_fanout_seconds histogram\n");
     let mut cum = 0;
     for (i, b) in FANOUT_BUCKETS_US.iter().enumerate() {
         cum += m.fanout_us[i].load(Ordering::Relaxed);

@@ -16,7 +16,7 @@ use std::time::Duration;
 /// A broadcast as it travels between nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
-    /// Origin node (its own messages are delivered locally before publishing).
+    /// Origin node.
     pub o: String,
     /// Room, or all clients.
     pub r: Option<String>,

@@ -200,8 +200,8 @@ impl Hub {
         self.metrics.messages_out.fetch_add(sent, Ordering::Relaxed);
     }
 
-    /// Broadcasts to every matching client on every node. With Redis, the message is first
-    /// numbered and kept for recovery (one round trip), then delivered with its offset.
+    /// Broadcasts to every matching client on every node. With Redis, the message is numbered
+    /// and kept for recovery, then delivered with its offset through the subscription.
     pub async fn broadcast(&self, room: Option<&str>, except: Option<&str>, p: &SioPacket) {
         let text = p.encode();
         let Some(b) = &self.broker else {
@@ -232,14 +232,17 @@ impl Hub {
             &self.metrics.publish_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.deliver_local(room, except, &env.p, &p.attachments, seq);
+        // Published: local clients get it back through the subscription like every other
+        // node's clients, so each connection sees offsets in increasing order (recovery resumes
+        // after the last offset a client saw: a later offset delivered early would be replayed
+        // twice). Not published (Redis down): this node's clients still get it, unnumbered.
+        if seq.is_none() {
+            self.deliver_local(room, except, &env.p, &p.attachments, None);
+        }
     }
 
-    /// A broadcast from another node.
+    /// A broadcast as the subscription delivers it, in offset order (this node's own included).
     pub fn on_remote(&self, seq: u64, env: Envelope) {
-        if env.o == self.node {
-            return;
-        }
         let attachments = decode_attachments(&env);
         self.deliver_local(
             env.r.as_deref(),

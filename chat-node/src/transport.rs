@@ -223,6 +223,7 @@ async fn run_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, upgrad
         hub.cfg.ping_interval,
     );
     let mut ping_sent: Option<Instant> = None;
+    let mut peer_closed = false;
     loop {
         tokio::select! {
             m = ws.recv() => {
@@ -230,10 +231,14 @@ async fn run_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, upgrad
                     Some(Ok(Message::Text(t))) => on_text(&hub, &s, t.as_str()).await,
                     Some(Ok(Message::Binary(b))) => on_binary(&hub, &s, b).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) | None => {
+                        peer_closed = true;
+                        break;
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(sid = %s.sid, error = %e, "websocket error (oversized or malformed frame)");
                         hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                        peer_closed = true;
                         break;
                     }
                 };
@@ -271,10 +276,37 @@ async fn run_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, upgrad
         }
     }
     drop(rx);
-    // Save the recovery record before the client sees the close and reconnects elsewhere.
-    finish(&hub, &s).await;
-    let _ = ws.send(Message::Close(None)).await;
+    if peer_closed {
+        finish(&hub, &s).await;
+        return;
+    }
+    // We close (drain, ping timeout, rate limit). Save the recovery record before the client
+    // sees the close and reconnects elsewhere; then keep reading what the client sent before it
+    // saw our Close (its events still count: nothing it emitted is lost) until its own Close.
+    if let (Some(b), Some((pid, rec))) = (&hub.broker, record_of(&s)) {
+        b.save_session(&pid, &rec, hub.cfg.recovery_window.as_secs().max(1))
+            .await;
+    }
+    if ws.send(Message::Close(None)).await.is_ok() {
+        let linger = tokio::time::sleep(CLOSE_LINGER);
+        tokio::pin!(linger);
+        loop {
+            tokio::select! {
+                m = ws.recv() => match m {
+                    Some(Ok(Message::Text(t))) => { on_text(&hub, &s, t.as_str()).await; }
+                    Some(Ok(Message::Binary(b))) => { on_binary(&hub, &s, b).await; }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    _ => break,
+                },
+                _ = &mut linger => break,
+            }
+        }
+    }
+    finish_saved(&hub, &s, true).await;
 }
+
+/// How long a server-side close waits for the client's own Close (and its last events).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// The upgrade handshake: `2probe` → `3probe`, the polling GET is released with a noop, then `5`.
 async fn probe(hub: &Arc<Hub>, s: &Arc<Session>, ws: &mut WebSocket) -> bool {
@@ -304,27 +336,35 @@ async fn probe(hub: &Arc<Hub>, s: &Arc<Session>, ws: &mut WebSocket) -> bool {
     }
 }
 
+/// What a session's recovery needs: its pid, rooms, name and every sid it had.
+fn record_of(s: &Session) -> Option<(String, SessionRecord)> {
+    let st = s.lock_state();
+    st.pid.clone().map(|pid| {
+        let mut sids = st.old_sids.clone();
+        sids.push(s.sid.clone());
+        (
+            pid,
+            SessionRecord {
+                rooms: st.rooms.iter().cloned().collect(),
+                username: st.username.clone(),
+                sids,
+                since: st.since,
+            },
+        )
+    })
+}
+
 /// Removes a finished session once, keeps what its recovery needs, and tells the chat layer.
 async fn finish(hub: &Arc<Hub>, s: &Arc<Session>) {
+    finish_saved(hub, s, false).await;
+}
+
+/// [`finish`], when the recovery record may already have been saved.
+async fn finish_saved(hub: &Arc<Hub>, s: &Arc<Session>, saved: bool) {
     s.close();
-    let record = {
-        let st = s.lock_state();
-        st.pid.clone().map(|pid| {
-            let mut sids = st.old_sids.clone();
-            sids.push(s.sid.clone());
-            (
-                pid,
-                SessionRecord {
-                    rooms: st.rooms.iter().cloned().collect(),
-                    username: st.username.clone(),
-                    sids,
-                    since: st.since,
-                },
-            )
-        })
-    };
+    let record = record_of(s);
     if let Some(s) = hub.remove(&s.sid) {
-        if let (Some(b), Some((pid, rec))) = (&hub.broker, record) {
+        if let (false, Some(b), Some((pid, rec))) = (saved, &hub.broker, record) {
             b.save_session(&pid, &rec, hub.cfg.recovery_window.as_secs().max(1))
                 .await;
         }

@@ -55,6 +55,9 @@ pub struct DemoReport {
     pub processes_left: usize,
 }
 
+/// How long the demo may run past `--duration` to finish scale-in and the chat traffic.
+const OVERTIME: Duration = Duration::from_secs(30);
+
 fn shape(frac: f64) -> f64 {
     match frac {
         f if f < 0.30 => f / 0.30,
@@ -244,19 +247,21 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         balancer.port
     ));
     // Chat clients join once the fleet has grown, so they spread over nodes that scale-in will
-    // later drain: their reconnects must recover every message.
+    // later drain: their reconnects must recover every message. They keep talking until the
+    // fleet is back at its minimum, so every drain happens mid-conversation.
+    let chat_stop = Arc::new(tokio::sync::Notify::new());
     let chat_cfg = loadtest::chat::ChatConfig {
         targets: vec![format!("http://127.0.0.1:{}", balancer.port)],
         clients: 40,
         rooms: 4,
         send_rate: 20.0,
-        duration: cfg
-            .duration
-            .mul_f64(0.66)
-            .saturating_sub(Duration::from_secs(4)),
+        duration: cfg.duration.mul_f64(0.70) + OVERTIME,
         sources: vec![],
+        stop_early: Some(chat_stop.clone()),
     };
-    let mut chat = None;
+    let mut chat_stopped = false;
+    let mut chat: Option<tokio::task::JoinHandle<Result<loadtest::chat::ChatReport, String>>> =
+        None;
     let mut holders = Holders {
         open: Arc::default(),
         failed: Arc::default(),
@@ -268,9 +273,23 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
     let (mut counts_checked, mut counts_match) = (Vec::new(), false);
     let mut checked = false;
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
-    while start.elapsed() < cfg.duration {
+    // Past `duration`, the demo waits (at most OVERTIME) for the fleet to reach its minimum and
+    // for the chat clients to finish.
+    while start.elapsed() < cfg.duration
+        || (start.elapsed() < cfg.duration + OVERTIME
+            && (chat.as_ref().is_some_and(|c| !c.is_finished())
+                || fleet.capacity() > policy.group.min_size))
+    {
         let t = start.elapsed().as_secs_f64();
         let frac = t / cfg.duration.as_secs_f64();
+        if !chat_stopped
+            && frac >= 0.70
+            && fleet.capacity() <= policy.group.min_size
+            && fleet.instances.iter().all(|i| !i.draining)
+        {
+            chat_stop.notify_one();
+            chat_stopped = true;
+        }
         let want = (cfg.peak as f64 * shape(frac)).round() as usize;
         holders.adjust(want, balancer.port);
         if chat.is_none() && frac >= 0.30 {

@@ -39,13 +39,7 @@ pub struct FleetView {
     pub warm_instances: u32,
 }
 
-/// Connections across the instances that serve: (min, average, max).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Spread {
-    pub min: u64,
-    pub avg: f64,
-    pub max: u64,
-}
+pub use connscale_common::spread::Spread;
 
 impl FleetView {
     /// The engine's view of the fleet at `now`.
@@ -76,11 +70,7 @@ impl FleetView {
             .filter(|m| m.lifecycle == Some(Lifecycle::InService))
             .filter_map(|m| m.connections)
             .collect();
-        Some(Spread {
-            min: *c.iter().min()?,
-            avg: c.iter().sum::<u64>() as f64 / c.len() as f64,
-            max: *c.iter().max()?,
-        })
+        Spread::of(&c)
     }
 }
 

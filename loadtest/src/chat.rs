@@ -20,6 +20,9 @@ pub struct ChatConfig {
     pub send_rate: f64,
     pub duration: Duration,
     pub sources: Vec<IpAddr>,
+    /// Ends sending early when notified (the demo stops once the fleet is back at its minimum);
+    /// `duration` stays the upper bound.
+    pub stop_early: Option<Arc<tokio::sync::Notify>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -38,6 +41,10 @@ pub struct ChatReport {
     pub latency_ms_p99: f64,
     pub latency_ms_p999: f64,
     pub latency_ms_max: f64,
+    /// The first few lost deliveries (receiver, sender, sequence number), to tell when and
+    /// where they went missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost_samples: Vec<(u64, u64, u64)>,
 }
 
 fn now_us() -> u64 {
@@ -73,6 +80,8 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let stop = Arc::new(tokio::sync::Notify::new());
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reconnects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reconnecting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let per_client_rate = cfg.send_rate / cfg.clients as f64;
     let mut tasks = Vec::new();
     for i in 0..cfg.clients {
@@ -88,6 +97,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             connected.clone(),
             reconnects.clone(),
         );
+        let (sending, reconnecting) = (sending.clone(), reconnecting.clone());
         let duration = cfg.duration;
         tasks.push(tokio::spawn(async move {
             let mut rec = client::Recovery::default();
@@ -99,8 +109,8 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             rec.pid = pid;
             connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             client::emit(&mut ws, json!(["add user", format!("c{i}")])).await;
-            client::emit(&mut ws, json!(["join-channel", room])).await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Acked: nobody sends before every client is in its room.
+            client::emit_acked(&mut ws, json!(["join-channel", room]), 0, Duration::from_secs(10)).await;
             ready.wait().await;
             let gap = Duration::from_secs_f64(1.0 / per_client_rate.max(1e-6));
             let start = Instant::now() + gap.mul_f64(i as f64 / 1000.0 % 1.0);
@@ -111,7 +121,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             let end = tokio::time::Instant::now() + duration;
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(next), if next < end => {
+                    _ = tokio::time::sleep_until(next), if next < end && sending.load(std::sync::atomic::Ordering::Relaxed) => {
                         let msg = json!(["new message", {"message": {"s": i, "n": seq, "t": now_us()}, "channel": room}]);
                         if client::emit(&mut ws, msg).await {
                             seq += 1;
@@ -144,6 +154,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                             // The node went away (drain, crash): reconnect through the same
                             // target (a balancer routes elsewhere) and recover what was missed.
                             let mut again = None;
+                            reconnecting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             for _ in 0..50 {
                                 if let Ok(x) = client::connect_recovering(addr, &url, src, Duration::from_secs(5), Some(&rec)).await {
                                     again = Some(x);
@@ -151,6 +162,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                                 }
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                             }
+                            reconnecting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                             let Some((w, pid)) = again else { break };
                             ws = w;
                             reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -158,7 +170,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                                 // Not recovered (no Redis, or the window passed): start over.
                                 rec.pid = pid;
                                 client::emit(&mut ws, json!(["add user", format!("c{i}")])).await;
-                                client::emit(&mut ws, json!(["join-channel", room])).await;
+                                client::emit_acked(&mut ws, json!(["join-channel", room]), 0, Duration::from_secs(10)).await;
                             }
                         }
                         _ => {}
@@ -170,7 +182,23 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
         }));
     }
     ready.wait().await;
-    tokio::time::sleep(cfg.duration + Duration::from_secs(2)).await;
+    match &cfg.stop_early {
+        Some(early) => {
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.duration) => {}
+                _ = early.notified() => {}
+            }
+        }
+        None => tokio::time::sleep(cfg.duration).await,
+    }
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    // Deliveries in flight, and clients still reconnecting (then recovering what they missed).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settle = Instant::now() + Duration::from_secs(15);
+    while reconnecting.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.notify_waiters();
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
@@ -201,6 +229,19 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             r.expected_deliveries += count;
             r.delivered += got.min(count);
             r.lost += count.saturating_sub(got);
+            if got < count && r.lost_samples.len() < 20 {
+                let have = s
+                    .per_sender
+                    .get(&sender)
+                    .map(|e| e.1.as_slice())
+                    .unwrap_or(&[]);
+                r.lost_samples.extend(
+                    (0..count)
+                        .filter(|n| !have.contains(n))
+                        .take(5)
+                        .map(|n| (recv as u64, sender, n)),
+                );
+            }
         }
     }
     let h = hist.lock().unwrap_or_else(|e| e.into_inner());

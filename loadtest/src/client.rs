@@ -1,7 +1,7 @@
 //! A lean Socket.IO v5 client over websocket: small buffers, one task per connection, an
 //! optional source address (to spread load over 127.0.0.x), failures classified by cause.
 
-use connscale_common::sio::{self, EioType, SioPacket};
+use connscale_common::sio::{self, EioType, SioPacket, SioType};
 use futures::{SinkExt, StreamExt};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -147,6 +147,44 @@ pub async fn emit(ws: &mut Ws, args: serde_json::Value) -> bool {
     ws.send(Message::text(format!("4{}", p.encode())))
         .await
         .is_ok()
+}
+
+/// Sends an event with an ack id and waits (answering pings, skipping other frames) until the
+/// server acknowledges it, so what the event does (join a room, say) has happened.
+pub async fn emit_acked(ws: &mut Ws, args: serde_json::Value, id: u64, timeout: Duration) -> bool {
+    let mut p = SioPacket::event(args, vec![]);
+    p.id = Some(id);
+    if ws
+        .send(Message::text(format!("4{}", p.encode())))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    tokio::time::timeout(timeout, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => match sio::eio_decode(t.as_str()) {
+                    Ok((EioType::Ping, _)) if ws.send(Message::text("3")).await.is_err() => {
+                        return false;
+                    }
+                    Ok((EioType::Message, data)) => {
+                        if let Ok(a) = SioPacket::decode(data)
+                            && a.kind == SioType::Ack
+                            && a.id == Some(id)
+                        {
+                            return true;
+                        }
+                    }
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+                _ => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// What arrived on a connection, after answering pings.

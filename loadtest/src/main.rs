@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use connscale_common::telemetry::{self, LogFormat};
-use loadtest::{chat, client, ramp};
+use loadtest::{capacity, chat, client, distribution, ramp};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -38,6 +38,51 @@ enum Cmd {
         /// Fail (exit 1) unless at least this share of connections succeeded, e.g. 0.999.
         #[arg(long)]
         min_success: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ramp one node in steps until connects fail, the p99 latency passes the SLO, a message is
+    /// lost or the node's agent reports 503; report the sustainable connections, a proposed
+    /// node_cap and a whole policy scaled to it (paste into a file for `connscale --policy`).
+    Capacity {
+        /// The node, http://IP:PORT (one node, not the load balancer).
+        #[arg(long)]
+        target: String,
+        /// The node's agent, http://IP:PORT: its /health turning 503 ends the ramp.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Latency SLO for chat messages, milliseconds (p99 of a 10-client probe after each step).
+        #[arg(long)]
+        slo_p99: f64,
+        /// Connections added per step.
+        #[arg(long, default_value_t = 1000)]
+        step: usize,
+        /// Stop here even if the node still copes (this process holds at most ~19,000).
+        #[arg(long, default_value_t = 19_000)]
+        max: usize,
+        /// Connection attempts per second within a step.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// How long the latency probe runs after each step.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        probe: Duration,
+        /// Proposed cap = sustainable × this.
+        #[arg(long, default_value_t = 0.9)]
+        headroom: f64,
+        #[arg(long, default_value = "")]
+        source_ips: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connections per node as the agents report them (GET /health), with the spread.
+    Distribution {
+        /// Agents, http://IP:PORT. Repeat or comma-separate.
+        #[arg(long = "agent", required = true, value_delimiter = ',')]
+        agents: Vec<String>,
+        /// Fail (exit 1) if the busiest node holds more than this × the average, or an agent
+        /// does not answer.
+        #[arg(long)]
+        max_imbalance: Option<f64>,
         #[arg(long)]
         json: bool,
     },
@@ -123,6 +168,76 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 ExitCode::FAILURE
             })
         }
+        Cmd::Capacity {
+            target,
+            agent,
+            slo_p99,
+            step,
+            max,
+            rate,
+            probe,
+            headroom,
+            source_ips,
+            json,
+        } => {
+            if !(0.0..=1.0).contains(&headroom) || headroom == 0.0 {
+                return Err(format!("--headroom must be in (0, 1], got {headroom}"));
+            }
+            let cfg = capacity::CapacityConfig {
+                target,
+                agent,
+                slo_p99_ms: slo_p99,
+                step,
+                max,
+                rate,
+                probe,
+                sources: client::parse_sources(&source_ips)?,
+                max_failure_ratio: 0.01,
+                headroom,
+            };
+            let r = capacity::run(cfg, |s| {
+                eprintln!(
+                    "step: {} connections, {} failed, p99 {:.1} ms{}",
+                    s.connections,
+                    s.failed,
+                    s.p99_ms,
+                    s.health
+                        .map(|h| format!(", health {h}"))
+                        .unwrap_or_default()
+                )
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", r.table());
+            }
+            Ok(if r.sustainable > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Distribution {
+            agents,
+            max_imbalance,
+            json,
+        } => {
+            let r = distribution::run(&agents, Duration::from_secs(5)).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", r.table());
+            }
+            let ok = max_imbalance.is_none_or(|m| {
+                r.unreachable == 0 && r.spread.is_some_and(|s| s.max_over_avg <= m)
+            });
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Cmd::Chat {
             targets,
             clients,
@@ -141,6 +256,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 send_rate,
                 duration,
                 sources: client::parse_sources(&source_ips)?,
+                stop_early: None,
             };
             eprintln!(
                 "chat: {clients} clients in {rooms} rooms, {send_rate} msg/s for {duration:?}..."

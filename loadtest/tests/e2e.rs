@@ -1,9 +1,11 @@
-//! loadtest against real chat-nodes and Redis: ramp holds and spreads connections; chat traffic
-//! across two nodes arrives complete; and loss detection bites when messages really are dropped
-//! (Redis killed mid-run, so cross-node deliveries vanish).
+//! loadtest against real chat-nodes, agents and Redis: ramp holds and spreads connections; chat
+//! traffic across two nodes arrives complete; loss detection bites when messages really are
+//! dropped (Redis killed mid-run, so cross-node deliveries vanish); capacity stops where a node's
+//! hard cap refuses connects, where its agent turns 503, or at a missed SLO; distribution reads
+//! every agent's count.
 
 use connscale_test_support::{RedisServer, ServerProcess, free_port, wait_for_port, workspace_bin};
-use loadtest::{chat, ramp};
+use loadtest::{capacity, chat, distribution, ramp};
 use std::process::Command;
 use std::time::Duration;
 
@@ -66,6 +68,7 @@ fn chat_cfg(targets: Vec<String>, secs: u64) -> chat::ChatConfig {
         send_rate: 100.0,
         duration: Duration::from_secs(secs),
         sources: vec![],
+        stop_early: None,
     }
 }
 
@@ -101,4 +104,128 @@ async fn heavy_loss_detection_catches_really_dropped_messages() {
     let r = run.await.expect("join").expect("chat");
     assert!(r.lost > 0, "losses went undetected: {}", r.table());
     assert_eq!(r.duplicated, 0);
+}
+
+/// A chat-node with a hard connection cap, and optionally its agent with a (lower) health cap.
+fn capped_node(
+    hard_cap: usize,
+    agent_cap: Option<usize>,
+) -> (Vec<ServerProcess>, String, Option<String>) {
+    let port = free_port();
+    let mut cmd = Command::new(workspace_bin("chat-node").unwrap_or_else(|e| panic!("{e}")));
+    cmd.args(["--port", &port.to_string()])
+        .env("CHAT_MAX_CONNECTIONS", hard_cap.to_string())
+        .env("CHAT_RATE_PER_SEC", "1000")
+        .env("CHAT_RATE_BURST", "1000");
+    let mut procs = vec![ServerProcess::spawn("chat", cmd).expect("spawn chat-node")];
+    assert!(wait_for_port(
+        ([127, 0, 0, 1], port).into(),
+        Duration::from_secs(15)
+    ));
+    let agent = agent_cap.map(|cap| {
+        let hport = free_port();
+        let mut a =
+            Command::new(workspace_bin("connscale-agent").unwrap_or_else(|e| panic!("{e}")));
+        a.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            &format!("127.0.0.1:{hport}"),
+            "--cap",
+            &cap.to_string(),
+            "--quiet",
+        ])
+        .env("CONNSCALE_AGENT_CLOUDWATCH", "off")
+        .env("CONNSCALE_IMDS_ENDPOINT", "http://127.0.0.1:9");
+        procs.push(ServerProcess::spawn("agent", a).expect("spawn agent"));
+        assert!(wait_for_port(
+            ([127, 0, 0, 1], hport).into(),
+            Duration::from_secs(15)
+        ));
+        format!("http://127.0.0.1:{hport}")
+    });
+    (procs, format!("http://127.0.0.1:{port}"), agent)
+}
+
+fn capacity_cfg(target: String, agent: Option<String>, slo: f64) -> capacity::CapacityConfig {
+    capacity::CapacityConfig {
+        target,
+        agent,
+        slo_p99_ms: slo,
+        step: 100,
+        max: 1_000,
+        rate: 1_000.0,
+        probe: Duration::from_secs(2),
+        sources: vec![],
+        max_failure_ratio: 0.01,
+        headroom: 0.9,
+    }
+}
+
+#[tokio::test]
+async fn heavy_capacity_stops_where_connects_fail_and_proposes_a_valid_policy() {
+    let (_procs, url, _) = capped_node(350, None);
+    let r = capacity::run(capacity_cfg(url, None, 10_000.0), |_| {})
+        .await
+        .expect("capacity");
+    assert_eq!(r.sustainable, 300, "{}", r.table());
+    assert!(r.stop_reason.contains("connects failed"), "{}", r.table());
+    assert!(!r.reached_max);
+    assert_eq!(r.proposed_cap, 270);
+    let p = connscale_common::policy::Policy::parse(&r.policy_toml, "proposed")
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.policy_toml));
+    assert_eq!(p.group.node_cap, 270);
+    assert!(p.scale_out_threshold() < 270);
+}
+
+#[tokio::test]
+async fn heavy_capacity_stops_when_the_agent_reports_full_or_the_slo_is_missed() {
+    let (_procs, url, agent) = capped_node(5_000, Some(150));
+    let r = capacity::run(capacity_cfg(url.clone(), agent, 10_000.0), |_| {})
+        .await
+        .expect("capacity");
+    assert_eq!(r.sustainable, 100, "{}", r.table());
+    assert!(
+        r.stop_reason.contains("/health answered 503"),
+        "{}",
+        r.table()
+    );
+    assert_eq!(r.steps.last().and_then(|s| s.health), Some(503));
+
+    // An SLO no node can meet: not even the first step is sustainable.
+    let r = capacity::run(capacity_cfg(url, None, 0.000_001), |_| {})
+        .await
+        .expect("capacity");
+    assert_eq!(r.sustainable, 0, "{}", r.table());
+    assert!(r.stop_reason.contains("SLO"), "{}", r.table());
+    assert!(r.policy_toml.is_empty());
+}
+
+#[tokio::test]
+async fn heavy_distribution_reads_every_agent_and_the_spread() {
+    let (_a, ua, agent_a) = capped_node(5_000, Some(5_000));
+    let (_b, ub, agent_b) = capped_node(5_000, Some(5_000));
+    let mut pool =
+        loadtest::pool::Pool::new(&[ua, ub], vec![], Duration::from_secs(10)).expect("pool");
+    pool.grow(300, 1_000.0, |_| {}).await;
+    assert_eq!(pool.open(), 300);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let agents = vec![agent_a.expect("agent"), agent_b.expect("agent"), dead];
+    // The agents sample once a second.
+    let mut r = distribution::run(&agents, Duration::from_secs(2)).await;
+    for _ in 0..50 {
+        if r.total == 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r = distribution::run(&agents, Duration::from_secs(2)).await;
+    }
+    assert_eq!(r.total, 300, "{}", r.table());
+    let counts: Vec<Option<u64>> = r.nodes.iter().map(|n| n.connections).collect();
+    assert_eq!(counts, vec![Some(150), Some(150), None], "{}", r.table());
+    assert_eq!(r.unreachable, 1);
+    assert_eq!(r.nodes[2].state, "unreachable");
+    let s = r.spread.expect("spread");
+    assert_eq!((s.nodes, s.min, s.max, s.max_over_avg), (2, 150, 150, 1.0));
+    pool.close().await;
 }
