@@ -63,3 +63,17 @@ mod tests {
         assert!(raise_nofile() >= soft);
     }
 }
+
+/// Makes the kernel kill the child (SIGKILL) when the thread that spawns it dies, so children
+/// never outlive a crashed or interrupted parent. Spawn from the main thread: the signal
+/// follows the forking thread, not the process.
+pub fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}

@@ -13,7 +13,6 @@ use crate::sim::plot::{Series, line_chart};
 use connscale_common::policy::Policy;
 use loadtest::client::{self, Incoming};
 use serde::Serialize;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -105,13 +104,7 @@ impl Redis {
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        connscale_common::limits::kill_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start redis-server: {e}"))?;

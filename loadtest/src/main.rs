@@ -38,6 +38,10 @@ enum Cmd {
         /// Fail (exit 1) unless at least this share of connections succeeded, e.g. 0.999.
         #[arg(long)]
         min_success: Option<f64>,
+        /// Worker processes (each holds its share under the open-file limit; default: one per
+        /// 15,000 connections). Source addresses are split between them.
+        #[arg(long)]
+        workers: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -144,6 +148,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             hold,
             source_ips,
             min_success,
+            workers,
             json,
         } => {
             let cfg = ramp::RampConfig {
@@ -154,8 +159,24 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 sources: client::parse_sources(&source_ips)?,
                 connect_timeout: Duration::from_secs(10),
             };
-            let r = ramp::run(cfg, |a, c| eprint!("\rattempted {a}  connected {c}   ")).await?;
-            eprintln!();
+            let workers = workers.unwrap_or_else(|| ramp::auto_workers(connections));
+            let r = if workers > 1 {
+                let exe = std::env::current_exe()
+                    .map_err(|e| format!("cannot find this executable to start workers: {e}"))?;
+                eprintln!("ramp: {connections} connections over {workers} worker processes...");
+                ramp::run_workers(&exe, &cfg, workers).await?
+            } else {
+                let r = ramp::run(cfg, |a, c| {
+                    if !json {
+                        eprint!("\rattempted {a}  connected {c}   ")
+                    }
+                })
+                .await?;
+                if !json {
+                    eprintln!();
+                }
+                r
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {

@@ -229,3 +229,33 @@ async fn heavy_distribution_reads_every_agent_and_the_spread() {
     assert_eq!((s.nodes, s.min, s.max, s.max_over_avg), (2, 150, 150, 1.0));
     pool.close().await;
 }
+
+#[test]
+fn heavy_ramp_spreads_over_worker_processes_and_merges_their_reports() {
+    let (_a, ua) = node(None);
+    let (_b, ub) = node(None);
+    let out = Command::new(workspace_bin("loadtest").unwrap_or_else(|e| panic!("{e}")))
+        .args(["ramp", "--target", &ua, "--target", &ub])
+        .args(["--connections", "900", "--rate", "3000", "--hold", "500ms"])
+        .args([
+            "--workers",
+            "3",
+            "--source-ips",
+            "127.0.0.2-127.0.0.4",
+            "--json",
+        ])
+        .output()
+        .expect("run loadtest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {stderr}"));
+    assert_eq!(r["connected"], 900, "{r:#}");
+    assert_eq!(r["held_at_end"], 900, "{r:#}");
+    assert_eq!(
+        (r["per_target"][&ua].as_u64(), r["per_target"][&ub].as_u64()),
+        (Some(450), Some(450)),
+        "{r:#}"
+    );
+    assert!(stderr.contains("3 worker processes"), "{stderr}");
+}

@@ -92,4 +92,5 @@ def main():
     print(f"\nchat-node vs Node.js: memory per client {ratio(ours['bytes_per_client'], ref['bytes_per_client']):.2f}x, "
           f"accepts {ratio(ours['accept_per_s'], ref['accept_per_s']):.1f}x, deliveries {ratio(ours['deliveries_per_s'], ref['deliveries_per_s']):.1f}x")
 
-main()
+if __name__ == "__main__":
+    main()

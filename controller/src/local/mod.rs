@@ -9,7 +9,6 @@ pub mod balancer;
 mod provider;
 
 use crate::engine::{InstanceView, Lifecycle, Observation};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -65,13 +64,7 @@ fn spawn(mut cmd: Command) -> std::io::Result<Child> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    connscale_common::limits::kill_with_parent(&mut cmd);
     cmd.spawn()
 }
 
