@@ -45,6 +45,20 @@ pub fn cap_warning(what: &str, cap: u64, nofile: u64) -> Option<String> {
     })
 }
 
+/// Makes the kernel kill the child (SIGKILL) when the thread that spawns it dies, so children
+/// never outlive a crashed or interrupted parent. Spawn from the main thread: the signal
+/// follows the forking thread, not the process.
+pub fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,19 +75,5 @@ mod tests {
     fn raise_never_lowers() {
         let (soft, _) = nofile();
         assert!(raise_nofile() >= soft);
-    }
-}
-
-/// Makes the kernel kill the child (SIGKILL) when the thread that spawns it dies, so children
-/// never outlive a crashed or interrupted parent. Spawn from the main thread: the signal
-/// follows the forking thread, not the process.
-pub fn kill_with_parent(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
     }
 }
