@@ -1,17 +1,23 @@
 //! The agent reports exactly N held connections: more than one process can hold (N > 19k, spread
 //! over acceptor and client processes and source addresses), while thousands of connections a
-//! second open and close on another port, and for IPv4 clients of a dual-stack listener.
+//! second open and close on another port, for IPv4 clients of a dual-stack listener, and inside
+//! another network namespace (made by the test with `unshare -n`).
 
 mod common;
-use common::helper;
+use common::{helper, helper_via};
 use connscale_test_support::free_port;
 use std::process::Command;
 
 fn once(port: u16) -> serde_json::Value {
+    once_with(port, &[])
+}
+
+fn once_with(port: u16, extra: &[&str]) -> serde_json::Value {
     let bin =
         connscale_test_support::workspace_bin("connscale-agent").unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(bin)
         .args(["--once", "--json", "--port", &port.to_string()])
+        .args(extra)
         .output()
         .expect("run agent");
     assert!(
@@ -123,4 +129,26 @@ fn systemd_unit_is_hardened_and_unprivileged() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn counts_inside_another_network_namespace_by_pid_or_path() {
+    // Creating a network namespace needs CAP_SYS_ADMIN (root, as on the CI machines).
+    let can = Command::new("unshare")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        can,
+        "`unshare -n true` failed: this test needs util-linux and CAP_SYS_ADMIN"
+    );
+    let port = free_port();
+    let h = helper_via(&["unshare", "-n"], &["netns", &port.to_string(), "7"]);
+    let pid = h.0.id().to_string();
+    let by_pid = once_with(port, &["--netns", &pid]);
+    assert_eq!(by_pid["connections"], 7, "{by_pid}");
+    let path = format!("/proc/{pid}/ns/net");
+    assert_eq!(once_with(port, &["--netns", &path])["connections"], 7);
+    // Not in this namespace: nothing listens on the port here.
+    assert_eq!(once(port)["connections"], 0);
 }

@@ -3,8 +3,9 @@
 serve PORT            accept forever on 127.0.0.1:PORT (SO_REUSEPORT: run several), hold every socket
 connect PORT N SRC    open N connections from source address SRC, print "ready", hold until stdin closes
 churn PORT SRC        connect and close as fast as possible until stdin closes
+netns PORT N          (run under `unshare -n`) bring lo up, hold N connections to PORT on it
 """
-import socket, sys, threading
+import socket, subprocess, sys, threading
 
 def serve(port):
     l = socket.socket()
@@ -46,11 +47,25 @@ def churn(port, src):
     sys.stdin.read()
     stop.set()
 
+def netns(port, n):
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    l = socket.socket()
+    l.bind(("127.0.0.1", port))
+    l.listen(n + 16)
+    held = []
+    for _ in range(n):
+        held.append(socket.create_connection(("127.0.0.1", port)))
+        held.append(l.accept()[0])
+    print("ready", flush=True)
+    sys.stdin.read()
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "serve":
         serve(int(sys.argv[2]))
     elif cmd == "connect":
         connect(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    elif cmd == "netns":
+        netns(int(sys.argv[2]), int(sys.argv[3]))
     else:
         churn(int(sys.argv[2]), sys.argv[3])

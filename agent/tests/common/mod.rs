@@ -77,8 +77,19 @@ impl Drop for Helper {
 }
 
 pub fn helper(args: &[&str]) -> Helper {
+    helper_via(&[], args)
+}
+
+/// [`helper`] started through a launcher, e.g. `["unshare", "-n"]` (which execs python3, so the
+/// helper's pid is the child's).
+pub fn helper_via(launcher: &[&str], args: &[&str]) -> Helper {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hold.py");
-    let mut child = Command::new("python3")
+    let (program, pre) = match launcher.split_first() {
+        Some((p, rest)) => (*p, [rest, &["python3"]].concat()),
+        None => ("python3", vec![]),
+    };
+    let mut child = Command::new(program)
+        .args(pre)
         .arg(script)
         .args(args)
         .stdin(Stdio::piped())
