@@ -14,6 +14,7 @@ pub mod transport;
 
 use axum::Router;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use config::ChatConfig;
 use hub::Hub;
 use std::sync::{Arc, OnceLock};
@@ -78,9 +79,14 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
         tokio::spawn(async move { b.subscribe(move |seq, env| h.on_remote(seq, env)).await });
         tokio::spawn(hub.clone().presence_loop());
     }
+    // Nagle would hold each small frame that follows another until the client's delayed ACK
+    // (up to 40 ms): chat frames are small and latency-bound, as Node.js's noDelay default knows.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (bind/port): {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (bind/port): {e}"))?
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     tracing::info!(%addr, node = %hub.node, redis = hub.broker.is_some(), "chat-node listening");
     let notify = SHUTDOWN.get_or_init(Notify::new);
     let h = hub.clone();

@@ -261,6 +261,19 @@ impl SioPacket {
         }
     }
 
+    /// Like [`Self::event_parts`], taking the packet apart instead of borrowing (no copies).
+    pub fn into_event(self) -> Result<(String, Vec<Value>), CodecError> {
+        match self.data {
+            Some(Value::Array(mut items)) if matches!(items.first(), Some(Value::String(_))) => {
+                match items.remove(0) {
+                    Value::String(name) => Ok((name, items)),
+                    _ => Err(CodecError::EventShape),
+                }
+            }
+            _ => Err(CodecError::EventShape),
+        }
+    }
+
     /// The wire text of this packet (the Engine.IO message packet's data, without the `4`).
     /// Attachments, if any, follow as separate binary frames.
     pub fn encode(&self) -> String {

@@ -57,9 +57,47 @@ fn now_us() -> u64 {
 /// One receiver's view: per sender, the sequence numbers seen.
 #[derive(Default)]
 struct Seen {
-    per_sender: HashMap<u64, (u64, Vec<u64>)>, // sender → (highest seen, all seen)
+    per_sender: HashMap<u64, (u64, Seqs)>, // sender → (highest seen, all seen)
     dup: u64,
     ooo: u64,
+}
+
+/// Sequence numbers above 2^26 (67 M messages from one client) are not ours.
+const MAX_SEQ_WORDS: usize = 1 << 20;
+
+/// A set of sequence numbers (dense from 0): one bit each.
+#[derive(Default)]
+struct Seqs {
+    bits: Vec<u64>,
+    count: u64,
+}
+
+impl Seqs {
+    /// Adds `n`; false if it was already there.
+    fn insert(&mut self, n: u64) -> bool {
+        let (word, bit) = ((n / 64) as usize, 1u64 << (n % 64));
+        if word >= MAX_SEQ_WORDS {
+            // Not a number our clients sent (they count from 0): never allocate for it.
+            return false;
+        }
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        let new = self.bits[word] & bit == 0;
+        self.bits[word] |= bit;
+        self.count += u64::from(new);
+        new
+    }
+
+    fn contains(&self, n: &u64) -> bool {
+        self.bits
+            .get((n / 64) as usize)
+            .is_some_and(|w| w & (1u64 << (n % 64)) != 0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
 }
 
 pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
@@ -116,38 +154,46 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             let start = Instant::now() + gap.mul_f64(i as f64 / 1000.0 % 1.0);
             let mut next = tokio::time::Instant::from_std(start);
             let mut seq = 0u64;
+            // Per client, merged at the end: no lock per received message.
+            let mut local_hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
             let stopped = stop.notified();
             tokio::pin!(stopped);
             let end = tokio::time::Instant::now() + duration;
+            // One timer per client, re-armed after each send (not a new one per loop turn).
+            let timer = tokio::time::sleep_until(next);
+            tokio::pin!(timer);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(next), if next < end && sending.load(std::sync::atomic::Ordering::Relaxed) => {
+                    _ = &mut timer, if next < end && sending.load(std::sync::atomic::Ordering::Relaxed) => {
                         let msg = json!(["new message", {"message": {"s": i, "n": seq, "t": now_us()}, "channel": room}]);
                         if client::emit(&mut ws, msg).await {
                             seq += 1;
                         }
                         next += gap;
+                        timer.as_mut().reset(next);
                     }
                     m = client::recv(&mut ws) => match m {
                         Incoming::Event(name, args) if name == "new message" => {
                             if let Some(serde_json::Value::String(off)) = args.last() {
                                 rec.offset = Some(off.clone());
                             }
-                            let m = &args.first().map(|a| a["message"].clone()).unwrap_or_default();
+                            let Some(m) = args.first().map(|a| &a["message"]) else { continue };
                             let (Some(s), Some(n), Some(t)) = (m["s"].as_u64(), m["n"].as_u64(), m["t"].as_u64()) else { continue };
                             let lat = now_us().saturating_sub(t).max(1);
-                            let _ = hist.lock().map(|mut h| h.record(lat.min(60_000_000)));
+                            if let Some(h) = local_hist.as_mut() {
+                                let _ = h.record(lat.min(60_000_000));
+                            }
                             let mut sn = seen.lock().unwrap_or_else(|e| e.into_inner());
                             let Seen { per_sender, dup, ooo } = &mut *sn;
-                            let e = per_sender.entry(s).or_insert((0, Vec::new()));
-                            if e.1.contains(&n) {
+                            let e = per_sender.entry(s).or_insert((0, Seqs::default()));
+                            let first = e.1.is_empty();
+                            if !e.1.insert(n) {
                                 *dup += 1;
                             } else {
-                                if !e.1.is_empty() && n < e.0 {
+                                if !first && n < e.0 {
                                     *ooo += 1;
                                 }
                                 e.0 = e.0.max(n);
-                                e.1.push(n);
                             }
                         }
                         Incoming::Closed => {
@@ -177,6 +223,9 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                     },
                     _ = &mut stopped => break,
                 }
+            }
+            if let (Some(l), Ok(mut h)) = (local_hist, hist.lock()) {
+                let _ = h.add(&l);
             }
             sent_by.lock().unwrap_or_else(|e| e.into_inner()).insert(i as u64, seq);
         }));
@@ -221,23 +270,15 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             {
                 continue;
             }
-            let got = s
-                .per_sender
-                .get(&sender)
-                .map(|e| e.1.len() as u64)
-                .unwrap_or(0);
+            let got = s.per_sender.get(&sender).map(|e| e.1.count).unwrap_or(0);
             r.expected_deliveries += count;
             r.delivered += got.min(count);
             r.lost += count.saturating_sub(got);
             if got < count && r.lost_samples.len() < 20 {
-                let have = s
-                    .per_sender
-                    .get(&sender)
-                    .map(|e| e.1.as_slice())
-                    .unwrap_or(&[]);
+                let have = s.per_sender.get(&sender).map(|e| &e.1);
                 r.lost_samples.extend(
                     (0..count)
-                        .filter(|n| !have.contains(n))
+                        .filter(|n| !have.is_some_and(|h| h.contains(n)))
                         .take(5)
                         .map(|n| (recv as u64, sender, n)),
                 );

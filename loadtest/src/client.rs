@@ -206,8 +206,8 @@ pub async fn recv(ws: &mut Ws) -> Incoming {
                 }
                 Ok((EioType::Message, data)) => {
                     return match SioPacket::decode(data) {
-                        Ok(p) => match p.event_parts() {
-                            Ok((name, args)) => Incoming::Event(name.to_string(), args.to_vec()),
+                        Ok(p) => match p.into_event() {
+                            Ok((name, args)) => Incoming::Event(name, args),
                             Err(_) => Incoming::Other,
                         },
                         Err(_) => Incoming::Other,

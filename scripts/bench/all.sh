@@ -14,8 +14,8 @@ section "Agent" "python3 scripts/bench/agent_bench.py 10000 50000 100000"
 python3 scripts/bench/agent_bench.py 10000 50000 100000
 section "chat-node vs Node.js Socket.IO" "python3 scripts/bench/chat_vs_node.py 10000"
 python3 scripts/bench/chat_vs_node.py 10000
-section "loadtest: held connections, connect rate, CPU per message" "python3 scripts/bench/loadtest.py 50000 12000"
-python3 scripts/bench/loadtest.py 50000 12000
+section "loadtest: held connections, connect rate, CPU per message" "python3 scripts/bench/loadtest.py 60000 20000"
+python3 scripts/bench/loadtest.py 60000 20000
 section "Demo" "target/release/connscale demo --duration 120s --json --plot docs/bench/demo.svg"
 target/release/connscale demo --duration 120s --json --plot docs/bench/demo.svg 2>/dev/null |
   python3 -c 'import json,sys; r=json.load(sys.stdin); m=r["messages"]; print("| peak instances | final | scale-outs | scale-ins | rejected | sent | delivered | lost | duplicated | reconnects | counts match | processes left |"); print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"); print(f"| {r[\"peak_instances\"]} | {r[\"final_instances\"]} | {r[\"scale_outs\"]} | {r[\"scale_ins\"]} | {r[\"rejected_connections\"]} | {m[\"sent\"]} | {m[\"delivered\"]}/{m[\"expected_deliveries\"]} | {m[\"lost\"]} | {m[\"duplicated\"]} | {m[\"reconnects\"]} | {r[\"counts_match\"]} | {r[\"processes_left\"]} |")'

@@ -76,7 +76,7 @@ def per_message():
         srv.kill()
 
 if __name__ == "__main__":
-    connections = int(sys.argv[1]) if len(sys.argv) > 1 else 50000
-    rate = int(sys.argv[2]) if len(sys.argv) > 2 else 12000
+    connections = int(sys.argv[1]) if len(sys.argv) > 1 else 60000
+    rate = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
     held(connections, rate)
     per_message()
