@@ -60,8 +60,31 @@ pub struct SessionRecord {
     pub sids: Vec<String>,
     pub since: u64,
 }
-const PRESENCE_PREFIX: &str = "connscale:presence:";
+/// One hash, node → "connections users expires": reading everyone's presence is one command
+/// whatever else the keyspace holds (a SCAN for per-node keys walks every recovery record).
+const PRESENCE_KEY: &str = "connscale:presence";
 pub const PRESENCE_TTL_SECS: u64 = 10;
+/// Writes a node's entry, expiring PRESENCE_TTL_SECS from Redis's own clock (nodes' clocks
+/// need not agree).
+const HEARTBEAT_SCRIPT: &str = r"
+local now = tonumber(redis.call('TIME')[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
+return 1";
+/// Every live entry; expired ones (a crashed node's) are removed on the way.
+const PRESENCE_SCRIPT: &str = r"
+local now = tonumber(redis.call('TIME')[1])
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local exp = tonumber(string.match(all[i + 1], '(%d+)$'))
+  if exp and exp >= now then
+    table.insert(out, all[i])
+    table.insert(out, all[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out";
 
 /// The Redis side of a node.
 pub struct RedisBroker {
@@ -211,11 +234,15 @@ impl RedisBroker {
             .collect()
     }
 
-    /// Refreshes this node's presence key: "connections users".
+    /// Refreshes this node's presence entry: "connections users".
     pub async fn heartbeat(&self, node: &str, conns: usize, users: i64) -> bool {
-        let key = format!("{PRESENCE_PREFIX}{node}");
         self.run(async |c| {
-            c.set_ex::<_, _, ()>(key, format!("{conns} {users}"), PRESENCE_TTL_SECS)
+            redis::Script::new(HEARTBEAT_SCRIPT)
+                .key(PRESENCE_KEY)
+                .arg(node)
+                .arg(format!("{conns} {users}"))
+                .arg(PRESENCE_TTL_SECS)
+                .invoke_async::<i64>(c)
                 .await
         })
         .await
@@ -224,42 +251,24 @@ impl RedisBroker {
 
     /// Every live node's (connections, users).
     pub async fn presence(&self) -> Option<BTreeMap<String, (u64, i64)>> {
-        self.run(async |c| {
-            let mut keys: Vec<String> = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{PRESENCE_PREFIX}*"))
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(c)
-                    .await?;
-                keys.extend(batch);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            let mut out = BTreeMap::new();
-            if keys.is_empty() {
-                return Ok(out);
-            }
-            let vals: Vec<Option<String>> = c.mget(&keys).await?;
-            for (k, v) in keys.iter().zip(vals) {
-                let Some(v) = v else { continue };
-                let mut it = v.split_whitespace();
-                let conns = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                let users = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                out.insert(
-                    k.trim_start_matches(PRESENCE_PREFIX).to_string(),
-                    (conns, users),
-                );
-            }
-            Ok(out)
-        })
-        .await
+        let flat: Vec<String> = self
+            .run(async |c| {
+                redis::Script::new(PRESENCE_SCRIPT)
+                    .key(PRESENCE_KEY)
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        Some(
+            flat.chunks_exact(2)
+                .map(|kv| {
+                    let mut it = kv[1].split_whitespace();
+                    let conns = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    let users = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    (kv[0].clone(), (conns, users))
+                })
+                .collect(),
+        )
     }
 
     /// Receives other nodes' broadcasts (with their sequence numbers) for ever, reconnecting
