@@ -10,7 +10,7 @@ use futures::StreamExt;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 /// A broadcast as it travels between nodes.
@@ -90,28 +90,35 @@ return out";
 pub struct RedisBroker {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
-    up: AtomicBool,
+    /// 0 = not yet known, 1 = up, 2 = down: the first failure is logged too.
+    state: AtomicU8,
 }
 
 impl RedisBroker {
     /// Validates the URL; connecting happens lazily and is retried for ever.
     pub fn new(url: &str) -> Result<Self, String> {
+        if url.starts_with("rediss://") {
+            // Both ring and aws-lc-rs are linked, so rustls needs telling which to use (without
+            // this, the first TLS connection panics). Err = one is installed already: fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let client = redis::Client::open(url).map_err(|e| {
             format!("invalid redis_url {url:?}: {e} (expected redis://host:port or rediss://...)")
         })?;
         Ok(Self {
             client,
             conn: tokio::sync::Mutex::new(None),
-            up: AtomicBool::new(false),
+            state: AtomicU8::new(0),
         })
     }
 
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) == 1
     }
 
     fn mark(&self, up: bool, why: &str) {
-        if self.up.swap(up, Ordering::Relaxed) != up {
+        let new = if up { 1 } else { 2 };
+        if self.state.swap(new, Ordering::Relaxed) != new {
             if up {
                 tracing::info!("redis reachable: cross-node delivery on");
             } else {

@@ -1,7 +1,8 @@
 //! The official socket.io-client (npm, lockfile committed) against two chat-nodes sharing one
 //! real redis-server: cross-node chat, rooms, numUsers, acks, binary, the polling → websocket
-//! upgrade, the online count after a SIGKILL, delivery resuming after a Redis restart, a drain
-//! with clients moving to the other node, and bad clients cut off without hurting others.
+//! upgrade, the online count after a SIGKILL, delivery resuming after a Redis restart, a
+//! TLS-only Redis (rediss://), a drain with clients moving to the other node, and bad clients
+//! cut off without hurting others.
 
 mod common;
 use common::{Driver, TOKEN, eventually, http_get, http_post, node};
@@ -317,4 +318,28 @@ fn heavy_bad_clients_are_cut_off_and_others_unaffected() {
     };
     assert!(value("chat_malformed_total") >= 2.0, "{metrics}");
     assert!(value("chat_rate_limited_total") >= 1.0, "{metrics}");
+}
+
+#[test]
+fn heavy_cross_node_chat_over_a_tls_only_redis() {
+    // No plain port: everything between the nodes and Redis is TLS (rediss://).
+    let redis = RedisServer::start_tls();
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let (a, b) = (node("a", Some(&url), &[]), node("b", Some(&url), &[]));
+    let mut d = Driver::start();
+    d.connect("x", &a.url(), json!({"transports": ["websocket"]}));
+    d.connect("y", &b.url(), json!({"transports": ["websocket"]}));
+    d.emit("x", "add user", json!(["x"]));
+    d.emit("y", "add user", json!(["y"]));
+    let login = d.expect(10, "y login", |e| e["id"] == "y" && e["name"] == "login");
+    assert_eq!(
+        login["args"][0]["numUsers"], 2,
+        "cluster-wide count over TLS"
+    );
+    d.emit("x", "new message", json!(["over tls"]));
+    let got = d.expect(10, "y gets x's message through TLS Redis", |e| {
+        e["id"] == "y" && e["name"] == "new message"
+    });
+    assert_eq!(got["args"][0]["message"], "over tls");
 }

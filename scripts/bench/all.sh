@@ -18,4 +18,10 @@ section "loadtest: held connections, connect rate, CPU per message" "python3 scr
 python3 scripts/bench/loadtest.py 60000 20000
 section "Demo" "target/release/connscale demo --duration 120s --json --plot docs/bench/demo.svg"
 target/release/connscale demo --duration 120s --json --plot docs/bench/demo.svg 2>/dev/null |
-  python3 -c 'import json,sys; r=json.load(sys.stdin); m=r["messages"]; print("| peak instances | final | scale-outs | scale-ins | rejected | sent | delivered | lost | duplicated | reconnects | counts match | processes left |"); print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"); print(f"| {r[\"peak_instances\"]} | {r[\"final_instances\"]} | {r[\"scale_outs\"]} | {r[\"scale_ins\"]} | {r[\"rejected_connections\"]} | {m[\"sent\"]} | {m[\"delivered\"]}/{m[\"expected_deliveries\"]} | {m[\"lost\"]} | {m[\"duplicated\"]} | {m[\"reconnects\"]} | {r[\"counts_match\"]} | {r[\"processes_left\"]} |")'
+  python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+m = r["messages"]
+print("| peak instances | final | scale-outs | scale-ins | rejected | sent | delivered | lost | duplicated | reconnects | counts match | processes left |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+print("| %s | %s | %s | %s | %s | %s | %s/%s | %s | %s | %s | %s | %s |" % (r["peak_instances"], r["final_instances"], r["scale_outs"], r["scale_ins"], r["rejected_connections"], m["sent"], m["delivered"], m["expected_deliveries"], m["lost"], m["duplicated"], m["reconnects"], r["counts_match"], r["processes_left"]))'

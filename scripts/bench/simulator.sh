@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 traces=${CONNSCALE_TRACES:-$root/../shared/traces}
-cargo build --release --quiet -p connscale
+cargo build --release --quiet --bins  # the same feature set as all.sh: no rebuild
 bin=target/release/connscale
 mkdir -p target/bench docs/bench
 for t in "$traces"/*.csv; do
