@@ -10,3 +10,4 @@ pub mod client;
 pub mod distribution;
 pub mod pool;
 pub mod ramp;
+pub mod targets;

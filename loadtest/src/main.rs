@@ -22,8 +22,12 @@ enum Cmd {
     /// Open N connections at a rate over the targets (round robin) and hold them.
     Ramp {
         /// Target node(s), http://IP:PORT. Repeat for several.
-        #[arg(long = "target", required = true)]
+        #[arg(long = "target", required_unless_present = "targets_from")]
         targets: Vec<String>,
+        /// Read the targets from a URL or file instead: a JSON array, {"targets": [...]}, or
+        /// one per line.
+        #[arg(long, conflicts_with = "targets")]
+        targets_from: Option<String>,
         #[arg(long, default_value_t = 1000)]
         connections: usize,
         /// Connection attempts per second.
@@ -143,6 +147,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
     match cmd {
         Cmd::Ramp {
             targets,
+            targets_from,
             connections,
             rate,
             hold,
@@ -151,6 +156,10 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             workers,
             json,
         } => {
+            let targets = match targets_from {
+                Some(from) => loadtest::targets::load(&from).await?,
+                None => targets,
+            };
             let cfg = ramp::RampConfig {
                 targets,
                 connections,

@@ -259,3 +259,28 @@ fn heavy_ramp_spreads_over_worker_processes_and_merges_their_reports() {
     );
     assert!(stderr.contains("3 worker processes"), "{stderr}");
 }
+
+#[test]
+fn heavy_ramp_reads_its_targets_from_a_file() {
+    let (_a, ua) = node(None);
+    let (_b, ub) = node(None);
+    let dir = tempfile::tempdir().expect("tmp");
+    let list = dir.path().join("targets.txt");
+    let bare = |u: &str| u.trim_start_matches("http://").to_string();
+    std::fs::write(
+        &list,
+        format!("# two nodes\n{}\n{}\n", bare(&ua), bare(&ub)),
+    )
+    .expect("write");
+    let out = Command::new(workspace_bin("loadtest").unwrap_or_else(|e| panic!("{e}")))
+        .args(["ramp", "--targets-from"])
+        .arg(&list)
+        .args(["--connections", "100", "--hold", "0s", "--json"])
+        .output()
+        .expect("run loadtest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(r["per_target"][&ua], 50, "{r:#}");
+    assert_eq!(r["per_target"][&ub], 50, "{r:#}");
+}
