@@ -157,6 +157,20 @@ impl AwsProvider {
             })
     }
 
+    /// The group's scheduled actions (what `plan` compares and `status` shows).
+    pub async fn scheduled_actions(
+        &self,
+    ) -> Result<Vec<aws_sdk_autoscaling::types::ScheduledUpdateGroupAction>, ProviderError> {
+        let out = self
+            .asg
+            .describe_scheduled_actions()
+            .auto_scaling_group_name(self.group())
+            .send()
+            .await
+            .map_err(|e| sdk_error("autoscaling:DescribeScheduledActions", e))?;
+        Ok(out.scheduled_update_group_actions().to_vec())
+    }
+
     /// The warm pool as the policy spells it, and how many instances wait in it.
     pub async fn describe_warm_pool(&self) -> Result<(Option<WarmPool>, u32), ProviderError> {
         let out = self

@@ -145,7 +145,7 @@ pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
     };
     insert(
         &mut c,
-        &format!("{group}-connections-high"),
+        &alarm_names(group)[0],
         alarm(
             "scale_out",
             "GreaterThanOrEqualToThreshold",
@@ -155,7 +155,7 @@ pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
     );
     insert(
         &mut c,
-        &format!("{group}-connections-low"),
+        &alarm_names(group)[1],
         alarm(
             "scale_in",
             "LessThanOrEqualToThreshold",
@@ -206,6 +206,14 @@ pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
 
 fn policy_str(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
+}
+
+/// The group's two alarms: high (scale out) and low (scale in).
+pub fn alarm_names(group: &str) -> [String; 2] {
+    [
+        format!("{group}-connections-high"),
+        format!("{group}-connections-low"),
+    ]
 }
 
 /// What a change does.
@@ -396,14 +404,7 @@ pub async fn observed(
             );
         }
     }
-    let sched = p
-        .asg
-        .describe_scheduled_actions()
-        .auto_scaling_group_name(&group)
-        .send()
-        .await
-        .map_err(|e| sdk_error("autoscaling:DescribeScheduledActions", e))?;
-    for s in sched.scheduled_update_group_actions() {
+    for s in p.scheduled_actions().await? {
         let Some(name) = s.scheduled_action_name() else {
             continue;
         };

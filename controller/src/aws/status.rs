@@ -1,7 +1,7 @@
 //! `connscale status` for an Auto Scaling group: the fleet view plus what only AWS knows
 //! (alarms, scheduled actions, recent scaling activities, the control loop's lease).
 
-use super::{AwsProvider, lease, sdk_error};
+use super::{AwsProvider, lease, plan, sdk_error};
 use crate::provider::{FleetView, Provider, ProviderError, Spread};
 use serde::Serialize;
 
@@ -50,8 +50,7 @@ pub async fn status(p: &mut AwsProvider) -> Result<Status, ProviderError> {
     let group = p.group().to_string();
     let al =
         p.cw.describe_alarms()
-            .alarm_names(format!("{group}-connections-high"))
-            .alarm_names(format!("{group}-connections-low"))
+            .set_alarm_names(Some(plan::alarm_names(&group).to_vec()))
             .send()
             .await
             .map_err(|e| sdk_error("cloudwatch:DescribeAlarms", e))?;
@@ -67,15 +66,9 @@ pub async fn status(p: &mut AwsProvider) -> Result<Status, ProviderError> {
             threshold: a.threshold().unwrap_or(0.0),
         })
         .collect();
-    let sched = p
-        .asg
-        .describe_scheduled_actions()
-        .auto_scaling_group_name(&group)
-        .send()
-        .await
-        .map_err(|e| sdk_error("autoscaling:DescribeScheduledActions", e))?;
-    let schedules = sched
-        .scheduled_update_group_actions()
+    let schedules = p
+        .scheduled_actions()
+        .await?
         .iter()
         .map(|s| Scheduled {
             name: s.scheduled_action_name().unwrap_or_default().into(),
