@@ -7,11 +7,11 @@
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use connscale_common::sio::SioPacket;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// Frames queued for a client.
 #[derive(Debug, Clone)]
@@ -22,6 +22,85 @@ pub enum Frame {
 
 /// Queue depth per client: enough for bursts, small enough to bound memory.
 pub const QUEUE: usize = 256;
+
+/// A client's outgoing frames: a bounded FIFO that holds no allocation while empty (an idle
+/// client costs nothing here), read by one transport at a time through a [`Reader`].
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<Frame>>,
+    ready: Notify,
+    reader: tokio::sync::Mutex<()>,
+}
+
+/// The queue was full: the frame was not queued.
+#[derive(Debug)]
+pub struct Full;
+
+impl Outbox {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, f: Frame) -> Result<(), Full> {
+        {
+            let mut q = self.queue();
+            if q.len() >= QUEUE {
+                return Err(Full);
+            }
+            q.push_back(f);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The reading end, once no other transport holds it.
+    pub async fn reader(&self) -> Reader<'_> {
+        Reader {
+            outbox: self,
+            _guard: self.reader.lock().await,
+        }
+    }
+
+    /// The reading end, or None while another transport (a concurrent long-poll) holds it.
+    pub fn try_reader(&self) -> Option<Reader<'_>> {
+        let guard = self.reader.try_lock().ok()?;
+        Some(Reader {
+            outbox: self,
+            _guard: guard,
+        })
+    }
+}
+
+/// Exclusive access to an [`Outbox`]'s frames.
+pub struct Reader<'a> {
+    outbox: &'a Outbox,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Reader<'_> {
+    /// The next frame, waiting for one.
+    pub async fn recv(&mut self) -> Frame {
+        loop {
+            if let Some(f) = self.try_recv() {
+                return f;
+            }
+            // notify_one stores a permit when nobody waits, so a push between the check
+            // above and this await is not missed.
+            self.outbox.ready.notified().await;
+        }
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Option<Frame> {
+        let mut q = self.outbox.queue();
+        let f = q.pop_front();
+        // The buffer is given back once drained, so idle clients hold none.
+        if q.is_empty() && q.capacity() > 0 {
+            *q = VecDeque::new();
+        }
+        f
+    }
+}
 
 /// A token bucket: `rate` packets per second sustained, `burst` at once.
 #[derive(Debug)]
@@ -60,7 +139,7 @@ pub struct SocketState {
     pub username: Option<String>,
     pub rooms: HashSet<String>,
     /// A binary packet waiting for its attachments.
-    pub pending: Option<SioPacket>,
+    pub pending: Option<Box<SioPacket>>,
     /// Private session id for connection state recovery (issued only with Redis).
     pub pid: Option<String>,
     /// The broadcast sequence when this socket connected: replay starts here if the client never
@@ -76,9 +155,8 @@ pub struct SocketState {
 #[derive(Debug)]
 pub struct Session {
     pub sid: String,
-    tx: mpsc::Sender<Frame>,
-    /// The queue's receiving end, held by whichever transport is active.
-    pub rx: tokio::sync::Mutex<mpsc::Receiver<Frame>>,
+    /// Frames for the client, drained by whichever transport is active.
+    pub outbox: Outbox,
     pub state: Mutex<SocketState>,
     pub bucket: Mutex<Bucket>,
     pub last_pong: Mutex<Instant>,
@@ -90,11 +168,9 @@ pub struct Session {
 
 impl Session {
     pub fn new(sid: String, burst: f64, websocket: bool) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
         Self {
             sid,
-            tx,
-            rx: tokio::sync::Mutex::new(rx),
+            outbox: Outbox::default(),
             state: Mutex::new(SocketState::default()),
             bucket: Mutex::new(Bucket::new(burst)),
             last_pong: Mutex::new(Instant::now()),
@@ -110,14 +186,13 @@ impl Session {
         if self.is_closed() {
             return false;
         }
-        match self.tx.try_send(f) {
+        match self.outbox.push(f) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Full) => {
                 tracing::debug!(sid = %self.sid, "client too slow: queue full, disconnecting");
                 self.close();
                 false
             }
-            Err(_) => false,
         }
     }
 

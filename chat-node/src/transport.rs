@@ -72,8 +72,10 @@ pub async fn engine(
             let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &hub).await else {
                 return eio_error(3, "Bad request");
             };
+            // Memory per idle client is what a node's capacity is made of: a small read buffer
+            // (grown on demand for a large frame) and no write buffer.
             let ws = ws
-                .read_buffer_size(4 * 1024)
+                .read_buffer_size(256)
                 .write_buffer_size(0)
                 .max_message_size(hub.cfg.max_message_bytes)
                 .max_frame_size(hub.cfg.max_message_bytes);
@@ -126,20 +128,20 @@ fn text_response(body: String) -> Response {
 /// Long-poll: waits for queued frames (pings arrive at least every ping interval), returns all
 /// that are ready as one payload.
 async fn poll_get(hub: Arc<Hub>, s: Arc<Session>) -> Response {
-    let Ok(mut rx) = s.rx.try_lock() else {
+    let Some(mut rx) = s.outbox.try_reader() else {
         return eio_error(3, "Bad request"); // a second concurrent GET
     };
     let mut items = Vec::new();
     let wait = hub.cfg.ping_interval + Duration::from_secs(1);
     tokio::select! {
-        f = rx.recv() => if let Some(f) = f { items.push(f) },
+        f = rx.recv() => items.push(f),
         _ = tokio::time::sleep(wait) => {},
         _ = s.close_notify.notified() => {},
     }
     while items.len() < 512 {
         match rx.try_recv() {
-            Ok(f) => items.push(f),
-            Err(_) => break,
+            Some(f) => items.push(f),
+            None => break,
         }
     }
     drop(rx);
@@ -212,97 +214,105 @@ async fn polling_heartbeat(hub: Arc<Hub>, s: Arc<Session>) {
 }
 
 /// The websocket transport: one task per client reads, writes and pings.
-async fn run_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, upgrading: bool) {
-    if upgrading && !probe(&hub, &s, &mut ws).await {
-        return;
-    }
-    s.websocket.store(true, Ordering::SeqCst);
-    let mut rx = s.rx.lock().await;
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + hub.cfg.ping_interval,
-        hub.cfg.ping_interval,
-    );
-    let mut ping_sent: Option<Instant> = None;
-    let mut peer_closed = false;
-    loop {
-        tokio::select! {
-            m = ws.recv() => {
-                let ok = match m {
-                    Some(Ok(Message::Text(t))) => on_text(&hub, &s, t.as_str()).await,
-                    Some(Ok(Message::Binary(b))) => on_binary(&hub, &s, b).await,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
-                    Some(Ok(Message::Close(_))) | None => {
-                        peer_closed = true;
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(sid = %s.sid, error = %e, "websocket error (oversized or malformed frame)");
-                        hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
-                        peer_closed = true;
-                        break;
-                    }
-                };
-                if !ok {
-                    hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                if let Some(t) = ping_sent && *s.last_pong.lock().unwrap_or_else(|e| e.into_inner()) >= t {
-                    ping_sent = None;
-                }
-            }
-            f = rx.recv() => {
-                let msg = match f {
-                    Some(Frame::Text(t)) => Message::Text(t),
-                    Some(Frame::Binary(b)) => Message::Binary(b),
-                    None => break,
-                };
-                if ws.send(msg).await.is_err() {
-                    break;
-                }
-            }
-            _ = ping.tick() => {
-                if ping_sent.is_some_and(|t| t.elapsed() > hub.cfg.ping_timeout + hub.cfg.ping_interval) {
-                    break;
-                }
-                if ws.send(Message::Text("2".into())).await.is_err() {
-                    break;
-                }
-                ping_sent.get_or_insert_with(Instant::now);
-            }
-            _ = s.close_notify.notified() => break,
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
+fn run_websocket(
+    hub: Arc<Hub>,
+    s: Arc<Session>,
+    mut ws: WebSocket,
+    upgrading: bool,
+) -> impl Future<Output = ()> + Send {
+    // An async block, not an async fn: the fn's arguments would be stored twice in the
+    // connection's task (once as arguments, once as locals), and the socket alone is 368 bytes.
+    async move {
+        if upgrading && !Box::pin(probe(&hub, &s, &mut ws)).await {
+            return;
         }
-        if s.is_closed() {
-            break;
-        }
-    }
-    drop(rx);
-    if peer_closed {
-        finish(&hub, &s).await;
-        return;
-    }
-    // We close (drain, ping timeout, rate limit). Save the recovery record before the client
-    // sees the close and reconnects elsewhere; then keep reading what the client sent before it
-    // saw our Close (its events still count: nothing it emitted is lost) until its own Close.
-    if let (Some(b), Some((pid, rec))) = (&hub.broker, record_of(&s)) {
-        b.save_session(&pid, &rec, hub.cfg.recovery_window.as_secs().max(1))
-            .await;
-    }
-    if ws.send(Message::Close(None)).await.is_ok() {
-        let linger = tokio::time::sleep(CLOSE_LINGER);
-        tokio::pin!(linger);
+        s.websocket.store(true, Ordering::SeqCst);
+        let mut rx = s.outbox.reader().await;
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + hub.cfg.ping_interval,
+            hub.cfg.ping_interval,
+        );
+        let mut ping_sent: Option<Instant> = None;
+        let mut peer_closed = false;
         loop {
             tokio::select! {
-                m = ws.recv() => match m {
-                    Some(Ok(Message::Text(t))) => { on_text(&hub, &s, t.as_str()).await; }
-                    Some(Ok(Message::Binary(b))) => { on_binary(&hub, &s, b).await; }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    _ => break,
-                },
-                _ = &mut linger => break,
+                m = ws.recv() => {
+                    let ok = match m {
+                        Some(Ok(Message::Text(t))) => Box::pin(on_text(&hub, &s, t.as_str())).await,
+                        Some(Ok(Message::Binary(b))) => Box::pin(on_binary(&hub, &s, b)).await,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
+                        Some(Ok(Message::Close(_))) | None => {
+                            peer_closed = true;
+                            break;
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(sid = %s.sid, error = %e, "websocket error (oversized or malformed frame)");
+                            hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                            peer_closed = true;
+                            break;
+                        }
+                    };
+                    if !ok {
+                        hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    if let Some(t) = ping_sent && *s.last_pong.lock().unwrap_or_else(|e| e.into_inner()) >= t {
+                        ping_sent = None;
+                    }
+                }
+                f = rx.recv() => {
+                    let msg = match f {
+                        Frame::Text(t) => Message::Text(t),
+                        Frame::Binary(b) => Message::Binary(b),
+                    };
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    if ping_sent.is_some_and(|t| t.elapsed() > hub.cfg.ping_timeout + hub.cfg.ping_interval) {
+                        break;
+                    }
+                    if ws.send(Message::Text("2".into())).await.is_err() {
+                        break;
+                    }
+                    ping_sent.get_or_insert_with(Instant::now);
+                }
+                _ = s.close_notify.notified() => break,
+            }
+            if s.is_closed() {
+                break;
             }
         }
+        drop(rx);
+        if peer_closed {
+            Box::pin(finish(&hub, &s)).await;
+            return;
+        }
+        // We close (drain, ping timeout, rate limit). Save the recovery record before the client
+        // sees the close and reconnects elsewhere; then keep reading what the client sent before it
+        // saw our Close (its events still count: nothing it emitted is lost) until its own Close.
+        if let (Some(b), Some((pid, rec))) = (&hub.broker, record_of(&s)) {
+            Box::pin(b.save_session(&pid, &rec, hub.cfg.recovery_window.as_secs().max(1))).await;
+        }
+        if ws.send(Message::Close(None)).await.is_ok() {
+            let linger = tokio::time::sleep(CLOSE_LINGER);
+            tokio::pin!(linger);
+            loop {
+                tokio::select! {
+                    m = ws.recv() => match m {
+                        Some(Ok(Message::Text(t))) => { Box::pin(on_text(&hub, &s, t.as_str())).await; }
+                        Some(Ok(Message::Binary(b))) => { Box::pin(on_binary(&hub, &s, b)).await; }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        _ => break,
+                    },
+                    _ = &mut linger => break,
+                }
+            }
+        }
+        Box::pin(finish_saved(&hub, &s, true)).await;
     }
-    finish_saved(&hub, &s, true).await;
 }
 
 /// How long a server-side close waits for the client's own Close (and its last events).
@@ -466,7 +476,7 @@ async fn on_binary(hub: &Arc<Hub>, s: &Arc<Session>, b: Bytes) -> bool {
         };
         p.attachments.push(b);
         if p.is_complete() {
-            st.pending.take()
+            st.pending.take().map(|p| *p)
         } else {
             None
         }
@@ -509,7 +519,7 @@ async fn on_packet(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) -> bool {
             true
         }
         (SioType::BinaryEvent, true) => {
-            s.lock_state().pending = Some(p);
+            s.lock_state().pending = Some(Box::new(p));
             true
         }
         (SioType::Ack | SioType::BinaryAck, true) => true,
