@@ -5,6 +5,12 @@
 //! reconnects with backoff capped at 1 s, so delivery resumes within ~2 s of Redis returning,
 //! and logs each up/down change once. Presence is one key per node with a TTL heartbeat, so a
 //! SIGKILLed node disappears from the count when its key expires (no INCR/DECR to drift).
+//!
+//! Redis Cluster (`redis+cluster://seed1:port,seed2:port`, or `rediss+cluster://`) uses sharded
+//! pub/sub (SPUBLISH / SSUBSCRIBE). Every key and the channel carry one hash tag, `{connscale}`,
+//! so they share a slot: the publish stays one atomic script (sequence, room stream, publish)
+//! on the shard that owns it. A cluster buys failover and managed operations here, not write
+//! scaling across shards.
 
 use futures::StreamExt;
 use redis::AsyncCommands;
@@ -31,19 +37,20 @@ pub struct Envelope {
     pub t: u64,
 }
 
-pub const CHANNEL: &str = "connscale:chat";
-const SEQ_KEY: &str = "connscale:seq";
-const STREAM_PREFIX: &str = "connscale:stream:";
-const SESSION_PREFIX: &str = "connscale:session:";
+pub const CHANNEL: &str = "{connscale}:chat";
+const SEQ_KEY: &str = "{connscale}:seq";
+const STREAM_PREFIX: &str = "{connscale}:stream:";
+const SESSION_PREFIX: &str = "{connscale}:session:";
 
 /// One round trip, atomically: the next cluster-wide sequence number, the envelope appended to
 /// its room's bounded stream under that number (so each stream's ids increase), and the publish
-/// ("seq|envelope") to the other nodes. Atomicity is what keeps every stream in order.
+/// ("seq|envelope") to the other nodes, by PUBLISH or, in a cluster, SPUBLISH (ARGV[5]).
+/// Atomicity is what keeps every stream in order.
 const PUBLISH_SCRIPT: &str = r#"
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'e', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], seq .. '|' .. ARGV[1])
+redis.call(ARGV[5], ARGV[4], seq .. '|' .. ARGV[1])
 return seq
 "#;
 
@@ -62,7 +69,7 @@ pub struct SessionRecord {
 }
 /// One hash, node → "connections users expires": reading everyone's presence is one command
 /// whatever else the keyspace holds (a SCAN for per-node keys walks every recovery record).
-const PRESENCE_KEY: &str = "connscale:presence";
+const PRESENCE_KEY: &str = "{connscale}:presence";
 pub const PRESENCE_TTL_SECS: u64 = 10;
 /// Writes a node's entry, expiring PRESENCE_TTL_SECS from Redis's own clock (nodes' clocks
 /// need not agree).
@@ -86,10 +93,72 @@ for i = 1, #all, 2 do
 end
 return out";
 
+/// Where a node's Redis is.
+#[allow(clippy::large_enum_variant)] // one per process
+enum Backend {
+    Single(redis::Client),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        seeds: Vec<String>,
+    },
+}
+
+/// A command connection to either backend: both reconnect on their own.
+#[derive(Clone)]
+enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The seed URLs of a `redis+cluster://a:1,b:2` (or `rediss+cluster://`) URL; None for a
+/// plain one.
+pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let base = scheme.strip_suffix("+cluster")?;
+    Some(
+        rest.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("{base}://{s}"))
+            .collect(),
+    )
+}
+
 /// The Redis side of a node.
 pub struct RedisBroker {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    backend: Backend,
+    conn: tokio::sync::Mutex<Option<Conn>>,
     /// 0 = not yet known, 1 = up, 2 = down: the first failure is logged too.
     state: AtomicU8,
 }
@@ -97,16 +166,34 @@ pub struct RedisBroker {
 impl RedisBroker {
     /// Validates the URL; connecting happens lazily and is retried for ever.
     pub fn new(url: &str) -> Result<Self, String> {
-        if url.starts_with("rediss://") {
+        if url.starts_with("rediss") {
             // Both ring and aws-lc-rs are linked, so rustls needs telling which to use (without
             // this, the first TLS connection panics). Err = one is installed already: fine.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(url).map_err(|e| {
-            format!("invalid redis_url {url:?}: {e} (expected redis://host:port or rediss://...)")
-        })?;
+        let invalid = |e: redis::RedisError| {
+            format!(
+                "invalid redis_url {url:?}: {e} (expected redis://host:port, rediss://host:port, \
+                 or redis+cluster://host:port,host:port for Redis Cluster)"
+            )
+        };
+        let backend = match cluster_seeds(url) {
+            Some(seeds) if seeds.is_empty() => {
+                return Err(invalid(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "no cluster seed nodes",
+                ))));
+            }
+            Some(seeds) => Backend::Cluster {
+                client: redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                    .build()
+                    .map_err(invalid)?,
+                seeds,
+            },
+            None => Backend::Single(redis::Client::open(url).map_err(invalid)?),
+        };
         Ok(Self {
-            client,
+            backend,
             conn: tokio::sync::Mutex::new(None),
             state: AtomicU8::new(0),
         })
@@ -130,15 +217,29 @@ impl RedisBroker {
         }
     }
 
-    async fn manager(&self) -> Option<redis::aio::ConnectionManager> {
+    /// The channel's publish command for this backend.
+    fn publish_command(&self) -> &'static str {
+        match self.backend {
+            Backend::Single(_) => "PUBLISH",
+            Backend::Cluster { .. } => "SPUBLISH",
+        }
+    }
+
+    async fn connect(&self) -> redis::RedisResult<Conn> {
+        match &self.backend {
+            Backend::Single(c) => redis::aio::ConnectionManager::new(c.clone())
+                .await
+                .map(Conn::Single),
+            Backend::Cluster { client, .. } => {
+                client.get_async_connection().await.map(Conn::Cluster)
+            }
+        }
+    }
+
+    async fn manager(&self) -> Option<Conn> {
         let mut g = self.conn.lock().await;
         if g.is_none() {
-            match tokio::time::timeout(
-                Duration::from_secs(1),
-                redis::aio::ConnectionManager::new(self.client.clone()),
-            )
-            .await
-            {
+            match tokio::time::timeout(Duration::from_secs(1), self.connect()).await {
                 Ok(Ok(m)) => *g = Some(m),
                 Ok(Err(e)) => self.mark(false, &e.to_string()),
                 Err(_) => self.mark(false, "connect timeout"),
@@ -147,10 +248,7 @@ impl RedisBroker {
         g.clone()
     }
 
-    async fn run<T>(
-        &self,
-        f: impl AsyncFnOnce(&mut redis::aio::ConnectionManager) -> redis::RedisResult<T>,
-    ) -> Option<T> {
+    async fn run<T>(&self, f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>) -> Option<T> {
         let mut m = self.manager().await?;
         match tokio::time::timeout(Duration::from_secs(1), f(&mut m)).await {
             Ok(Ok(v)) => Some(v),
@@ -178,6 +276,7 @@ impl RedisBroker {
                 .arg(max_len)
                 .arg(ttl_secs)
                 .arg(CHANNEL)
+                .arg(self.publish_command())
                 .invoke_async::<u64>(c)
                 .await
         })
@@ -281,10 +380,16 @@ impl RedisBroker {
     /// Receives other nodes' broadcasts (with their sequence numbers) for ever, reconnecting
     /// after any failure.
     pub async fn subscribe(&self, deliver: impl Fn(u64, Envelope)) {
+        match &self.backend {
+            Backend::Single(client) => self.subscribe_single(client, &deliver).await,
+            Backend::Cluster { seeds, .. } => self.subscribe_cluster(seeds, &deliver).await,
+        }
+    }
+
+    async fn subscribe_single(&self, client: &redis::Client, deliver: &impl Fn(u64, Envelope)) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match tokio::time::timeout(Duration::from_secs(1), self.client.get_async_pubsub()).await
-            {
+            match tokio::time::timeout(Duration::from_secs(1), client.get_async_pubsub()).await {
                 Ok(Ok(mut ps)) => {
                     if let Err(e) = ps.subscribe(CHANNEL).await {
                         self.mark(false, &e.to_string());
@@ -293,18 +398,8 @@ impl RedisBroker {
                         backoff = Duration::from_millis(100);
                         let mut stream = ps.on_message();
                         while let Some(msg) = stream.next().await {
-                            let Ok(body) = msg.get_payload::<String>() else {
-                                continue;
-                            };
-                            let parsed = body.split_once('|').and_then(|(seq, env)| {
-                                Some((
-                                    seq.parse().ok()?,
-                                    serde_json::from_str::<Envelope>(env).ok()?,
-                                ))
-                            });
-                            match parsed {
-                                Some((seq, env)) => deliver(seq, env),
-                                None => tracing::warn!("ignoring malformed broadcast from redis"),
+                            if let Ok(body) = msg.get_payload::<String>() {
+                                on_broadcast(&body, deliver);
                             }
                         }
                         self.mark(false, "subscription connection closed");
@@ -316,5 +411,91 @@ impl RedisBroker {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// Sharded pub/sub over RESP3 pushes. The cluster connection resubscribes by itself after
+    /// a node's connection drops or the slot moves; a failure to connect at all is retried here.
+    async fn subscribe_cluster(&self, seeds: &[String], deliver: &impl Fn(u64, Envelope)) {
+        use redis::{FromRedisValue, PushKind};
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .build();
+            let connected = match client {
+                Ok(c) => tokio::time::timeout(Duration::from_secs(1), c.get_async_connection())
+                    .await
+                    .map_err(|_| "connect timeout".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                Err(e) => Err(e.to_string()),
+            };
+            match connected {
+                Ok(mut conn) => match conn.ssubscribe(CHANNEL).await {
+                    Ok(()) => {
+                        self.mark(true, "");
+                        backoff = Duration::from_millis(100);
+                        while let Some(push) = rx.recv().await {
+                            match push.kind {
+                                PushKind::SMessage => {
+                                    let body = push.data.into_iter().nth(1);
+                                    if let Some(Ok(body)) = body.map(String::from_redis_value) {
+                                        on_broadcast(&body, deliver);
+                                    }
+                                }
+                                PushKind::SSubscribe => self.mark(true, ""),
+                                PushKind::Disconnection => {
+                                    self.mark(false, "cluster node connection lost")
+                                }
+                                _ => {}
+                            }
+                        }
+                        self.mark(false, "subscription connection closed");
+                    }
+                    Err(e) => self.mark(false, &e.to_string()),
+                },
+                Err(e) => self.mark(false, &e),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// One "seq|envelope" message from the channel, delivered or (malformed) logged and dropped.
+fn on_broadcast(body: &str, deliver: &impl Fn(u64, Envelope)) {
+    let parsed = body.split_once('|').and_then(|(seq, env)| {
+        Some((
+            seq.parse().ok()?,
+            serde_json::from_str::<Envelope>(env).ok()?,
+        ))
+    });
+    match parsed {
+        Some((seq, env)) => deliver(seq, env),
+        None => tracing::warn!("ignoring malformed broadcast from redis"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_their_seeds() {
+        assert_eq!(
+            cluster_seeds("redis+cluster://10.0.0.1:7000, 10.0.0.2:7001"),
+            Some(vec![
+                "redis://10.0.0.1:7000".into(),
+                "redis://10.0.0.2:7001".into()
+            ])
+        );
+        assert_eq!(
+            cluster_seeds("rediss+cluster://c.example:6379"),
+            Some(vec!["rediss://c.example:6379".into()])
+        );
+        assert_eq!(cluster_seeds("redis://127.0.0.1:6379"), None);
+        assert!(RedisBroker::new("redis+cluster://").is_err());
+        assert!(RedisBroker::new("redis+cluster://127.0.0.1:7000,127.0.0.1:7001").is_ok());
     }
 }

@@ -20,7 +20,9 @@ struct Cli {
     /// Port to listen on (overrides `port` and PORT).
     #[arg(long, short)]
     port: Option<u16>,
-    /// Redis URL: redis://host:port, rediss://... (overrides `redis_url` and REDIS_URL).
+    /// Redis URL: redis://host:port, rediss://host:port (TLS), or
+    /// redis+cluster://host:port,host:port (Redis Cluster, sharded pub/sub; rediss+cluster:// for
+    /// TLS). Overrides `redis_url` and REDIS_URL.
     #[arg(long)]
     redis_url: Option<String>,
     /// Node name in /api/online (overrides `node_id` and NODE_ID).

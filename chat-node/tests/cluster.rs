@@ -1,12 +1,12 @@
 //! The official socket.io-client (npm, lockfile committed) against two chat-nodes sharing one
 //! real redis-server: cross-node chat, rooms, numUsers, acks, binary, the polling → websocket
 //! upgrade, the online count after a SIGKILL, delivery resuming after a Redis restart, a
-//! TLS-only Redis (rediss://), a drain with clients moving to the other node, and bad clients
+//! TLS-only Redis (rediss://), a three-master Redis Cluster with sharded pub/sub, a drain with clients moving to the other node, and bad clients
 //! cut off without hurting others.
 
 mod common;
 use common::{Driver, TOKEN, eventually, http_get, http_post, node};
-use connscale_test_support::RedisServer;
+use connscale_test_support::{RedisCluster, RedisServer, find_tool};
 use serde_json::{Value, json};
 
 #[test]
@@ -331,6 +331,8 @@ fn heavy_cross_node_chat_over_a_tls_only_redis() {
     d.connect("x", &a.url(), json!({"transports": ["websocket"]}));
     d.connect("y", &b.url(), json!({"transports": ["websocket"]}));
     d.emit("x", "add user", json!(["x"]));
+    // x's login is sent once x's node has written its presence: y's count then includes it.
+    d.expect(10, "x login", |e| e["id"] == "x" && e["name"] == "login");
     d.emit("y", "add user", json!(["y"]));
     let login = d.expect(10, "y login", |e| e["id"] == "y" && e["name"] == "login");
     assert_eq!(
@@ -342,4 +344,65 @@ fn heavy_cross_node_chat_over_a_tls_only_redis() {
         e["id"] == "y" && e["name"] == "new message"
     });
     assert_eq!(got["args"][0]["message"], "over tls");
+}
+
+#[test]
+fn heavy_cross_node_chat_over_a_redis_cluster_with_sharded_pubsub() {
+    let cluster = RedisCluster::start(3);
+    let url = cluster.url();
+    let (a, b) = (node("a", Some(&url), &[]), node("b", Some(&url), &[]));
+    let mut d = Driver::start();
+    d.connect("x", &a.url(), json!({"transports": ["websocket"]}));
+    d.connect("y", &b.url(), json!({"transports": ["websocket"]}));
+    d.emit("x", "add user", json!(["x"]));
+    // x's login is sent once x's node has written its presence: y's count then includes it.
+    d.expect(10, "x login", |e| e["id"] == "x" && e["name"] == "login");
+    d.emit("y", "add user", json!(["y"]));
+    let login = d.expect(10, "y login", |e| e["id"] == "y" && e["name"] == "login");
+    assert_eq!(login["args"][0]["numUsers"], 2, "cluster-wide count");
+    d.emit("x", "new message", json!(["through the cluster"]));
+    let got = d.expect(10, "y gets x's message through the cluster", |e| {
+        e["id"] == "y" && e["name"] == "new message"
+    });
+    assert_eq!(got["args"][0]["message"], "through the cluster");
+
+    d.emit_ack("y", "join-channel", json!(["ops"]));
+    d.emit_ack("x", "join-channel", json!(["ops"]));
+    d.emit_ack(
+        "y",
+        "new message",
+        json!([{"message": "room hop", "channel": "ops"}]),
+    );
+    let m = d.expect(10, "x gets y's room message across nodes", |e| {
+        e["id"] == "x" && e["name"] == "new message" && e["args"][0]["channel"] == "ops"
+    });
+    assert_eq!(m["args"][0]["message"], "room hop");
+
+    // The subscription is sharded: the channel is listed by PUBSUB SHARDCHANNELS on the master
+    // that owns its slot (a plain SUBSCRIBE would not appear there), with both nodes on it.
+    let cli = find_tool("redis-cli", &[], "apt-get install -y redis-tools").expect("redis-cli");
+    let sharded: Vec<String> = cluster
+        .ports()
+        .iter()
+        .map(|p| {
+            let out = std::process::Command::new(&cli)
+                .args([
+                    "-p",
+                    &p.to_string(),
+                    "pubsub",
+                    "shardnumsub",
+                    "{connscale}:chat",
+                ])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    assert!(
+        sharded.iter().any(|o| o.lines().nth(1) == Some("2")),
+        "both nodes hold a sharded subscription on the slot's master: {sharded:?}"
+    );
+    eventually(15, "online count over the cluster", || {
+        (online(&a.url())["online"] == 2).then_some(())
+    });
 }

@@ -6,10 +6,12 @@
 
 mod moto;
 mod process;
+mod redis_cluster;
 mod redis_server;
 
 pub use moto::MotoServer;
 pub use process::{MissingTool, ServerProcess, find_tool, free_port, pid_alive, wait_for_port};
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
 use std::path::PathBuf;
