@@ -1,10 +1,12 @@
 """chat-node vs the reference Node.js Socket.IO server, same load, same machine.
 
 Per server process (one process each, both on one redis-server):
-- memory per connected client: (RSS holding N idle clients - RSS idle) / N
+- memory per connected client: (RSS in the middle of the hold, N idle clients connected - RSS
+  idle) / N; the peak (which includes the burst of N disconnects at the end) is shown too
 - connections accepted per second: `loadtest ramp` as fast as it can
-- deliveries/s at p99 <= 100 ms: `loadtest chat`, raising the send rate until p99 > 100 ms or
-  anything is lost
+- deliveries/s at p99 <= 100 ms: `loadtest chat`, doubling the send rate until p99 > 100 ms or
+  anything is lost, then bisecting between the last good and the first bad rate (3 steps)
+- server CPU per delivery (user + system, from /proc) at the highest rate both servers pass
 Installs socket.io 4.8.4 + @socket.io/redis-adapter + redis@5 into a temp dir from npm.
 Prints a markdown table. Usage: python3 scripts/bench/chat_vs_node.py [CLIENTS]
 """
@@ -29,6 +31,10 @@ def wait_port(p, t=20):
             time.sleep(0.05)
     raise SystemExit(f"nothing listens on {p}")
 
+def cpu_s(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
 def rss_kb(pid):
     return int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")))
 
@@ -48,22 +54,43 @@ def measure(name, start_server, clients):
         ramp = subprocess.Popen([os.path.join(REL, "loadtest"), "ramp", "--target", f"http://127.0.0.1:{port}", "--connections", str(clients),
                                  "--rate", "100000", "--hold", "8s", "--source-ips", "127.0.2.1-127.0.2.4", "--json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent)
-        peak = idle
+        t0, series = time.time(), []
         while ramp.poll() is None:
-            peak = max(peak, rss_kb(srv.pid)); time.sleep(0.2)
+            series.append((time.time() - t0, rss_kb(srv.pid))); time.sleep(0.2)
         r = json.loads(ramp.stdout.read() or "{}")
         connected = r.get("connected", 0)
-        per_client = (peak - idle) * 1024 / max(1, connected)
+        peak = max([idle] + [kb for _, kb in series])
+        mid = r.get("ramp_seconds", 0) + 4  # the hold is 8 s
+        holding = min(series, key=lambda p: abs(p[0] - mid))[1] if series else idle
+        per_client = (holding - idle) * 1024 / max(1, connected)
+        peak_per_client = (peak - idle) * 1024 / max(1, connected)
         accept = r.get("connect_rate", 0)
         time.sleep(2)
-        best, rate = 0.0, 200
-        while rate <= 64000:
+
+        def chat(rate):
+            c0 = cpu_s(srv.pid)
             c = loadtest("chat", "--target", f"http://127.0.0.1:{port}", "--clients", 200, "--rooms", 10, "--send-rate", rate, "--duration", "5s")
-            if not c or c["lost"] or c["duplicated"] or c["latency_ms_p99"] > 100:
-                break
-            best = c["delivered"] / 5.0
-            rate *= 2
-        return {"name": name, "connected": connected, "idle_mb": idle / 1024, "bytes_per_client": per_client, "accept_per_s": accept, "deliveries_per_s": best}
+            ok = bool(c) and not c["lost"] and not c["duplicated"] and c["latency_ms_p99"] <= 100
+            used = cpu_s(srv.pid) - c0
+            return ok, (c or {}).get("delivered", 0), used
+
+        runs = {}
+        good, bad, rate = 0, None, 200
+        while rate <= 64000:
+            ok, delivered, used = chat(rate)
+            runs[rate] = (delivered, used)
+            if not ok:
+                bad = rate; break
+            good = rate; rate *= 2
+        for _ in range(3 if bad and good else 0):
+            rate = (good + bad) // 2
+            ok, delivered, used = chat(rate)
+            runs[rate] = (delivered, used)
+            if ok: good = rate
+            else: bad = rate
+        best = runs[good][0] / 5.0 if good else 0.0
+        return {"name": name, "connected": connected, "idle_mb": idle / 1024, "bytes_per_client": per_client, "peak_bytes_per_client": peak_per_client,
+                "accept_per_s": accept, "deliveries_per_s": best, "best_rate": good, "runs": runs}
     finally:
         srv.kill(); srv.wait()
 
@@ -84,13 +111,22 @@ def main():
         ref = measure("Node.js socket.io 4.8.4", lambda p: spawn(["node", server_js], {"PORT": str(p), "REDIS_URL": url}, cwd=tmp), clients)
     finally:
         redis.kill(); redis.wait()
-    print(f"| server (one process, {clients:,} clients) | idle RSS MB | memory per client | accepts/s | deliveries/s at p99 <= 100 ms |")
-    print("|---|---:|---:|---:|---:|")
+    # Server CPU per delivery at the highest doubling rate (200 * 2^k) both servers passed.
+    common = 200
+    while common * 2 <= min(ours["best_rate"], ref["best_rate"]):
+        common *= 2
+    def us_per_delivery(r):
+        delivered, used = r["runs"].get(common, (0, 0))
+        return used * 1e6 / delivered if delivered else float("nan")
+    print(f"| server (one process, {clients:,} clients) | idle RSS MB | memory per client (holding) | peak per client | accepts/s | deliveries/s at p99 <= 100 ms | CPU us per delivery at {common:,} msg/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in (ours, ref):
-        print(f"| {r['name']} | {r['idle_mb']:.1f} | {r['bytes_per_client'] / 1024:.1f} KB | {r['accept_per_s']:,.0f} | {r['deliveries_per_s']:,.0f} |")
+        print(f"| {r['name']} | {r['idle_mb']:.1f} | {r['bytes_per_client'] / 1024:.1f} KB | {r['peak_bytes_per_client'] / 1024:.1f} KB | {r['accept_per_s']:,.0f} | {r['deliveries_per_s']:,.0f} | {us_per_delivery(r):.1f} |")
     ratio = lambda a, b: a / b if b else float("inf")
     print(f"\nchat-node vs Node.js: memory per client {ratio(ours['bytes_per_client'], ref['bytes_per_client']):.2f}x, "
-          f"accepts {ratio(ours['accept_per_s'], ref['accept_per_s']):.1f}x, deliveries {ratio(ours['deliveries_per_s'], ref['deliveries_per_s']):.1f}x")
+          f"accepts {ratio(ours['accept_per_s'], ref['accept_per_s']):.1f}x, deliveries {ratio(ours['deliveries_per_s'], ref['deliveries_per_s']):.1f}x, "
+          f"CPU per delivery {ratio(us_per_delivery(ours), us_per_delivery(ref)):.2f}x "
+          f"(best send rates: chat-node {ours['best_rate']:,} msg/s, Node.js {ref['best_rate']:,} msg/s)")
 
 if __name__ == "__main__":
     main()
