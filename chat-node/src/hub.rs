@@ -349,6 +349,36 @@ impl Hub {
     }
 
     /// Keeps this node's presence key fresh and the cluster view current.
+    /// Pings every websocket client once per ping interval and closes those that left the
+    /// previous ping unanswered past the ping timeout. One task for the node instead of a timer
+    /// per connection; the clients are spread over the interval in one-second slices by sid,
+    /// so the pings do not all go out at once.
+    pub async fn ping_loop(self: Arc<Self>) {
+        let slices = self.cfg.ping_interval.as_secs().max(1);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for n in 0u64.. {
+            tick.tick().await;
+            let due: Vec<Arc<Session>> = self
+                .sessions
+                .read()
+                .map(|m| {
+                    m.values()
+                        .filter(|s| s.websocket.load(Ordering::Relaxed))
+                        .filter(|s| ping_slice(&s.sid, slices) == n % slices)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for s in due {
+                if !s.ping(self.cfg.ping_timeout) {
+                    tracing::debug!(sid = %s.sid, "ping timeout: disconnecting");
+                    s.close();
+                }
+            }
+        }
+    }
+
     pub async fn presence_loop(self: Arc<Self>) {
         loop {
             self.refresh_presence().await;
@@ -407,6 +437,13 @@ fn decode_attachments(env: &Envelope) -> Vec<Bytes> {
                 .map(Bytes::from)
         })
         .collect()
+}
+
+/// Which one-second slice of the ping interval a session's pings fall in.
+fn ping_slice(sid: &str, slices: u64) -> u64 {
+    sid.bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % slices
 }
 
 #[cfg(test)]

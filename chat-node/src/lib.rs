@@ -74,6 +74,7 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
     }
     let addr = std::net::SocketAddr::new(cfg.bind, cfg.port);
     let hub = Hub::new(cfg).map_err(anyhow::Error::msg)?;
+    tokio::spawn(hub.clone().ping_loop());
     if let Some(b) = hub.broker.clone() {
         let h = hub.clone();
         tokio::spawn(async move { b.subscribe(move |seq, env| h.on_remote(seq, env)).await });

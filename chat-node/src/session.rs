@@ -9,8 +9,9 @@ use bytes::Bytes;
 use connscale_common::sio::SioPacket;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Frames queued for a client.
@@ -159,7 +160,9 @@ pub struct Session {
     pub outbox: Outbox,
     pub state: Mutex<SocketState>,
     pub bucket: Mutex<Bucket>,
-    pub last_pong: Mutex<Instant>,
+    /// [`clock_ms`] of the last pong, and of the oldest unanswered ping (0: none).
+    last_pong: AtomicU64,
+    ping_sent: AtomicU64,
     pub upgraded: AtomicBool,
     pub websocket: AtomicBool,
     closed: AtomicBool,
@@ -173,7 +176,8 @@ impl Session {
             outbox: Outbox::default(),
             state: Mutex::new(SocketState::default()),
             bucket: Mutex::new(Bucket::new(burst)),
-            last_pong: Mutex::new(Instant::now()),
+            last_pong: AtomicU64::new(clock_ms()),
+            ping_sent: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             websocket: AtomicBool::new(websocket),
             closed: AtomicBool::new(false),
@@ -209,6 +213,32 @@ impl Session {
         ok
     }
 
+    /// The client answered a ping.
+    pub fn pong(&self) {
+        self.last_pong.store(clock_ms(), Ordering::Relaxed);
+        self.ping_sent.store(0, Ordering::Relaxed);
+    }
+
+    /// How long since the last pong (or since the session opened).
+    pub fn since_pong(&self) -> Duration {
+        Duration::from_millis(clock_ms().saturating_sub(self.last_pong.load(Ordering::Relaxed)))
+    }
+
+    /// Sends an Engine.IO ping; false, without sending, if the previous one has gone
+    /// unanswered for longer than `timeout` (the caller closes the session).
+    pub fn ping(&self, timeout: Duration) -> bool {
+        let now = clock_ms();
+        let sent = self.ping_sent.load(Ordering::Relaxed);
+        if sent != 0 && now.saturating_sub(sent) > timeout.as_millis() as u64 {
+            return false;
+        }
+        if sent == 0 {
+            self.ping_sent.store(now.max(1), Ordering::Relaxed);
+        }
+        self.send_text("2");
+        true
+    }
+
     pub fn close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
             self.close_notify.notify_waiters();
@@ -233,6 +263,13 @@ impl Session {
     }
 }
 
+/// Milliseconds on a monotonic clock since the process's first call (cheap to keep per session
+/// in an atomic, where an `Instant` would need a lock).
+pub fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 /// A random session id (URL-safe base64 of 15 random bytes).
 pub fn new_sid() -> String {
     use base64::Engine as _;
@@ -249,6 +286,19 @@ mod tests {
         let mut b = Bucket::new(5.0);
         let allowed = (0..20).filter(|_| b.take(1.0, 5.0)).count();
         assert_eq!(allowed, 5);
+    }
+
+    #[test]
+    fn an_unanswered_ping_times_out_and_a_pong_clears_it() {
+        let s = Session::new("x".into(), 1.0, true);
+        let timeout = Duration::from_millis(20);
+        assert!(s.ping(timeout), "first ping goes out");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!s.ping(timeout), "unanswered past the timeout");
+        s.pong();
+        assert!(s.ping(timeout), "answered: pinging again");
+        let mut r = s.outbox.try_reader().expect("reader");
+        assert!(matches!(r.try_recv(), Some(Frame::Text(t)) if t.as_str() == "2"));
     }
 
     #[tokio::test]

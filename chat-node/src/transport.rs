@@ -13,7 +13,7 @@ use connscale_common::sio::{self, EioType, PollItem, SioPacket, SioType};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 pub struct EioQuery {
@@ -202,8 +202,7 @@ async fn polling_heartbeat(hub: Arc<Hub>, s: Arc<Session>) {
         }
         s.send_text(sio::eio_encode(EioType::Ping, ""));
         tokio::time::sleep(timeout).await;
-        let last = *s.last_pong.lock().unwrap_or_else(|e| e.into_inner());
-        if !s.websocket.load(Ordering::SeqCst) && last.elapsed() > interval + timeout {
+        if !s.websocket.load(Ordering::SeqCst) && s.since_pong() > interval + timeout {
             s.close();
             break;
         }
@@ -213,7 +212,8 @@ async fn polling_heartbeat(hub: Arc<Hub>, s: Arc<Session>) {
     }
 }
 
-/// The websocket transport: one task per client reads, writes and pings.
+/// The websocket transport: one task per client reads and writes (pings come from the hub's
+/// [`ping_loop`](Hub::ping_loop) through the outbox).
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
 fn run_websocket(
     hub: Arc<Hub>,
@@ -229,11 +229,6 @@ fn run_websocket(
         }
         s.websocket.store(true, Ordering::SeqCst);
         let mut rx = s.outbox.reader().await;
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + hub.cfg.ping_interval,
-            hub.cfg.ping_interval,
-        );
-        let mut ping_sent: Option<Instant> = None;
         let mut peer_closed = false;
         loop {
             tokio::select! {
@@ -257,23 +252,11 @@ fn run_websocket(
                         hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
-                    if let Some(t) = ping_sent && *s.last_pong.lock().unwrap_or_else(|e| e.into_inner()) >= t {
-                        ping_sent = None;
-                    }
                 }
                 f = rx.recv() => {
                     if !write_batch(&mut ws, f, &mut rx).await {
                         break;
                     }
-                }
-                _ = ping.tick() => {
-                    if ping_sent.is_some_and(|t| t.elapsed() > hub.cfg.ping_timeout + hub.cfg.ping_interval) {
-                        break;
-                    }
-                    if ws.send(Message::Text("2".into())).await.is_err() {
-                        break;
-                    }
-                    ping_sent.get_or_insert_with(Instant::now);
                 }
                 _ = s.close_notify.notified() => break,
             }
@@ -466,7 +449,7 @@ async fn on_text(hub: &Arc<Hub>, s: &Arc<Session>, text: &str) -> bool {
     };
     match kind {
         EioType::Pong => {
-            *s.last_pong.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            s.pong();
             true
         }
         EioType::Ping => s.send_text(sio::eio_encode(EioType::Pong, data)),
