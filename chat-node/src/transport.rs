@@ -223,75 +223,83 @@ fn run_websocket(
 ) -> impl Future<Output = ()> + Send {
     // An async block, not an async fn: the fn's arguments would be stored twice in the
     // connection's task (once as arguments, once as locals), and the socket alone is 368 bytes.
+    // The task lives as long as the client, so it stays small: the serving loop is one future,
+    // and everything else (upgrade probe, closing) is boxed only while it runs.
     async move {
         if upgrading && !Box::pin(probe(&hub, &s, &mut ws)).await {
             return;
         }
         s.websocket.store(true, Ordering::SeqCst);
-        let mut rx = s.outbox.reader().await;
-        let mut peer_closed = false;
+        let peer_closed = serve(&hub, &s, &mut ws).await;
+        Box::pin(close_websocket(hub, s, ws, peer_closed)).await;
+    }
+}
+
+/// Reads the client's packets and writes its outbox until either side closes; true when the
+/// client did (its Close, a broken connection or a bad frame).
+async fn serve(hub: &Arc<Hub>, s: &Arc<Session>, ws: &mut WebSocket) -> bool {
+    let mut rx = s.outbox.reader().await;
+    loop {
+        tokio::select! {
+            m = ws.recv() => {
+                let ok = match m {
+                    Some(Ok(Message::Text(t))) => Box::pin(on_text(hub, s, t.as_str())).await,
+                    Some(Ok(Message::Binary(b))) => Box::pin(on_binary(hub, s, b)).await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
+                    Some(Ok(Message::Close(_))) | None => return true,
+                    Some(Err(e)) => {
+                        tracing::debug!(sid = %s.sid, error = %e, "websocket error (oversized or malformed frame)");
+                        hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                        return true;
+                    }
+                };
+                if !ok {
+                    hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            }
+            f = rx.recv() => {
+                if !write_batch(ws, f, &mut rx).await {
+                    return false;
+                }
+            }
+            _ = s.close_notify.notified() => return false,
+        }
+        if s.is_closed() {
+            return false;
+        }
+    }
+}
+
+/// Ends a websocket session. When we close (drain, ping timeout, rate limit), the recovery
+/// record is saved before the client sees the close and reconnects elsewhere; then what the
+/// client sent before it saw our Close is still read (its events count: nothing it emitted is
+/// lost) until its own Close or [`CLOSE_LINGER`].
+async fn close_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, peer_closed: bool) {
+    if peer_closed {
+        finish(&hub, &s).await;
+        return;
+    }
+    if let (Some(b), Some((pid, rec))) = (&hub.broker, record_of(&s)) {
+        b.save_session(&pid, &rec, hub.cfg.recovery_window.as_secs().max(1))
+            .await;
+    }
+    if ws.send(Message::Close(None)).await.is_ok() {
+        let linger = tokio::time::sleep(CLOSE_LINGER);
+        tokio::pin!(linger);
         loop {
             tokio::select! {
-                m = ws.recv() => {
-                    let ok = match m {
-                        Some(Ok(Message::Text(t))) => Box::pin(on_text(&hub, &s, t.as_str())).await,
-                        Some(Ok(Message::Binary(b))) => Box::pin(on_binary(&hub, &s, b)).await,
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
-                        Some(Ok(Message::Close(_))) | None => {
-                            peer_closed = true;
-                            break;
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(sid = %s.sid, error = %e, "websocket error (oversized or malformed frame)");
-                            hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
-                            peer_closed = true;
-                            break;
-                        }
-                    };
-                    if !ok {
-                        hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                }
-                f = rx.recv() => {
-                    if !write_batch(&mut ws, f, &mut rx).await {
-                        break;
-                    }
-                }
-                _ = s.close_notify.notified() => break,
-            }
-            if s.is_closed() {
-                break;
+                m = ws.recv() => match m {
+                    Some(Ok(Message::Text(t))) => { on_text(&hub, &s, t.as_str()).await; }
+                    Some(Ok(Message::Binary(b))) => { on_binary(&hub, &s, b).await; }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    _ => break,
+                },
+                _ = &mut linger => break,
             }
         }
-        drop(rx);
-        if peer_closed {
-            Box::pin(finish(&hub, &s)).await;
-            return;
-        }
-        // We close (drain, ping timeout, rate limit). Save the recovery record before the client
-        // sees the close and reconnects elsewhere; then keep reading what the client sent before it
-        // saw our Close (its events still count: nothing it emitted is lost) until its own Close.
-        if let (Some(b), Some((pid, rec))) = (&hub.broker, record_of(&s)) {
-            Box::pin(b.save_session(&pid, &rec, hub.cfg.recovery_window.as_secs().max(1))).await;
-        }
-        if ws.send(Message::Close(None)).await.is_ok() {
-            let linger = tokio::time::sleep(CLOSE_LINGER);
-            tokio::pin!(linger);
-            loop {
-                tokio::select! {
-                    m = ws.recv() => match m {
-                        Some(Ok(Message::Text(t))) => { Box::pin(on_text(&hub, &s, t.as_str())).await; }
-                        Some(Ok(Message::Binary(b))) => { Box::pin(on_binary(&hub, &s, b)).await; }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        _ => break,
-                    },
-                    _ = &mut linger => break,
-                }
-            }
-        }
-        Box::pin(finish_saved(&hub, &s, true)).await;
     }
+    finish_saved(&hub, &s, true).await;
 }
 
 /// Bytes of frames buffered before a write, within one batch (the flush writes the rest).

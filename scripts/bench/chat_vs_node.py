@@ -3,7 +3,8 @@
 Per server process (one process each, both on one redis-server):
 - memory per connected client: (RSS in the middle of the hold, N idle clients connected - RSS
   idle) / N; the peak (which includes the burst of N disconnects at the end) is shown too
-- connections accepted per second: `loadtest ramp` as fast as it can
+- connections accepted per second: `loadtest ramp` as fast as it can (the client shares the 2
+  cores), and the server's own CPU per connection over the ramp
 - deliveries/s at p99 <= 100 ms: `loadtest chat`, doubling the send rate until p99 > 100 ms or
   anything is lost, then bisecting between the last good and the first bad rate (3 steps)
 - server CPU per delivery (user + system, from /proc) at the highest rate both servers pass
@@ -51,6 +52,7 @@ def measure(name, start_server, clients):
     try:
         wait_port(port); time.sleep(1)
         idle = rss_kb(srv.pid)
+        ramp_cpu0 = cpu_s(srv.pid)
         ramp = subprocess.Popen([os.path.join(REL, "loadtest"), "ramp", "--target", f"http://127.0.0.1:{port}", "--connections", str(clients),
                                  "--rate", "100000", "--hold", "8s", "--source-ips", "127.0.2.1-127.0.2.4", "--json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent)
@@ -59,6 +61,8 @@ def measure(name, start_server, clients):
             series.append((time.time() - t0, rss_kb(srv.pid))); time.sleep(0.2)
         r = json.loads(ramp.stdout.read() or "{}")
         connected = r.get("connected", 0)
+        # Server CPU for the whole ramp (connects, hold, disconnects) per connection.
+        accept_cpu_us = (cpu_s(srv.pid) - ramp_cpu0) * 1e6 / max(1, connected)
         peak = max([idle] + [kb for _, kb in series])
         mid = r.get("ramp_seconds", 0) + 4  # the hold is 8 s
         holding = min(series, key=lambda p: abs(p[0] - mid))[1] if series else idle
@@ -90,7 +94,7 @@ def measure(name, start_server, clients):
             else: bad = rate
         best = runs[good][0] / 5.0 if good else 0.0
         return {"name": name, "connected": connected, "idle_mb": idle / 1024, "bytes_per_client": per_client, "peak_bytes_per_client": peak_per_client,
-                "accept_per_s": accept, "deliveries_per_s": best, "best_rate": good, "runs": runs}
+                "accept_per_s": accept, "accept_cpu_us": accept_cpu_us, "deliveries_per_s": best, "best_rate": good, "runs": runs}
     finally:
         srv.kill(); srv.wait()
 
@@ -118,13 +122,13 @@ def main():
     def us_per_delivery(r):
         delivered, used = r["runs"].get(common, (0, 0))
         return used * 1e6 / delivered if delivered else float("nan")
-    print(f"| server (one process, {clients:,} clients) | idle RSS MB | memory per client (holding) | peak per client | accepts/s | deliveries/s at p99 <= 100 ms | CPU us per delivery at {common:,} msg/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| server (one process, {clients:,} clients) | idle RSS MB | memory per client (holding) | peak per client | accepts/s | server CPU us per connection | deliveries/s at p99 <= 100 ms | CPU us per delivery at {common:,} msg/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in (ours, ref):
-        print(f"| {r['name']} | {r['idle_mb']:.1f} | {r['bytes_per_client'] / 1024:.1f} KB | {r['peak_bytes_per_client'] / 1024:.1f} KB | {r['accept_per_s']:,.0f} | {r['deliveries_per_s']:,.0f} | {us_per_delivery(r):.1f} |")
+        print(f"| {r['name']} | {r['idle_mb']:.1f} | {r['bytes_per_client'] / 1024:.1f} KB | {r['peak_bytes_per_client'] / 1024:.1f} KB | {r['accept_per_s']:,.0f} | {r['accept_cpu_us']:.0f} | {r['deliveries_per_s']:,.0f} | {us_per_delivery(r):.1f} |")
     ratio = lambda a, b: a / b if b else float("inf")
     print(f"\nchat-node vs Node.js: memory per client {ratio(ours['bytes_per_client'], ref['bytes_per_client']):.2f}x, "
-          f"accepts {ratio(ours['accept_per_s'], ref['accept_per_s']):.1f}x, deliveries {ratio(ours['deliveries_per_s'], ref['deliveries_per_s']):.1f}x, "
+          f"accepts {ratio(ours['accept_per_s'], ref['accept_per_s']):.1f}x, CPU per connection {ratio(ours['accept_cpu_us'], ref['accept_cpu_us']):.2f}x, deliveries {ratio(ours['deliveries_per_s'], ref['deliveries_per_s']):.1f}x, "
           f"CPU per delivery {ratio(us_per_delivery(ours), us_per_delivery(ref)):.2f}x "
           f"(best send rates: chat-node {ours['best_rate']:,} msg/s, Node.js {ref['best_rate']:,} msg/s)")
 
