@@ -82,8 +82,7 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
     }
     // Nagle would hold each small frame that follows another until the client's delayed ACK
     // (up to 40 ms): chat frames are small and latency-bound, as Node.js's noDelay default knows.
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = listen(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (bind/port): {e}"))?
         .tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -104,6 +103,22 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
         .await?;
     tracing::info!("chat-node stopped");
     Ok(())
+}
+
+/// Connections waiting to be accepted, at most (the kernel caps it at net.core.somaxconn).
+/// A drained or crashed neighbour's clients all reconnect at once: with the usual 1,024 the
+/// queue overflows, the dropped SYNs are retried only after a second, and the storm lasts.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn signal_term() {
