@@ -75,6 +75,7 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
     let addr = std::net::SocketAddr::new(cfg.bind, cfg.port);
     let hub = Hub::new(cfg).map_err(anyhow::Error::msg)?;
     tokio::spawn(hub.clone().ping_loop());
+    tokio::spawn(trim_loop());
     if let Some(b) = hub.broker.clone() {
         let h = hub.clone();
         tokio::spawn(async move { b.subscribe(move |seq, env| h.on_remote(seq, env)).await });
@@ -103,6 +104,18 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
         .await?;
     tracing::info!("chat-node stopped");
     Ok(())
+}
+
+/// Gives the allocator's free pages back to the system every few seconds. A burst of handshakes
+/// (each briefly holding HTTP buffers several times a settled connection's size) otherwise
+/// leaves RSS at the burst's high-water mark for good, though the memory is free.
+async fn trim_loop() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+    }
 }
 
 /// Connections waiting to be accepted, at most (the kernel caps it at net.core.somaxconn).

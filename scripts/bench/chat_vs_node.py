@@ -1,8 +1,8 @@
 """chat-node vs the reference Node.js Socket.IO server, same load, same machine.
 
 Per server process (one process each, both on one redis-server):
-- memory per connected client: (RSS in the middle of the hold, N idle clients connected - RSS
-  idle) / N; the peak (which includes the burst of N disconnects at the end) is shown too
+- memory per connected client: N clients connect at 2,000/s and hold; (RSS in the middle of the
+  hold - RSS idle) / N; the peak (which includes the burst of N disconnects at the end) is shown too
 - connections accepted per second: `loadtest ramp` as fast as it can (the client shares the 2
   cores), and the server's own CPU per connection over the ramp
 - deliveries/s at p99 <= 100 ms: `loadtest chat`, doubling the send rate until p99 > 100 ms or
@@ -52,23 +52,28 @@ def measure(name, start_server, clients):
     try:
         wait_port(port); time.sleep(1)
         idle = rss_kb(srv.pid)
-        ramp_cpu0 = cpu_s(srv.pid)
-        ramp = subprocess.Popen([os.path.join(REL, "loadtest"), "ramp", "--target", f"http://127.0.0.1:{port}", "--connections", str(clients),
-                                 "--rate", "100000", "--hold", "8s", "--source-ips", "127.0.2.1-127.0.2.4", "--json"],
+        # Memory: clients arriving at a steady 2,000/s (how fast they came should not change
+        # what a settled client costs), sampled in the middle of an 8 s hold.
+        hold = subprocess.Popen([os.path.join(REL, "loadtest"), "ramp", "--target", f"http://127.0.0.1:{port}", "--connections", str(clients),
+                                 "--rate", "2000", "--hold", "8s", "--source-ips", "127.0.2.1-127.0.2.4", "--json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent)
         t0, series = time.time(), []
-        while ramp.poll() is None:
+        while hold.poll() is None:
             series.append((time.time() - t0, rss_kb(srv.pid))); time.sleep(0.2)
-        r = json.loads(ramp.stdout.read() or "{}")
+        r = json.loads(hold.stdout.read() or "{}")
         connected = r.get("connected", 0)
-        # Server CPU for the whole ramp (connects, hold, disconnects) per connection.
-        accept_cpu_us = (cpu_s(srv.pid) - ramp_cpu0) * 1e6 / max(1, connected)
         peak = max([idle] + [kb for _, kb in series])
-        mid = r.get("ramp_seconds", 0) + 4  # the hold is 8 s
+        mid = r.get("ramp_seconds", 0) + 4
         holding = min(series, key=lambda p: abs(p[0] - mid))[1] if series else idle
         per_client = (holding - idle) * 1024 / max(1, connected)
         peak_per_client = (peak - idle) * 1024 / max(1, connected)
+        time.sleep(3)
+        # Accepts: as fast as the ramp can go; the server's CPU over the whole ramp.
+        ramp_cpu0 = cpu_s(srv.pid)
+        r = loadtest("ramp", "--target", f"http://127.0.0.1:{port}", "--connections", clients,
+                     "--rate", 100000, "--hold", "1s", "--source-ips", "127.0.3.1-127.0.3.4")
         accept = r.get("connect_rate", 0)
+        accept_cpu_us = (cpu_s(srv.pid) - ramp_cpu0) * 1e6 / max(1, r.get("connected", 0))
         time.sleep(2)
 
         def chat(rate):
