@@ -85,6 +85,14 @@ const OVERRIDES: &[EnvOverride] = &[
         key: "api_token",
     },
     EnvOverride {
+        var: "CHAT_PING_INTERVAL",
+        key: "ping_interval",
+    },
+    EnvOverride {
+        var: "CHAT_PING_TIMEOUT",
+        key: "ping_timeout",
+    },
+    EnvOverride {
         var: "CHAT_MAX_CONNECTIONS",
         key: "max_connections",
     },

@@ -406,3 +406,24 @@ fn heavy_cross_node_chat_over_a_redis_cluster_with_sharded_pubsub() {
         (online(&a.url())["online"] == 2).then_some(())
     });
 }
+
+#[test]
+fn heavy_pings_keep_idle_clients_connected_and_their_answers_are_awaited() {
+    // socket.io-client gives up on a server that has not pinged within pingInterval +
+    // pingTimeout (2 s here): staying connected for 6 s shows the node's ping task reaches it.
+    let n = node(
+        "p",
+        None,
+        &[("CHAT_PING_INTERVAL", "1s"), ("CHAT_PING_TIMEOUT", "1s")],
+    );
+    let mut d = Driver::start();
+    d.connect("idle", &n.url(), json!({"transports": ["websocket"]}));
+    d.drain_events(6000);
+    let gone: Vec<&Value> = d.seen.iter().filter(|e| e["ev"] == "disconnect").collect();
+    assert!(gone.is_empty(), "disconnected while idle: {gone:?}");
+    d.emit("idle", "add user", json!(["still here"]));
+    let login = d.expect(10, "login after 6 s idle", |e| {
+        e["id"] == "idle" && e["name"] == "login"
+    });
+    assert_eq!(login["args"][0]["numUsers"], 1);
+}
