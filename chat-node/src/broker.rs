@@ -378,88 +378,83 @@ impl RedisBroker {
     }
 
     /// Receives other nodes' broadcasts (with their sequence numbers) for ever, reconnecting
-    /// after any failure.
+    /// after any failure with backoff capped at 1 s.
     pub async fn subscribe(&self, deliver: impl Fn(u64, Envelope)) {
-        match &self.backend {
-            Backend::Single(client) => self.subscribe_single(client, &deliver).await,
-            Backend::Cluster { seeds, .. } => self.subscribe_cluster(seeds, &deliver).await,
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let ended = match &self.backend {
+                Backend::Single(client) => self.listen_single(client, &deliver).await,
+                Backend::Cluster { seeds, .. } => self.listen_cluster(seeds, &deliver).await,
+            };
+            match ended {
+                // It was subscribed: retry soon.
+                Ok(()) => {
+                    self.mark(false, "subscription connection closed");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(why) => self.mark(false, &why),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 
-    async fn subscribe_single(&self, client: &redis::Client, deliver: &impl Fn(u64, Envelope)) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), client.get_async_pubsub()).await {
-                Ok(Ok(mut ps)) => {
-                    if let Err(e) = ps.subscribe(CHANNEL).await {
-                        self.mark(false, &e.to_string());
-                    } else {
-                        self.mark(true, "");
-                        backoff = Duration::from_millis(100);
-                        let mut stream = ps.on_message();
-                        while let Some(msg) = stream.next().await {
-                            if let Ok(body) = msg.get_payload::<String>() {
-                                on_broadcast(&body, deliver);
-                            }
-                        }
-                        self.mark(false, "subscription connection closed");
+    /// One subscription to a single Redis, until its connection ends; Err if it never began.
+    async fn listen_single(
+        &self,
+        client: &redis::Client,
+        deliver: &impl Fn(u64, Envelope),
+    ) -> Result<(), String> {
+        let mut ps = tokio::time::timeout(Duration::from_secs(1), client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        ps.subscribe(CHANNEL).await.map_err(|e| e.to_string())?;
+        self.mark(true, "");
+        let mut stream = ps.on_message();
+        while let Some(msg) = stream.next().await {
+            if let Ok(body) = msg.get_payload::<String>() {
+                on_broadcast(&body, deliver);
+            }
+        }
+        Ok(())
+    }
+
+    /// One sharded subscription over RESP3 pushes, until the connection ends; Err if it never
+    /// began. The cluster connection resubscribes by itself after a node's connection drops or
+    /// the slot moves.
+    async fn listen_cluster(
+        &self,
+        seeds: &[String],
+        deliver: &impl Fn(u64, Envelope),
+    ) -> Result<(), String> {
+        use redis::{FromRedisValue, PushKind};
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut conn = tokio::time::timeout(Duration::from_secs(1), client.get_async_connection())
+            .await
+            .map_err(|_| "connect timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        conn.ssubscribe(CHANNEL).await.map_err(|e| e.to_string())?;
+        self.mark(true, "");
+        while let Some(push) = rx.recv().await {
+            match push.kind {
+                PushKind::SMessage => {
+                    let body = push.data.into_iter().nth(1);
+                    if let Some(Ok(body)) = body.map(String::from_redis_value) {
+                        on_broadcast(&body, deliver);
                     }
                 }
-                Ok(Err(e)) => self.mark(false, &e.to_string()),
-                Err(_) => self.mark(false, "connect timeout"),
+                PushKind::SSubscribe => self.mark(true, ""),
+                PushKind::Disconnection => self.mark(false, "cluster node connection lost"),
+                _ => {}
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
-    }
-
-    /// Sharded pub/sub over RESP3 pushes. The cluster connection resubscribes by itself after
-    /// a node's connection drops or the slot moves; a failure to connect at all is retried here.
-    async fn subscribe_cluster(&self, seeds: &[String], deliver: &impl Fn(u64, Envelope)) {
-        use redis::{FromRedisValue, PushKind};
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
-                .use_protocol(redis::ProtocolVersion::RESP3)
-                .push_sender(tx)
-                .build();
-            let connected = match client {
-                Ok(c) => tokio::time::timeout(Duration::from_secs(1), c.get_async_connection())
-                    .await
-                    .map_err(|_| "connect timeout".to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string())),
-                Err(e) => Err(e.to_string()),
-            };
-            match connected {
-                Ok(mut conn) => match conn.ssubscribe(CHANNEL).await {
-                    Ok(()) => {
-                        self.mark(true, "");
-                        backoff = Duration::from_millis(100);
-                        while let Some(push) = rx.recv().await {
-                            match push.kind {
-                                PushKind::SMessage => {
-                                    let body = push.data.into_iter().nth(1);
-                                    if let Some(Ok(body)) = body.map(String::from_redis_value) {
-                                        on_broadcast(&body, deliver);
-                                    }
-                                }
-                                PushKind::SSubscribe => self.mark(true, ""),
-                                PushKind::Disconnection => {
-                                    self.mark(false, "cluster node connection lost")
-                                }
-                                _ => {}
-                            }
-                        }
-                        self.mark(false, "subscription connection closed");
-                    }
-                    Err(e) => self.mark(false, &e.to_string()),
-                },
-                Err(e) => self.mark(false, &e),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
+        Ok(())
     }
 }
 

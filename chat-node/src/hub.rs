@@ -348,7 +348,6 @@ impl Hub {
         }
     }
 
-    /// Keeps this node's presence key fresh and the cluster view current.
     /// Pings every websocket client once per ping interval and closes those that left the
     /// previous ping unanswered past the ping timeout. One task for the node instead of a timer
     /// per connection; the clients are spread over the interval in one-second slices by sid,
@@ -379,6 +378,7 @@ impl Hub {
         }
     }
 
+    /// Keeps this node's presence key fresh and the cluster view current.
     pub async fn presence_loop(self: Arc<Self>) {
         loop {
             self.refresh_presence().await;

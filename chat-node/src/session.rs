@@ -6,7 +6,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use connscale_common::sio::SioPacket;
+use connscale_common::sio::{self, EioType, SioPacket};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -235,7 +235,7 @@ impl Session {
         if sent == 0 {
             self.ping_sent.store(now.max(1), Ordering::Relaxed);
         }
-        self.send_text("2");
+        self.send_text(sio::eio_encode(EioType::Ping, ""));
         true
     }
 

@@ -5,7 +5,7 @@
 //! cut off without hurting others.
 
 mod common;
-use common::{Driver, TOKEN, eventually, http_get, http_post, node};
+use common::{Driver, Node, TOKEN, eventually, http_get, http_post, node};
 use connscale_test_support::{RedisCluster, RedisServer, find_tool};
 use serde_json::{Value, json};
 
@@ -326,7 +326,13 @@ fn heavy_cross_node_chat_over_a_tls_only_redis() {
     let redis = RedisServer::start_tls();
     let url = redis.url();
     assert!(url.starts_with("rediss://"), "{url}");
-    let (a, b) = (node("a", Some(&url), &[]), node("b", Some(&url), &[]));
+    two_nodes_chatting(&url, "over TLS");
+}
+
+/// Two nodes on the Redis at `url`, client x on one and y on the other: both log in, y's
+/// numUsers counts x, and a message from x reaches y (`via` names the Redis in messages).
+fn two_nodes_chatting(url: &str, via: &str) -> (Node, Node, Driver) {
+    let (a, b) = (node("a", Some(url), &[]), node("b", Some(url), &[]));
     let mut d = Driver::start();
     d.connect("x", &a.url(), json!({"transports": ["websocket"]}));
     d.connect("y", &b.url(), json!({"transports": ["websocket"]}));
@@ -335,36 +341,19 @@ fn heavy_cross_node_chat_over_a_tls_only_redis() {
     d.expect(10, "x login", |e| e["id"] == "x" && e["name"] == "login");
     d.emit("y", "add user", json!(["y"]));
     let login = d.expect(10, "y login", |e| e["id"] == "y" && e["name"] == "login");
-    assert_eq!(
-        login["args"][0]["numUsers"], 2,
-        "cluster-wide count over TLS"
-    );
-    d.emit("x", "new message", json!(["over tls"]));
-    let got = d.expect(10, "y gets x's message through TLS Redis", |e| {
+    assert_eq!(login["args"][0]["numUsers"], 2, "cluster-wide count {via}");
+    d.emit("x", "new message", json!([via]));
+    let got = d.expect(10, &format!("y gets x's message {via}"), |e| {
         e["id"] == "y" && e["name"] == "new message"
     });
-    assert_eq!(got["args"][0]["message"], "over tls");
+    assert_eq!(got["args"][0]["message"], via);
+    (a, b, d)
 }
 
 #[test]
 fn heavy_cross_node_chat_over_a_redis_cluster_with_sharded_pubsub() {
     let cluster = RedisCluster::start(3);
-    let url = cluster.url();
-    let (a, b) = (node("a", Some(&url), &[]), node("b", Some(&url), &[]));
-    let mut d = Driver::start();
-    d.connect("x", &a.url(), json!({"transports": ["websocket"]}));
-    d.connect("y", &b.url(), json!({"transports": ["websocket"]}));
-    d.emit("x", "add user", json!(["x"]));
-    // x's login is sent once x's node has written its presence: y's count then includes it.
-    d.expect(10, "x login", |e| e["id"] == "x" && e["name"] == "login");
-    d.emit("y", "add user", json!(["y"]));
-    let login = d.expect(10, "y login", |e| e["id"] == "y" && e["name"] == "login");
-    assert_eq!(login["args"][0]["numUsers"], 2, "cluster-wide count");
-    d.emit("x", "new message", json!(["through the cluster"]));
-    let got = d.expect(10, "y gets x's message through the cluster", |e| {
-        e["id"] == "y" && e["name"] == "new message"
-    });
-    assert_eq!(got["args"][0]["message"], "through the cluster");
+    let (a, _b, mut d) = two_nodes_chatting(&cluster.url(), "through the cluster");
 
     d.emit_ack("y", "join-channel", json!(["ops"]));
     d.emit_ack("x", "join-channel", json!(["ops"]));
