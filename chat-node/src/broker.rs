@@ -16,8 +16,8 @@ use futures::StreamExt;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// A broadcast as it travels between nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +53,9 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call(ARGV[5], ARGV[4], seq .. '|' .. ARGV[1])
 return seq
 "#;
+/// Hashed once: `Script::new` takes the SHA-1 of its text, and this runs on every message.
+static PUBLISH: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(PUBLISH_SCRIPT));
 
 /// The recovery stream of a room (`None`: broadcasts to everyone).
 pub fn stream_key(room: Option<&str>) -> String {
@@ -158,10 +161,22 @@ pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
 /// The Redis side of a node.
 pub struct RedisBroker {
     backend: Backend,
-    conn: tokio::sync::Mutex<Option<Conn>>,
+    conn: std::sync::Mutex<Option<Conn>>,
+    /// Held by the one task creating the command connection; the others fail fast.
+    connecting: tokio::sync::Mutex<()>,
     /// 0 = not yet known, 1 = up, 2 = down: the first failure is logged too.
     state: AtomicU8,
+    /// Commands may try Redis again from this time (ms on `clock`); 0 = no failure pending.
+    retry_at_ms: AtomicU64,
+    clock: Instant,
+    /// See [`RedisBroker::current_seq`].
+    latest_seq: AtomicU64,
 }
+
+/// After a connectivity failure, how long commands fail fast before one of them probes again.
+const RETRY_MS: u64 = 500;
+/// How long a probe may take before another caller may probe.
+const PROBE_BUDGET_MS: u64 = 1_500;
 
 impl RedisBroker {
     /// Validates the URL; connecting happens lazily and is retried for ever.
@@ -194,8 +209,12 @@ impl RedisBroker {
         };
         Ok(Self {
             backend,
-            conn: tokio::sync::Mutex::new(None),
+            conn: std::sync::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             state: AtomicU8::new(0),
+            retry_at_ms: AtomicU64::new(0),
+            clock: Instant::now(),
+            latest_seq: AtomicU64::new(0),
         })
     }
 
@@ -236,28 +255,88 @@ impl RedisBroker {
         }
     }
 
-    async fn manager(&self) -> Option<Conn> {
-        let mut g = self.conn.lock().await;
-        if g.is_none() {
-            match tokio::time::timeout(Duration::from_secs(1), self.connect()).await {
-                Ok(Ok(m)) => *g = Some(m),
-                Ok(Err(e)) => self.mark(false, &e.to_string()),
-                Err(_) => self.mark(false, "connect timeout"),
-            }
-        }
-        g.clone()
+    fn current_conn(&self) -> Option<Conn> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn run<T>(&self, f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>) -> Option<T> {
-        let mut m = self.manager().await?;
-        match tokio::time::timeout(Duration::from_secs(1), f(&mut m)).await {
-            Ok(Ok(v)) => Some(v),
+    /// The command connection, created on first use by one task at a time.
+    async fn manager(&self) -> Option<Conn> {
+        if let Some(c) = self.current_conn() {
+            return Some(c);
+        }
+        let _one = self.connecting.try_lock().ok()?;
+        if let Some(c) = self.current_conn() {
+            return Some(c);
+        }
+        match tokio::time::timeout(Duration::from_secs(1), self.connect()).await {
+            Ok(Ok(m)) => {
+                *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+                Some(m)
+            }
             Ok(Err(e)) => {
-                self.mark(false, &e.to_string());
+                self.failed(&e.to_string());
                 None
             }
             Err(_) => {
-                self.mark(false, "timeout");
+                self.failed("connect timeout");
+                None
+            }
+        }
+    }
+
+    /// Whether a command may go to Redis now. After a connectivity failure one caller per
+    /// [`RETRY_MS`] probes and the rest fail fast, so a burst of connecting clients never
+    /// queues behind an unreachable Redis (each would otherwise wait out the 1-s timeout).
+    fn may_try(&self) -> bool {
+        let at = self.retry_at_ms.load(Ordering::Relaxed);
+        if at == 0 {
+            return true;
+        }
+        let now = self.now_ms();
+        now >= at
+            && self
+                .retry_at_ms
+                .compare_exchange(
+                    at,
+                    now + PROBE_BUDGET_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    fn failed(&self, why: &str) {
+        self.retry_at_ms
+            .store(self.now_ms() + RETRY_MS, Ordering::Relaxed);
+        self.mark(false, why);
+    }
+
+    async fn run<T>(&self, f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>) -> Option<T> {
+        if !self.may_try() {
+            return None;
+        }
+        let mut m = self.manager().await?;
+        match tokio::time::timeout(Duration::from_secs(1), f(&mut m)).await {
+            Ok(Ok(v)) => {
+                self.retry_at_ms.store(0, Ordering::Relaxed);
+                Some(v)
+            }
+            Ok(Err(e))
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() =>
+            {
+                self.failed(&e.to_string());
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "redis command failed");
+                None
+            }
+            Err(_) => {
+                self.failed("timeout");
                 None
             }
         }
@@ -269,7 +348,7 @@ impl RedisBroker {
         let body = serde_json::to_string(env).ok()?;
         let stream = stream_key(env.r.as_deref());
         self.run(async |c| {
-            redis::Script::new(PUBLISH_SCRIPT)
+            PUBLISH
                 .key(SEQ_KEY)
                 .key(stream)
                 .arg(body)
@@ -283,11 +362,22 @@ impl RedisBroker {
         .await
     }
 
-    /// The latest sequence number handed out (0 if none).
-    pub async fn current_seq(&self) -> Option<u64> {
-        self.run(async |c| c.get::<_, Option<u64>>(SEQ_KEY).await)
+    /// The latest sequence number this node knows was handed out (0 if none): read from Redis
+    /// whenever the subscription (re)starts, then advanced by every broadcast it carries. A
+    /// connecting client needs it, and a GET per handshake cost Redis a round trip each.
+    pub fn current_seq(&self) -> u64 {
+        self.latest_seq.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the sequence after (re)subscribing: set, not raised, as a Redis that came back
+    /// empty starts counting again.
+    async fn resync_seq(&self) {
+        if let Some(v) = self
+            .run(async |c| c.get::<_, Option<u64>>(SEQ_KEY).await)
             .await
-            .map(|v| v.unwrap_or(0))
+        {
+            self.latest_seq.store(v.unwrap_or(0), Ordering::Relaxed);
+        }
     }
 
     pub async fn save_session(&self, pid: &str, rec: &SessionRecord, ttl_secs: u64) -> bool {
@@ -380,6 +470,10 @@ impl RedisBroker {
     /// Receives other nodes' broadcasts (with their sequence numbers) for ever, reconnecting
     /// after any failure with backoff capped at 1 s.
     pub async fn subscribe(&self, deliver: impl Fn(u64, Envelope)) {
+        let deliver = |seq, env| {
+            self.latest_seq.fetch_max(seq, Ordering::Relaxed);
+            deliver(seq, env)
+        };
         let mut backoff = Duration::from_millis(100);
         loop {
             let ended = match &self.backend {
@@ -411,6 +505,7 @@ impl RedisBroker {
             .map_err(|e| e.to_string())?;
         ps.subscribe(CHANNEL).await.map_err(|e| e.to_string())?;
         self.mark(true, "");
+        self.resync_seq().await;
         let mut stream = ps.on_message();
         while let Some(msg) = stream.next().await {
             if let Ok(body) = msg.get_payload::<String>() {
@@ -441,6 +536,7 @@ impl RedisBroker {
             .map_err(|e| e.to_string())?;
         conn.ssubscribe(CHANNEL).await.map_err(|e| e.to_string())?;
         self.mark(true, "");
+        self.resync_seq().await;
         while let Some(push) = rx.recv().await {
             match push.kind {
                 PushKind::SMessage => {
@@ -449,7 +545,10 @@ impl RedisBroker {
                         on_broadcast(&body, deliver);
                     }
                 }
-                PushKind::SSubscribe => self.mark(true, ""),
+                PushKind::SSubscribe => {
+                    self.mark(true, "");
+                    self.resync_seq().await;
+                }
                 PushKind::Disconnection => self.mark(false, "cluster node connection lost"),
                 _ => {}
             }

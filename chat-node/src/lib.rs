@@ -9,12 +9,12 @@ pub mod broker;
 pub mod chat;
 pub mod config;
 pub mod hub;
+pub mod listener;
 pub mod session;
 pub mod transport;
 
 use axum::Router;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use config::ChatConfig;
 use hub::Hub;
 use std::sync::{Arc, OnceLock};
@@ -81,13 +81,8 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
         tokio::spawn(async move { b.subscribe(move |seq, env| h.on_remote(seq, env)).await });
         tokio::spawn(hub.clone().presence_loop());
     }
-    // Nagle would hold each small frame that follows another until the client's delayed ACK
-    // (up to 40 ms): chat frames are small and latency-bound, as Node.js's noDelay default knows.
-    let listener = listen(addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (bind/port): {e}"))?
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+    let listener = listener::NodeListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (bind/port): {e}"))?;
     tracing::info!(%addr, node = %hub.node, redis = hub.broker.is_some(), "chat-node listening");
     let notify = SHUTDOWN.get_or_init(Notify::new);
     let h = hub.clone();
@@ -99,7 +94,8 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
         let window = h.cfg.drain_window;
         h.drain(window).await;
     };
-    axum::serve(listener, router(hub))
+    let app = router(hub).into_make_service_with_connect_info::<listener::Peer>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     tracing::info!("chat-node stopped");
@@ -116,22 +112,6 @@ async fn trim_loop() {
         // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
         let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
     }
-}
-
-/// Connections waiting to be accepted, at most (the kernel caps it at net.core.somaxconn).
-/// A drained or crashed neighbour's clients all reconnect at once: with the usual 1,024 the
-/// queue overflows, the dropped SYNs are retried only after a second, and the storm lasts.
-const LISTEN_BACKLOG: u32 = 65_535;
-
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn signal_term() {

@@ -4,6 +4,7 @@ use crate::broker::SessionRecord;
 use crate::chat;
 use crate::hub::Hub;
 use crate::session::{Frame, Reader, Session, new_sid};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use connscale_common::sio::{self, EioType, PollItem, SioPacket, SioType};
 use serde::Deserialize;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -86,11 +88,19 @@ pub async fn engine(
                         return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
                     }
                     s.send_text(open_packet(&hub, &s.sid, &[]));
-                    ws.on_upgrade(move |socket| run_websocket(hub, s, socket, false))
+                    // The 101 and the open packet, written by different layers, share a packet.
+                    let corked = parts
+                        .extensions
+                        .get::<ConnectInfo<crate::listener::Peer>>()
+                        .map(|c| c.0.fd);
+                    if let Some(fd) = corked {
+                        connscale_common::tcp::cork(&fd, true);
+                    }
+                    ws.on_upgrade(move |socket| run_websocket(hub, s, socket, false, corked))
                 }
                 Some(sid) => match hub.get(&sid) {
                     Some(s) if !s.websocket.load(Ordering::SeqCst) => {
-                        ws.on_upgrade(move |socket| run_websocket(hub, s, socket, true))
+                        ws.on_upgrade(move |socket| run_websocket(hub, s, socket, true, None))
                     }
                     _ => eio_error(1, "Session ID unknown"),
                 },
@@ -220,6 +230,7 @@ fn run_websocket(
     s: Arc<Session>,
     mut ws: WebSocket,
     upgrading: bool,
+    corked: Option<RawFd>,
 ) -> impl Future<Output = ()> + Send {
     // An async block, not an async fn: the fn's arguments would be stored twice in the
     // connection's task (once as arguments, once as locals), and the socket alone is 368 bytes.
@@ -230,14 +241,20 @@ fn run_websocket(
             return;
         }
         s.websocket.store(true, Ordering::SeqCst);
-        let peer_closed = serve(&hub, &s, &mut ws).await;
+        let peer_closed = serve(&hub, &s, &mut ws, corked).await;
         Box::pin(close_websocket(hub, s, ws, peer_closed)).await;
     }
 }
 
 /// Reads the client's packets and writes its outbox until either side closes; true when the
-/// client did (its Close, a broken connection or a bad frame).
-async fn serve(hub: &Arc<Hub>, s: &Arc<Session>, ws: &mut WebSocket) -> bool {
+/// client did (its Close, a broken connection or a bad frame). A `corked` socket is released
+/// after the first write (the open packet), which so shares the 101's segment.
+async fn serve(
+    hub: &Arc<Hub>,
+    s: &Arc<Session>,
+    ws: &mut WebSocket,
+    mut corked: Option<RawFd>,
+) -> bool {
     let mut rx = s.outbox.reader().await;
     loop {
         tokio::select! {
@@ -259,7 +276,11 @@ async fn serve(hub: &Arc<Hub>, s: &Arc<Session>, ws: &mut WebSocket) -> bool {
                 }
             }
             f = rx.recv() => {
-                if !write_batch(ws, f, &mut rx).await {
+                let ok = write_batch(ws, f, &mut rx).await;
+                if let Some(fd) = corked.take() {
+                    connscale_common::tcp::cork(&fd, false);
+                }
+                if !ok {
                     return false;
                 }
             }
@@ -409,7 +430,7 @@ async fn connect(hub: &Arc<Hub>, s: &Arc<Session>, data: &serde_json::Value) -> 
         None => None,
     };
     let Some(rec) = record else {
-        let since = b.current_seq().await.unwrap_or(0);
+        let since = b.current_seq();
         let pid = crate::session::new_sid();
         {
             let mut st = s.lock_state();
