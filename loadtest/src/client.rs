@@ -82,10 +82,8 @@ pub async fn connect_recovering(
         if let Some(ip) = src {
             sock.bind(SocketAddr::new(ip, 0)).map_err(classify)?;
         }
-        connscale_common::tcp::delay_acks(&sock);
         let stream = sock.connect(addr).await.map_err(classify)?;
         let _ = stream.set_nodelay(true);
-        connscale_common::tcp::delay_acks(&stream);
         let cfg = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0);
