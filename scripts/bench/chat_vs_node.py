@@ -81,6 +81,10 @@ def measure(name, start_server, clients):
             c = loadtest("chat", "--target", f"http://127.0.0.1:{port}", "--clients", 200, "--rooms", 10, "--send-rate", rate, "--duration", "5s")
             ok = bool(c) and not c["lost"] and not c["duplicated"] and c["latency_ms_p99"] <= 100
             used = cpu_s(srv.pid) - c0
+            # Progress, and why a rate failed (the table only shows the best one).
+            print(f"{name}: {rate} msg/s -> {'ok' if ok else 'FAIL'}: clients {c.get('clients_connected')} lost {c.get('lost')} "
+                  f"duplicated {c.get('duplicated')} p99 {c.get('latency_ms_p99')} ms" if c else f"{name}: {rate} msg/s -> loadtest failed",
+                  file=sys.stderr, flush=True)
             return ok, (c or {}).get("delivered", 0), used
 
         runs = {}
