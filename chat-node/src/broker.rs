@@ -592,4 +592,42 @@ mod tests {
         assert!(RedisBroker::new("redis+cluster://").is_err());
         assert!(RedisBroker::new("redis+cluster://127.0.0.1:7000,127.0.0.1:7001").is_ok());
     }
+
+    /// A Redis that accepts connections and never answers: every attempt to use it costs the
+    /// full 1-s timeout. 100 commands at once must not each wait out an attempt of their own
+    /// (queued one after another, that was 100 s for the last one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_fail_fast_while_redis_does_not_answer() {
+        let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", hole.local_addr().unwrap());
+        let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = attempts.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((c, _)) = hole.accept().await {
+                seen.fetch_add(1, Ordering::Relaxed);
+                held.push(c);
+            }
+        });
+        let b = std::sync::Arc::new(RedisBroker::new(&url).unwrap());
+        let rec = SessionRecord::default();
+        let calls: Vec<_> = (0..100)
+            .map(|i| {
+                let (b, rec) = (b.clone(), rec.clone());
+                tokio::spawn(async move { b.save_session(&format!("p{i}"), &rec, 60).await })
+            })
+            .collect();
+        for c in calls {
+            assert!(
+                !c.await.unwrap(),
+                "nothing can be saved in a Redis that never answers"
+            );
+        }
+        let n = attempts.load(Ordering::Relaxed);
+        assert!(
+            n <= 3,
+            "{n} connection attempts for 100 commands: callers queued behind each other's attempts"
+        );
+        assert!(!b.is_up());
+    }
 }
