@@ -375,8 +375,10 @@ mod tests {
 
     #[test]
     fn counts_exactly_the_listeners_established_connections() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
+        // Below the ephemeral range: a client socket elsewhere on the machine may hold any
+        // ephemeral port as its local port, and would be counted too.
+        let port = connscale_test_support::free_port();
+        let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let other = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut keep = Vec::new();
         for _ in 0..25 {
@@ -404,10 +406,10 @@ mod tests {
 
     #[test]
     fn dual_stack_listener_counts_ipv4_and_ipv6_clients() {
-        let Ok(l) = TcpListener::bind("[::]:0") else {
+        let port = connscale_test_support::free_port();
+        let Ok(l) = TcpListener::bind(("::", port)) else {
             return;
         };
-        let port = l.local_addr().unwrap().port();
         let mut keep = Vec::new();
         for addr in ["127.0.0.1", "::1", "127.0.0.1"] {
             keep.push(TcpStream::connect((addr, port)).unwrap());

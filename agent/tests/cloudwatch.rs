@@ -82,8 +82,9 @@ async fn heavy_statistic_sets_reach_cloudwatch_and_survive_an_outage() {
         .unwrap_or(30u64);
     let mut moto = MotoServer::start();
     moto.reset().await;
-    let l = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
+    // Below the ephemeral range, where no other test's client socket can have it as local port.
+    let port = connscale_test_support::free_port();
+    let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind");
     let mut held = Vec::new();
     for _ in 0..HELD as usize {
         held.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));

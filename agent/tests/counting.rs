@@ -68,10 +68,10 @@ fn heavy_exact_count_beyond_one_process_under_churn() {
 
 #[test]
 fn counts_ipv4_clients_of_a_dual_stack_listener() {
-    let Ok(l) = std::net::TcpListener::bind("[::]:0") else {
+    let port = free_port();
+    let Ok(l) = std::net::TcpListener::bind(("::", port)) else {
         return;
     };
-    let port = l.local_addr().expect("addr").port();
     let mut keep = Vec::new();
     for a in ["127.0.0.1", "::1", "127.0.0.1", "::1", "127.0.0.1"] {
         keep.push(std::net::TcpStream::connect((a, port)).expect("connect"));

@@ -7,10 +7,10 @@ use std::net::{TcpListener, TcpStream};
 
 #[tokio::test]
 async fn health_follows_the_cap_with_hysteresis() {
-    // Wildcard, as a real service listens: a port bound on one loopback address only may be
-    // picked as the source port of other tests' clients on 127.0.0.x, which then have local port P.
-    let l = TcpListener::bind("0.0.0.0:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
+    // Below the ephemeral range (no other test's client socket can have it as local port P)
+    // and on the wildcard address, as a real service listens.
+    let port = connscale_test_support::free_port();
+    let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
     let agent = start_agent(
         &["--port", &port.to_string(), "--cap", "200"],
         &[("CONNSCALE_AGENT_CLOUDWATCH", "off".into())],

@@ -66,8 +66,8 @@ async fn terminating_instance_drains_heartbeats_and_continues() {
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(axum::serve(listener, stand_in(state.clone())).into_future());
 
-    let svc = std::net::TcpListener::bind("0.0.0.0:0").expect("bind service");
-    let port = svc.local_addr().expect("addr").port();
+    let port = connscale_test_support::free_port();
+    let svc = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind service");
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
