@@ -4,8 +4,10 @@
 //! Publishing uses a reconnecting connection manager; the subscriber runs its own loop that
 //! reconnects with backoff capped at 1 s, so delivery resumes within ~2 s of Redis returning,
 //! and logs each up/down change once. While Redis is unreachable, commands fail fast (one probe
-//! per 500 ms), so a burst of clients is never served at the pace of Redis timeouts. Presence is one key per node with a TTL heartbeat, so a
-//! SIGKILLed node disappears from the count when its key expires (no INCR/DECR to drift).
+//! per 500 ms), so a burst of clients is never served at the pace of Redis timeouts.
+//!
+//! Presence is one key per node with a TTL heartbeat, so a SIGKILLed node disappears from the
+//! count when its key expires (no INCR/DECR to drift).
 //!
 //! Redis Cluster (`redis+cluster://seed1:port,seed2:port`, or `rediss+cluster://`) uses sharded
 //! pub/sub (SPUBLISH / SSUBSCRIBE). Every key and the channel carry one hash tag, `{connscale}`,

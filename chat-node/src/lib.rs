@@ -2,7 +2,8 @@
 //!
 //! [`transport`] speaks Engine.IO (websocket, polling, upgrade) over [`session`]s; [`chat`] is
 //! the chat protocol; [`hub`] holds sessions and rooms and delivers locally and through the
-//! [`broker`] (Redis pub/sub and TTL presence); [`api`] serves back ends and operators.
+//! [`broker`] (Redis pub/sub and TTL presence); [`api`] serves back ends and operators;
+//! [`listener`] accepts connections with the socket options of [`tcp`].
 
 pub mod api;
 pub mod broker;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod hub;
 pub mod listener;
 pub mod session;
+pub mod tcp;
 pub mod transport;
 
 use axum::Router;

@@ -1,7 +1,7 @@
 //! The node's TCP listener: a deep backlog, deferred accept, and per-connection socket options;
 //! each connection's address comes with its descriptor, for the websocket handshake's cork.
 
-use connscale_common::tcp;
+use crate::tcp;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use tokio::net::{TcpListener, TcpStream};

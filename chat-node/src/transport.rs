@@ -94,7 +94,7 @@ pub async fn engine(
                         .get::<ConnectInfo<crate::listener::Peer>>()
                         .map(|c| c.0.fd);
                     if let Some(fd) = corked {
-                        connscale_common::tcp::cork(&fd, true);
+                        crate::tcp::cork(&fd, true);
                     }
                     ws.on_upgrade(move |socket| run_websocket(hub, s, socket, false, corked))
                 }
@@ -278,7 +278,7 @@ async fn serve(
             f = rx.recv() => {
                 let ok = write_batch(ws, f, &mut rx).await;
                 if let Some(fd) = corked.take() {
-                    connscale_common::tcp::cork(&fd, false);
+                    crate::tcp::cork(&fd, false);
                 }
                 if !ok {
                     return false;

@@ -1,6 +1,6 @@
 //! What every connscale part shares, so that each idea lives in exactly one place:
 //! the metric's identity ([`metric`]), the policy file ([`policy`]), the Socket.IO codec ([`sio`]),
-//! connection spread ([`spread`]), process limits ([`limits`]), handshake socket options ([`tcp`]), logging ([`telemetry`]) and config loading ([`config`]).
+//! connection spread ([`spread`]), process limits ([`limits`]), logging ([`telemetry`]) and config loading ([`config`]).
 
 pub mod config;
 pub mod cron;
@@ -9,5 +9,4 @@ pub mod metric;
 pub mod policy;
 pub mod sio;
 pub mod spread;
-pub mod tcp;
 pub mod telemetry;
