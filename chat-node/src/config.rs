@@ -23,6 +23,8 @@ pub struct ChatConfig {
     pub max_connections: usize,
     /// Largest accepted packet (websocket message or polling body), bytes.
     pub max_message_bytes: usize,
+    /// Most bytes queued for one client; a client that falls further behind is disconnected.
+    pub max_queued_bytes: usize,
     /// Per-connection rate limit: sustained packets per second, and burst.
     pub rate_per_sec: f64,
     pub rate_burst: f64,
@@ -54,6 +56,7 @@ impl Default for ChatConfig {
             api_token: None,
             max_connections: 30_000,
             max_message_bytes: 64 * 1024,
+            max_queued_bytes: 1 << 20,
             rate_per_sec: 20.0,
             rate_burst: 40.0,
             allowed_origins: Vec::new(),
@@ -112,6 +115,10 @@ const OVERRIDES: &[EnvOverride] = &[
         var: "CHAT_RATE_BURST",
         key: "rate_burst",
     },
+    EnvOverride {
+        var: "CHAT_MAX_QUEUED_BYTES",
+        key: "max_queued_bytes",
+    },
 ];
 
 /// Loads the file (default `/etc/connscale/chat-node.toml`, optional) with env overrides.
@@ -122,6 +129,13 @@ pub fn load_config(path: Option<&Path>) -> Result<ChatConfig, String> {
         return Err(format!(
             "`max_message_bytes` = {} is too small (at least 1024)",
             c.max_message_bytes
+        ));
+    }
+    if c.max_queued_bytes < c.max_message_bytes {
+        return Err(format!(
+            "`max_queued_bytes` = {} is below `max_message_bytes` = {}: a client could not be \
+             sent one full-size message (raise it to at least {})",
+            c.max_queued_bytes, c.max_message_bytes, c.max_message_bytes
         ));
     }
     if c.rate_per_sec <= 0.0 || c.rate_burst < 1.0 {

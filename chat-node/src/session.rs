@@ -1,6 +1,6 @@
 //! One client connection: an Engine.IO session carrying one Socket.IO socket on `/`.
 //!
-//! Outgoing frames go through a bounded queue. The websocket transport drains it in the
+//! Outgoing frames go through a queue bounded in bytes. The websocket transport drains it in the
 //! connection's own task; the polling transport drains it on each long-poll GET. A slow client
 //! whose queue fills is disconnected rather than allowed to grow memory without bound.
 
@@ -21,16 +21,39 @@ pub enum Frame {
     Binary(Bytes),
 }
 
-/// Queue depth per client: enough for bursts, small enough to bound memory.
-pub const QUEUE: usize = 256;
+/// What a queued frame costs beyond its payload (its queue slot and buffer header), so a flood
+/// of tiny frames is bounded too.
+pub const FRAME_OVERHEAD: usize = 64;
 
-/// A client's outgoing frames: a bounded FIFO that holds no allocation while empty (an idle
-/// client costs nothing here), read by one transport at a time through a [`Reader`].
-#[derive(Debug, Default)]
+impl Frame {
+    fn cost(&self) -> usize {
+        FRAME_OVERHEAD
+            + match self {
+                Frame::Text(t) => t.len(),
+                Frame::Binary(b) => b.len(),
+            }
+    }
+}
+
+/// A client's outgoing frames: a FIFO bounded in bytes that holds no allocation while empty (an
+/// idle client costs nothing here), read by one transport at a time through a [`Reader`].
+///
+/// The bound is in bytes, not frames, and generous (default 1 MiB, `max_queued_bytes`): a busy
+/// room sends a client thousands of small frames a second, and a recovering client gets its
+/// missed messages at once. A 256-frame bound cut such clients off after 128 ms of backlog;
+/// they reconnected, recovered, overflowed again, and the node spent its CPU replaying.
+#[derive(Debug)]
 pub struct Outbox {
-    queue: Mutex<VecDeque<Frame>>,
+    queue: Mutex<Queue>,
+    limit: usize,
     ready: Notify,
     reader: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Frame>,
+    bytes: usize,
 }
 
 /// The queue was full: the frame was not queued.
@@ -38,17 +61,29 @@ pub struct Outbox {
 pub struct Full;
 
 impl Outbox {
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
+    /// An empty outbox holding at most `limit` bytes (see [`FRAME_OVERHEAD`]).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            queue: Mutex::default(),
+            limit,
+            ready: Notify::new(),
+            reader: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn push(&self, f: Frame) -> Result<(), Full> {
         {
             let mut q = self.queue();
-            if q.len() >= QUEUE {
+            let cost = f.cost();
+            if q.bytes + cost > self.limit {
                 return Err(Full);
             }
-            q.push_back(f);
+            q.bytes += cost;
+            q.frames.push_back(f);
         }
         self.ready.notify_one();
         Ok(())
@@ -94,10 +129,13 @@ impl Reader<'_> {
     /// The next frame if one is queued.
     pub fn try_recv(&mut self) -> Option<Frame> {
         let mut q = self.outbox.queue();
-        let f = q.pop_front();
+        let f = q.frames.pop_front();
+        if let Some(f) = &f {
+            q.bytes -= f.cost();
+        }
         // The buffer is given back once drained, so idle clients hold none.
-        if q.is_empty() && q.capacity() > 0 {
-            *q = VecDeque::new();
+        if q.frames.is_empty() && q.frames.capacity() > 0 {
+            q.frames = VecDeque::new();
         }
         f
     }
@@ -170,10 +208,11 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(sid: String, burst: f64, websocket: bool) -> Self {
+    /// A session whose outbox holds at most `queue_bytes`.
+    pub fn new(sid: String, burst: f64, websocket: bool, queue_bytes: usize) -> Self {
         Self {
             sid,
-            outbox: Outbox::default(),
+            outbox: Outbox::new(queue_bytes),
             state: Mutex::new(SocketState::default()),
             bucket: Mutex::new(Bucket::new(burst)),
             last_pong: AtomicU64::new(clock_ms()),
@@ -290,7 +329,7 @@ mod tests {
 
     #[test]
     fn an_unanswered_ping_times_out_and_a_pong_clears_it() {
-        let s = Session::new("x".into(), 1.0, true);
+        let s = Session::new("x".into(), 1.0, true, 1 << 20);
         let timeout = Duration::from_millis(20);
         assert!(s.ping(timeout), "first ping goes out");
         std::thread::sleep(Duration::from_millis(40));
@@ -303,11 +342,30 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_closes_the_session() {
-        let s = Session::new("x".into(), 1.0, true);
-        for _ in 0..QUEUE {
-            assert!(s.send_text("2"));
+        let s = Session::new("x".into(), 1.0, true, 1 << 20);
+        let frame = "x".repeat(1000);
+        let fits = (1 << 20) / (frame.len() + FRAME_OVERHEAD);
+        for _ in 0..fits {
+            assert!(s.send_text(frame.clone()));
         }
-        assert!(!s.send_text("2"));
+        assert!(!s.send_text(frame));
         assert!(s.is_closed());
+    }
+
+    #[test]
+    fn read_frames_free_their_room() {
+        let o = Outbox::new(4 * (100 + FRAME_OVERHEAD));
+        let frame = || Frame::Text("y".repeat(100).into());
+        for _ in 0..3 {
+            for _ in 0..4 {
+                assert!(o.push(frame()).is_ok());
+            }
+            assert!(
+                o.push(frame()).is_err(),
+                "the fifth frame is over the bound"
+            );
+            let mut r = o.try_reader().expect("reader");
+            while r.try_recv().is_some() {}
+        }
     }
 }

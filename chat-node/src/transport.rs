@@ -83,7 +83,12 @@ pub async fn engine(
                 .max_frame_size(hub.cfg.max_message_bytes);
             match sid {
                 None => {
-                    let s = Arc::new(Session::new(new_sid(), hub.cfg.rate_burst, true));
+                    let s = Arc::new(Session::new(
+                        new_sid(),
+                        hub.cfg.rate_burst,
+                        true,
+                        hub.cfg.max_queued_bytes,
+                    ));
                     if let Err(why) = hub.admit(s.clone()) {
                         return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
                     }
@@ -107,7 +112,12 @@ pub async fn engine(
             }
         }
         (Some("polling"), None) if req.method() == axum::http::Method::GET => {
-            let s = Arc::new(Session::new(new_sid(), hub.cfg.rate_burst, false));
+            let s = Arc::new(Session::new(
+                new_sid(),
+                hub.cfg.rate_burst,
+                false,
+                hub.cfg.max_queued_bytes,
+            ));
             if let Err(why) = hub.admit(s.clone()) {
                 return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
             }
