@@ -11,7 +11,8 @@ use std::process::ExitCode;
 ///
 /// Config: TOML (--config, default /etc/connscale/chat-node.toml if present), overridden by
 /// PORT, REDIS_URL, NODE_ID, CHAT_API_TOKEN, CHAT_MAX_CONNECTIONS, CHAT_BIND,
-/// CHAT_DRAIN_WINDOW, CHAT_RATE_PER_SEC, CHAT_RATE_BURST, CHAT_PING_INTERVAL, CHAT_PING_TIMEOUT, then
+/// CHAT_DRAIN_WINDOW, CHAT_RATE_PER_SEC, CHAT_RATE_BURST, CHAT_PING_INTERVAL, CHAT_PING_TIMEOUT,
+/// CHAT_MAX_QUEUED_BYTES, then
 /// by flags. See chat-node/chat-node.example.toml for every key.
 #[derive(Debug, Parser)]
 #[command(name = "chat-node", version, max_term_width = 100)]
