@@ -298,56 +298,102 @@ impl SioPacket {
 
     /// Parses a Socket.IO packet from the Engine.IO message data (after the `4`).
     pub fn decode(text: &str) -> Result<Self, CodecError> {
-        let mut chars = text.char_indices();
-        let (_, c) = chars.next().ok_or(CodecError::Empty)?;
-        let kind = SioType::from_char(c)?;
-        let mut rest = &text[1..];
-        let mut expected_attachments = 0;
-        if matches!(kind, SioType::BinaryEvent | SioType::BinaryAck) {
-            let dash = rest.find('-').ok_or(CodecError::Attachments)?;
-            expected_attachments = rest[..dash].parse().map_err(|_| CodecError::Attachments)?;
-            if expected_attachments > 64 {
-                return Err(CodecError::Attachments);
-            }
-            rest = &rest[dash + 1..];
-        }
-        let mut nsp = "/".to_string();
-        if rest.starts_with('/') {
-            let end = rest.find(',').unwrap_or(rest.len());
-            nsp = rest[..end].to_string();
-            rest = rest.get(end + 1..).unwrap_or("");
-        }
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let id = if digits > 0 {
-            Some(rest[..digits].parse().map_err(|_| CodecError::AckId)?)
-        } else {
-            None
-        };
-        rest = &rest[digits..];
+        let (h, rest) = decode_header(text)?;
         let data = if rest.is_empty() {
             None
         } else {
             Some(serde_json::from_str(rest).map_err(|e| CodecError::Json(e.to_string()))?)
         };
         let p = Self {
-            kind,
-            nsp,
-            id,
+            kind: h.kind,
+            nsp: h.nsp.to_string(),
+            id: h.id,
             data,
-            expected_attachments,
+            expected_attachments: h.attachments,
             attachments: Vec::new(),
         };
-        if matches!(kind, SioType::Event | SioType::BinaryEvent) {
+        if matches!(h.kind, SioType::Event | SioType::BinaryEvent) {
             p.event_parts()?;
         }
         Ok(p)
     }
 }
 
+/// A Socket.IO packet's header: everything before its JSON data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SioHeader<'a> {
+    pub kind: SioType,
+    pub nsp: &'a str,
+    pub id: Option<u64>,
+    /// Binary attachments announced (BINARY_EVENT / BINARY_ACK), at most 64.
+    pub attachments: usize,
+}
+
+/// Splits Engine.IO message data (after the `4`) into the Socket.IO header and the JSON data
+/// text, unparsed: a reader that knows the data's shape deserializes it straight into its own
+/// types (the load generator reads every delivery this way) instead of a `Value` tree.
+pub fn decode_header(text: &str) -> Result<(SioHeader<'_>, &str), CodecError> {
+    let c = text.chars().next().ok_or(CodecError::Empty)?;
+    let kind = SioType::from_char(c)?;
+    let mut rest = &text[c.len_utf8()..];
+    let mut attachments = 0;
+    if matches!(kind, SioType::BinaryEvent | SioType::BinaryAck) {
+        let dash = rest.find('-').ok_or(CodecError::Attachments)?;
+        attachments = rest[..dash].parse().map_err(|_| CodecError::Attachments)?;
+        if attachments > 64 {
+            return Err(CodecError::Attachments);
+        }
+        rest = &rest[dash + 1..];
+    }
+    let mut nsp = "/";
+    if rest.starts_with('/') {
+        let end = rest.find(',').unwrap_or(rest.len());
+        nsp = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or("");
+    }
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let id = if digits > 0 {
+        Some(rest[..digits].parse().map_err(|_| CodecError::AckId)?)
+    } else {
+        None
+    };
+    let h = SioHeader {
+        kind,
+        nsp,
+        id,
+        attachments,
+    };
+    Ok((h, &rest[digits..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn header_is_split_from_the_data() {
+        let (h, data) =
+            decode_header("52-/chat,12[\"ev\",{\"_placeholder\":true,\"num\":0}]").unwrap();
+        assert_eq!(
+            h,
+            SioHeader {
+                kind: SioType::BinaryEvent,
+                nsp: "/chat",
+                id: Some(12),
+                attachments: 2
+            }
+        );
+        assert_eq!(data, "[\"ev\",{\"_placeholder\":true,\"num\":0}]");
+        let (h, data) = decode_header("2[\"new message\"]").unwrap();
+        assert_eq!(
+            (h.kind, h.nsp, h.id, data),
+            (SioType::Event, "/", None, "[\"new message\"]")
+        );
+        assert_eq!(decode_header(""), Err(CodecError::Empty));
+        assert_eq!(decode_header("9[]"), Err(CodecError::SioType('9')));
+        assert_eq!(decode_header("5x-[]"), Err(CodecError::Attachments));
+    }
 
     #[test]
     fn engine_io_round_trip() {

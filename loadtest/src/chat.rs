@@ -3,9 +3,11 @@
 //! histogram.
 
 use crate::client::{self, Incoming};
+use connscale_common::sio::{self, SioType};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -64,6 +66,40 @@ struct Seen {
 
 /// Sequence numbers above 2^26 (67 M messages from one client) are not ours.
 const MAX_SEQ_WORDS: usize = 1 << 20;
+
+/// A delivery as chat-node and the reference server send it:
+/// `["new message", {"username": .., "message": {"s", "n", "t"}}, offset?]`. Parsed straight
+/// into these types (no `Value` tree): the client reads every delivery and shares the cores
+/// with the server it measures.
+#[derive(Deserialize)]
+struct Delivery<'a>(
+    #[serde(borrow)] Cow<'a, str>,
+    DeliveryBody,
+    #[serde(default, borrow)] Option<Cow<'a, str>>,
+);
+
+#[derive(Deserialize)]
+struct DeliveryBody {
+    message: Stamp,
+}
+
+/// What each client puts in its messages: sender, sequence number, send time (µs).
+#[derive(Deserialize)]
+struct Stamp {
+    s: u64,
+    n: u64,
+    t: u64,
+}
+
+/// A `new message` event on the default namespace, or None for any other packet.
+fn parse_delivery(packet: &str) -> Option<Delivery<'_>> {
+    let (h, data) = sio::decode_header(packet).ok()?;
+    if h.kind != SioType::Event || h.nsp != "/" {
+        return None;
+    }
+    let d: Delivery = serde_json::from_str(data).ok()?;
+    (d.0 == "new message").then_some(d)
+}
 
 /// A set of sequence numbers (dense from 0): one bit each.
 #[derive(Default)]
@@ -173,12 +209,13 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                         timer.as_mut().reset(next);
                     }
                     m = client::recv(&mut ws) => match m {
-                        Incoming::Event(name, args) if name == "new message" => {
-                            if let Some(serde_json::Value::String(off)) = args.last() {
-                                rec.offset = Some(off.clone());
+                        Incoming::Packet(_) => {
+                            let Some(Delivery(_, DeliveryBody { message: Stamp { s, n, t } }, off)) = m.packet().and_then(parse_delivery) else { continue };
+                            if let Some(off) = off {
+                                let o = rec.offset.get_or_insert_with(String::new);
+                                o.clear();
+                                o.push_str(&off);
                             }
-                            let Some(m) = args.first().map(|a| &a["message"]) else { continue };
-                            let (Some(s), Some(n), Some(t)) = (m["s"].as_u64(), m["n"].as_u64(), m["t"].as_u64()) else { continue };
                             let lat = now_us().saturating_sub(t).max(1);
                             if let Some(h) = local_hist.as_mut() {
                                 let _ = h.record(lat.min(60_000_000));
@@ -310,5 +347,33 @@ impl ChatReport {
             self.latency_ms_p999,
             self.latency_ms_max
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_are_read_with_and_without_an_offset() {
+        let with = r#"2["new message",{"username":"c1","message":{"s":1,"n":7,"t":99},"channel":"room-1"},"42"]"#;
+        let d = parse_delivery(with).expect("a delivery");
+        assert_eq!((d.1.message.s, d.1.message.n, d.1.message.t), (1, 7, 99));
+        assert_eq!(d.2.as_deref(), Some("42"));
+        let without = r#"2["new message",{"username":"c1","message":{"s":2,"n":0,"t":5}}]"#;
+        assert!(parse_delivery(without).is_some_and(|d| d.2.is_none() && d.1.message.s == 2));
+    }
+
+    #[test]
+    fn other_packets_are_not_deliveries() {
+        for p in [
+            r#"2["user joined",{"username":"c1","numUsers":2}]"#,
+            r#"2["new message",{"username":"c1","message":"hello"}]"#,
+            r#"2/admin,["new message",{"message":{"s":1,"n":1,"t":1}}]"#,
+            r#"30[]"#,
+            "",
+        ] {
+            assert!(parse_delivery(p).is_none(), "{p}");
+        }
     }
 }

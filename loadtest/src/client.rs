@@ -6,8 +6,8 @@ use futures::{SinkExt, StreamExt};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
@@ -189,9 +189,20 @@ pub async fn emit_acked(ws: &mut Ws, args: serde_json::Value, id: u64, timeout: 
 
 /// What arrived on a connection, after answering pings.
 pub enum Incoming {
-    Event(String, Vec<serde_json::Value>),
+    /// A Socket.IO packet, unparsed: readers decode only what they need (see [`Self::packet`]).
+    Packet(Utf8Bytes),
     Other,
     Closed,
+}
+
+impl Incoming {
+    /// The Socket.IO packet text (the Engine.IO message's data, after the `4`).
+    pub fn packet(&self) -> Option<&str> {
+        match self {
+            Incoming::Packet(t) => t.as_str().get(1..),
+            _ => None,
+        }
+    }
 }
 
 /// Reads the next frame, answering Engine.IO pings on the way.
@@ -204,15 +215,7 @@ pub async fn recv(ws: &mut Ws) -> Incoming {
                         return Incoming::Closed;
                     }
                 }
-                Ok((EioType::Message, data)) => {
-                    return match SioPacket::decode(data) {
-                        Ok(p) => match p.into_event() {
-                            Ok((name, args)) => Incoming::Event(name, args),
-                            Err(_) => Incoming::Other,
-                        },
-                        Err(_) => Incoming::Other,
-                    };
-                }
+                Ok((EioType::Message, _)) => return Incoming::Packet(t),
                 Ok((EioType::Close, _)) => return Incoming::Closed,
                 _ => return Incoming::Other,
             },
