@@ -6,7 +6,8 @@ Per server process (one process each, both on one redis-server):
 - connections accepted per second: `loadtest ramp` as fast as it can (the client shares the 2
   cores), and the server's own CPU per connection over the ramp
 - deliveries/s at p99 <= 100 ms: `loadtest chat`, doubling the send rate until p99 > 100 ms or
-  anything is lost, then bisecting between the last good and the first bad rate (3 steps)
+  anything is lost (twice in a row), then bisecting between the last good and the first bad
+  rate (3 steps)
 - server CPU per delivery (user + system, from /proc) at the highest rate both servers pass
 Installs socket.io 4.8.4 + @socket.io/redis-adapter + redis@5 into a temp dir from npm.
 Prints a markdown table. Usage: python3 scripts/bench/chat_vs_node.py [CLIENTS]
@@ -35,6 +36,10 @@ def wait_port(p, t=20):
 def cpu_s(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+def steal_s():
+    """CPU seconds the hypervisor took from this machine so far (all cores)."""
+    return int(open("/proc/stat").readline().split()[8]) / os.sysconf("SC_CLK_TCK")
 
 def rss_kb(pid):
     return int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")))
@@ -77,14 +82,20 @@ def measure(name, start_server, clients):
         time.sleep(2)
 
         def chat(rate):
-            c0 = cpu_s(srv.pid)
-            c = loadtest("chat", "--target", f"http://127.0.0.1:{port}", "--clients", 200, "--rooms", 10, "--send-rate", rate, "--duration", "5s")
-            ok = bool(c) and not c["lost"] and not c["duplicated"] and c["latency_ms_p99"] <= 100
-            used = cpu_s(srv.pid) - c0
-            # Progress, and why a rate failed (the table only shows the best one).
-            print(f"{name}: {rate} msg/s -> {'ok' if ok else 'FAIL'}: clients {c.get('clients_connected')} lost {c.get('lost')} "
-                  f"duplicated {c.get('duplicated')} p99 {c.get('latency_ms_p99')} ms" if c else f"{name}: {rate} msg/s -> loadtest failed",
-                  file=sys.stderr, flush=True)
+            # A rate fails only if it fails twice in a row: one 70 ms stall anywhere on the
+            # shared machine (the hypervisor's steal included) is 1 % of a 5 s run and decides
+            # its p99 on its own. Both servers are measured the same way.
+            for attempt in (1, 2):
+                c0, st0 = cpu_s(srv.pid), steal_s()
+                c = loadtest("chat", "--target", f"http://127.0.0.1:{port}", "--clients", 200, "--rooms", 10, "--send-rate", rate, "--duration", "5s")
+                ok = bool(c) and not c["lost"] and not c["duplicated"] and c["latency_ms_p99"] <= 100
+                used = cpu_s(srv.pid) - c0
+                # Progress, and why a rate failed (the table only shows the best one).
+                print(f"{name}: {rate} msg/s (try {attempt}) -> {'ok' if ok else 'FAIL'}: clients {c.get('clients_connected')} lost {c.get('lost')} "
+                      f"duplicated {c.get('duplicated')} p99 {c.get('latency_ms_p99')} ms, CPU stolen by the hypervisor {steal_s() - st0:.2f} s"
+                      if c else f"{name}: {rate} msg/s (try {attempt}) -> loadtest failed", file=sys.stderr, flush=True)
+                if ok:
+                    break
             return ok, (c or {}).get("delivered", 0), used
 
         runs = {}
