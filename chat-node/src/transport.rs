@@ -286,7 +286,12 @@ async fn serve(
                 }
             }
             f = rx.recv() => {
-                let ok = write_batch(ws, f, &mut rx).await;
+                // A client that stops reading blocks this write for as long as its socket
+                // lives; the session's close (outbox overflow, ping timeout, drain) ends it.
+                let ok = tokio::select! {
+                    ok = write_batch(ws, f, &mut rx) => ok,
+                    _ = s.close_notify.notified() => false,
+                };
                 if let Some(fd) = corked.take() {
                     crate::tcp::cork(&fd, false);
                 }
@@ -315,7 +320,8 @@ async fn close_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, peer
         b.save_session(&pid, &rec, hub.cfg.recovery_window.as_secs().max(1))
             .await;
     }
-    if ws.send(Message::Close(None)).await.is_ok() {
+    // Bounded: a client that stopped reading would never take the Close off our socket.
+    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_LINGER, ws.send(Message::Close(None))).await {
         let linger = tokio::time::sleep(CLOSE_LINGER);
         tokio::pin!(linger);
         loop {

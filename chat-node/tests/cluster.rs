@@ -1,8 +1,9 @@
 //! The official socket.io-client (npm, lockfile committed) against two chat-nodes sharing one
 //! real redis-server: cross-node chat, rooms, numUsers, acks, binary, the polling → websocket
 //! upgrade, the online count after a SIGKILL, delivery resuming after a Redis restart, a
-//! TLS-only Redis (rediss://), a three-master Redis Cluster with sharded pub/sub, a drain with clients moving to the other node, and bad clients
-//! cut off without hurting others.
+//! TLS-only Redis (rediss://), a three-master Redis Cluster with sharded pub/sub, a drain with
+//! clients moving to the other node, and bad clients (oversized, flooding, malformed, or no
+//! longer reading) cut off without hurting others.
 
 mod common;
 use common::{Driver, Node, TOKEN, eventually, http_get, http_post, node};
@@ -339,6 +340,77 @@ fn heavy_bad_clients_are_cut_off_and_others_unaffected() {
     };
     assert!(value("chat_malformed_total") >= 2.0, "{metrics}");
     assert!(value("chat_rate_limited_total") >= 1.0, "{metrics}");
+}
+
+/// A raw Socket.IO client on the default namespace (open and CONNECT read), optionally with a
+/// tiny receive buffer so the server's writes back up as soon as it stops reading.
+async fn raw_client(
+    port: u16,
+    rcvbuf: Option<u32>,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use futures::{SinkExt, StreamExt};
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(b) = rcvbuf {
+        sock.set_recv_buffer_size(b).expect("SO_RCVBUF");
+    }
+    let tcp = sock
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .expect("connect");
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.expect("ws");
+    let _open = ws.next().await;
+    ws.send(tokio_tungstenite::tungstenite::Message::text("40"))
+        .await
+        .expect("send");
+    let _connect = ws.next().await;
+    ws
+}
+
+#[test]
+fn heavy_a_client_that_stops_reading_is_cut_off_and_others_unaffected() {
+    // 256 KiB may wait for one client; 150 system messages of 32 KiB are 4.8 MB.
+    let n = node("solo", None, &[("CHAT_MAX_QUEUED_BYTES", "262144")]);
+    let (port, url) = (n.port, n.url());
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async move {
+        use futures::StreamExt;
+        let _stuck = raw_client(port, Some(2048)).await;
+        let mut reader = raw_client(port, None).await;
+        let count = tokio::spawn(async move {
+            let mut got = 0;
+            while got < 150 {
+                match tokio::time::timeout(std::time::Duration::from_secs(20), reader.next()).await
+                {
+                    Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))))
+                        if t.starts_with("42[\"bulk\"") =>
+                    {
+                        got += 1
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+            }
+            (got, reader)
+        });
+        let before = tokio::task::block_in_place(|| online(&url));
+        assert_eq!(before["nodes"]["solo"], 2, "{before}");
+        let body = json!({"event": "bulk", "data": "x".repeat(32 * 1024)}).to_string();
+        for _ in 0..150 {
+            let (code, text) = tokio::task::block_in_place(|| {
+                http_post(&format!("{url}/api/broadcast"), Some(TOKEN), &body)
+            });
+            assert_eq!(code, 200, "{text}");
+        }
+        let (got, _reader) = count.await.expect("reader");
+        assert_eq!(got, 150, "the reading client got every message");
+        // The stuck client is let go, its socket included (it never reads our Close either).
+        tokio::task::block_in_place(|| {
+            eventually(15, "the stuck client's connection is closed", || {
+                (online(&url)["nodes"]["solo"] == 1).then_some(())
+            })
+        });
+    });
 }
 
 #[test]
