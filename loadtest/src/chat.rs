@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,6 +30,9 @@ pub struct ChatConfig {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ChatReport {
     pub clients_connected: usize,
+    /// Clients that never connected, by cause (their messages are not expected by anyone).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub connect_failures: BTreeMap<String, usize>,
     /// Reconnections after a node went away (each with a recovery attempt).
     pub reconnects: usize,
     pub sent: u64,
@@ -156,6 +159,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let reconnects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let reconnecting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failures: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let per_client_rate = cfg.send_rate / cfg.clients as f64;
     let mut tasks = Vec::new();
     for i in 0..cfg.clients {
@@ -171,14 +175,19 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             connected.clone(),
             reconnects.clone(),
         );
-        let (sending, reconnecting) = (sending.clone(), reconnecting.clone());
+        let (sending, reconnecting, failures) =
+            (sending.clone(), reconnecting.clone(), failures.clone());
         let duration = cfg.duration;
         tasks.push(tokio::spawn(async move {
             let mut rec = client::Recovery::default();
             let ws = client::connect_recovering(addr, &url, src, Duration::from_secs(10), None).await;
-            let Ok((mut ws, pid)) = ws else {
-                ready.wait().await;
-                return;
+            let (mut ws, pid) = match ws {
+                Ok(x) => x,
+                Err(f) => {
+                    *failures.lock().unwrap_or_else(|e| e.into_inner()).entry(f.label()).or_default() += 1;
+                    ready.wait().await;
+                    return;
+                }
             };
             rec.pid = pid;
             connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -293,6 +302,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let mut r = ChatReport {
         clients_connected: connected.load(std::sync::atomic::Ordering::Relaxed),
         reconnects: reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        connect_failures: failures.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         sent: sent_by.values().sum(),
         ..Default::default()
     };
@@ -333,7 +343,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
 
 impl ChatReport {
     pub fn table(&self) -> String {
-        format!(
+        let mut t = format!(
             "clients {}  sent {}  deliveries {}/{}\nlost {}  duplicated {}  out of order {}\nlatency ms  p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n",
             self.clients_connected,
             self.sent,
@@ -346,7 +356,16 @@ impl ChatReport {
             self.latency_ms_p99,
             self.latency_ms_p999,
             self.latency_ms_max
-        )
+        );
+        if !self.connect_failures.is_empty() {
+            let causes: Vec<String> = self
+                .connect_failures
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            t += &format!("clients that never connected: {}\n", causes.join(", "));
+        }
+        t
     }
 }
 

@@ -29,6 +29,19 @@ pub enum Failure {
     Io,
 }
 
+impl Failure {
+    /// The key reports count this failure under (`refused`, `timeout`, `http_503`, ...).
+    pub fn label(&self) -> String {
+        match self {
+            Failure::Http(code) => format!("http_{code}"),
+            other => serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| other.to_string()),
+        }
+    }
+}
+
 /// `http://host:port` → (socket address, websocket URL of the Engine.IO endpoint).
 pub fn endpoint(target: &str) -> Result<(SocketAddr, String), String> {
     let hostport = target

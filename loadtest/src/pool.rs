@@ -1,7 +1,7 @@
 //! A growing set of held Socket.IO connections over targets (round robin) and source
 //! addresses: what `ramp` and `capacity` open, hold and release.
 
-use crate::client::{self, Failure, Incoming};
+use crate::client::{self, Incoming};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -105,7 +105,7 @@ impl Pool {
                             s.connected += 1;
                             *s.per_target.entry(target).or_default() += 1;
                         }
-                        Err(f) => *s.failures.entry(label(f)).or_default() += 1,
+                        Err(f) => *s.failures.entry(f.label()).or_default() += 1,
                     }
                 }
                 let Ok(mut ws) = r else { return };
@@ -146,15 +146,5 @@ impl Drop for Pool {
         for t in &self.tasks {
             t.abort();
         }
-    }
-}
-
-fn label(f: &Failure) -> String {
-    match f {
-        Failure::Http(code) => format!("http_{code}"),
-        other => serde_json::to_value(other)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| other.to_string()),
     }
 }

@@ -97,6 +97,26 @@ async fn heavy_chat_across_two_nodes_is_complete() {
 }
 
 #[tokio::test]
+async fn heavy_chat_reports_clients_that_never_connected_by_cause() {
+    let (_a, ua) = node(None);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let r = chat::run(chat_cfg(vec![ua, dead], 2)).await.expect("chat");
+    assert_eq!(r.clients_connected, 10, "{}", r.table());
+    assert_eq!(
+        r.connect_failures.get("refused"),
+        Some(&10),
+        "{}",
+        r.table()
+    );
+    assert!(
+        r.table().contains("never connected: refused 10"),
+        "{}",
+        r.table()
+    );
+    assert_eq!((r.lost, r.duplicated), (0, 0), "{}", r.table());
+}
+
+#[tokio::test]
 async fn heavy_loss_detection_catches_really_dropped_messages() {
     let mut redis = RedisServer::start();
     let (_a, ua) = node(Some(&redis.url()));

@@ -91,7 +91,7 @@ def measure(name, start_server, clients):
                 ok = bool(c) and c["clients_connected"] == 200 and not c["lost"] and not c["duplicated"] and c["latency_ms_p99"] <= 100
                 used = cpu_s(srv.pid) - c0
                 # Progress, and why a rate failed (the table only shows the best one).
-                print(f"{name}: {rate} msg/s (try {attempt}) -> {'ok' if ok else 'FAIL'}: clients {c.get('clients_connected')} lost {c.get('lost')} "
+                print(f"{name}: {rate} msg/s (try {attempt}) -> {'ok' if ok else 'FAIL'}: clients {c.get('clients_connected')} {c.get('connect_failures') or ''} lost {c.get('lost')} "
                       f"duplicated {c.get('duplicated')} p99 {c.get('latency_ms_p99')} ms, CPU stolen by the hypervisor {steal_s() - st0:.2f} s"
                       if c else f"{name}: {rate} msg/s (try {attempt}) -> loadtest failed", file=sys.stderr, flush=True)
                 if ok:
