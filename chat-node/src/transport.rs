@@ -288,7 +288,9 @@ async fn serve(
             f = rx.recv() => {
                 // A client that stops reading blocks this write for as long as its socket
                 // lives; the session's close (outbox overflow, ping timeout, drain) ends it.
+                // Biased: a write that completes at once never registers for the close.
                 let ok = tokio::select! {
+                    biased;
                     ok = write_batch(ws, f, &mut rx) => ok,
                     _ = s.close_notify.notified() => false,
                 };
