@@ -437,9 +437,14 @@ async fn finish_saved(hub: &Arc<Hub>, s: &Arc<Session>, saved: bool) {
 
 /// Socket.IO CONNECT. With Redis, a client presenting a known `pid` gets its rooms and name
 /// back and the messages it missed after `offset`; any other client gets a fresh `pid`.
+///
+/// The CONNECT reply is queued under the state lock that marks the socket connected: the
+/// fan-out checks that mark under the same lock, so no broadcast can overtake the reply (a
+/// client that got `user joined` before its CONNECT failed its handshake).
 async fn connect(hub: &Arc<Hub>, s: &Arc<Session>, data: &serde_json::Value) -> bool {
     let Some(b) = hub.broker.clone() else {
-        s.lock_state().connected = true;
+        let mut st = s.lock_state();
+        st.connected = true;
         return s.send_packet(&SioPacket::connect(serde_json::json!({"sid": s.sid})));
     };
     let claimed = data.get("pid").and_then(|v| v.as_str()).map(str::to_string);
@@ -450,15 +455,12 @@ async fn connect(hub: &Arc<Hub>, s: &Arc<Session>, data: &serde_json::Value) -> 
     let Some(rec) = record else {
         let since = b.current_seq();
         let pid = crate::session::new_sid();
-        {
-            let mut st = s.lock_state();
-            st.connected = true;
-            st.pid = Some(pid.clone());
-            st.since = since;
-        }
-        return s.send_packet(&SioPacket::connect(
-            serde_json::json!({"sid": s.sid, "pid": pid}),
-        ));
+        let reply = SioPacket::connect(serde_json::json!({"sid": s.sid, "pid": pid}));
+        let mut st = s.lock_state();
+        st.connected = true;
+        st.pid = Some(pid);
+        st.since = since;
+        return s.send_packet(&reply);
     };
     let pid = claimed.unwrap_or_default();
     let offset = data
@@ -466,14 +468,16 @@ async fn connect(hub: &Arc<Hub>, s: &Arc<Session>, data: &serde_json::Value) -> 
         .and_then(|v| v.as_str())
         .and_then(|o| o.parse::<u64>().ok())
         .unwrap_or(rec.since);
+    let reply = SioPacket::connect(serde_json::json!({"sid": s.sid, "pid": pid}));
     {
         let mut st = s.lock_state();
         st.connected = true;
-        st.pid = Some(pid.clone());
+        st.pid = Some(pid);
         st.since = rec.since;
         st.old_sids = rec.sids.clone();
         st.username = rec.username.clone();
         st.recovering = Some(Vec::new());
+        s.send_packet(&reply);
     }
     for r in &rec.rooms {
         hub.join(s, r);
@@ -481,9 +485,6 @@ async fn connect(hub: &Arc<Hub>, s: &Arc<Session>, data: &serde_json::Value) -> 
     if rec.username.is_some() {
         hub.users.fetch_add(1, Ordering::Relaxed);
     }
-    s.send_packet(&SioPacket::connect(
-        serde_json::json!({"sid": s.sid, "pid": pid}),
-    ));
     let n = hub.replay(s, offset).await;
     tracing::debug!(sid = %s.sid, replayed = n, offset, "recovered session");
     true
