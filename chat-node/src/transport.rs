@@ -83,12 +83,7 @@ pub async fn engine(
                 .max_frame_size(hub.cfg.max_message_bytes);
             match sid {
                 None => {
-                    let s = Arc::new(Session::new(
-                        new_sid(),
-                        hub.cfg.rate_burst,
-                        true,
-                        hub.cfg.max_queued_bytes,
-                    ));
+                    let s = new_session(&hub, true);
                     if let Err(why) = hub.admit(s.clone()) {
                         return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
                     }
@@ -112,12 +107,7 @@ pub async fn engine(
             }
         }
         (Some("polling"), None) if req.method() == axum::http::Method::GET => {
-            let s = Arc::new(Session::new(
-                new_sid(),
-                hub.cfg.rate_burst,
-                false,
-                hub.cfg.max_queued_bytes,
-            ));
+            let s = new_session(&hub, false);
             if let Err(why) = hub.admit(s.clone()) {
                 return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
             }
@@ -143,6 +133,16 @@ pub async fn engine(
 
 fn text_response(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
+}
+
+/// A new session with this node's rate burst and outbox bound.
+fn new_session(hub: &Hub, websocket: bool) -> Arc<Session> {
+    Arc::new(Session::new(
+        new_sid(),
+        hub.cfg.rate_burst,
+        websocket,
+        hub.cfg.max_queued_bytes,
+    ))
 }
 
 /// Long-poll: waits for queued frames (pings arrive at least every ping interval), returns all

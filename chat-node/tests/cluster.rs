@@ -298,16 +298,7 @@ fn heavy_bad_clients_are_cut_off_and_others_unaffected() {
     let rt = tokio::runtime::Runtime::new().expect("rt");
     rt.block_on(async move {
         use futures::{SinkExt, StreamExt};
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-            "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
-        ))
-        .await
-        .expect("ws");
-        let _open = ws.next().await;
-        ws.send(tokio_tungstenite::tungstenite::Message::text("40"))
-            .await
-            .expect("send");
-        let _connect = ws.next().await;
+        let mut ws = raw_client(port, None).await;
         ws.send(tokio_tungstenite::tungstenite::Message::text("42{not json"))
             .await
             .expect("send");
