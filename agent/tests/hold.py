@@ -7,6 +7,10 @@ netns PORT N          (run under `unshare -n`) bring lo up, hold N connections t
 """
 import socket, subprocess, sys, threading
 
+# SO_LINGER {on, 0 s}: a close (or this process's death) resets the connection, so neither end
+# lingers in TIME_WAIT, where it would still sit in the table the next measurement walks.
+RESET_ON_CLOSE = b"\x01\x00\x00\x00\x00\x00\x00\x00"
+
 def serve(port):
     l = socket.socket()
     l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -23,6 +27,7 @@ def connect(port, n, src):
     held = []
     for _ in range(n):
         s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
         s.bind((src, 0))
         s.connect(("127.0.0.1", port))
         held.append(s)
@@ -34,7 +39,7 @@ def churn(port, src):
     def loop():
         while not stop.is_set():
             s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
             s.bind((src, 0))
             try:
                 s.connect(("127.0.0.1", port))
@@ -54,7 +59,9 @@ def netns(port, n):
     l.listen(n + 16)
     held = []
     for _ in range(n):
-        held.append(socket.create_connection(("127.0.0.1", port)))
+        c = socket.create_connection(("127.0.0.1", port))
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        held.append(c)
         held.append(l.accept()[0])
     print("ready", flush=True)
     sys.stdin.read()
