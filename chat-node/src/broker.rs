@@ -60,6 +60,13 @@ return seq
 static PUBLISH: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(PUBLISH_SCRIPT));
 
+/// Every Redis connection's socket options: Nagle off. Publishes are small requests pipelined on
+/// one connection, and with Nagle on each waits on the wire until Redis acknowledges the one
+/// before it (Redis sets TCP_NODELAY on its side; redis-rs leaves it off by default).
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 /// The recovery stream of a room (`None`: broadcasts to everyone).
 pub fn stream_key(room: Option<&str>) -> String {
     format!("{STREAM_PREFIX}{}", room.unwrap_or("*all"))
@@ -204,11 +211,18 @@ impl RedisBroker {
             }
             Some(seeds) => Backend::Cluster {
                 client: redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                    .tcp_settings(tcp_settings())
                     .build()
                     .map_err(invalid)?,
                 seeds,
             },
-            None => Backend::Single(redis::Client::open(url).map_err(invalid)?),
+            None => {
+                use redis::IntoConnectionInfo;
+                let info = url.into_connection_info().map_err(invalid)?;
+                Backend::Single(
+                    redis::Client::open(info.set_tcp_settings(tcp_settings())).map_err(invalid)?,
+                )
+            }
         };
         Ok(Self {
             backend,
@@ -529,6 +543,7 @@ impl RedisBroker {
         use redis::{FromRedisValue, PushKind};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+            .tcp_settings(tcp_settings())
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(tx)
             .build()
