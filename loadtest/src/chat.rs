@@ -104,6 +104,49 @@ fn parse_delivery(packet: &str) -> Option<Delivery<'_>> {
     (d.0 == "new message").then_some(d)
 }
 
+/// Where in each send interval client `i` of `clients` sends, as a fraction of the interval:
+/// spread evenly, so the run's rate arrives steadily rather than as one burst per interval.
+fn send_phase(i: usize, clients: usize) -> f64 {
+    i as f64 / clients.max(1) as f64
+}
+
+/// A client's measured latencies (µs) on their way into the run's one histogram, added a batch
+/// at a time: one histogram per client (about 140 KB of counters each, 200 clients) made
+/// nearly every record a cache miss, and one shared histogram locked per delivery would make
+/// the worker threads contend.
+struct LatencyBatch {
+    buf: Vec<u64>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl LatencyBatch {
+    const LEN: usize = 128;
+
+    fn new(hist: Arc<Mutex<Histogram<u64>>>) -> Self {
+        Self {
+            buf: Vec::with_capacity(Self::LEN),
+            hist,
+        }
+    }
+
+    fn record(&mut self, us: u64) {
+        self.buf.push(us.min(MAX_LATENCY_US));
+        if self.buf.len() == Self::LEN {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+        for us in self.buf.drain(..) {
+            let _ = h.record(us);
+        }
+    }
+}
+
+/// The histogram's range: a delivery later than a minute is counted as a minute late.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
 /// A set of sequence numbers (dense from 0): one bit each.
 #[derive(Default)]
 struct Seqs {
@@ -149,7 +192,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
         return Err("need at least one --target, 2 --clients and 1 --rooms".into());
     }
     let hist = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+        Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).map_err(|e| e.to_string())?,
     ));
     let sent_by: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
     let seen: Vec<Arc<Mutex<Seen>>> = (0..cfg.clients).map(|_| Arc::default()).collect();
@@ -177,7 +220,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
         );
         let (sending, reconnecting, failures) =
             (sending.clone(), reconnecting.clone(), failures.clone());
-        let duration = cfg.duration;
+        let (duration, cfg_clients) = (cfg.duration, cfg.clients);
         tasks.push(tokio::spawn(async move {
             let mut rec = client::Recovery::default();
             let ws = client::connect_recovering(addr, &url, src, Duration::from_secs(10), None).await;
@@ -196,11 +239,10 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             client::emit_acked(&mut ws, json!(["join-channel", room]), 0, Duration::from_secs(10)).await;
             ready.wait().await;
             let gap = Duration::from_secs_f64(1.0 / per_client_rate.max(1e-6));
-            let start = Instant::now() + gap.mul_f64(i as f64 / 1000.0 % 1.0);
+            let start = Instant::now() + gap.mul_f64(send_phase(i, cfg_clients));
             let mut next = tokio::time::Instant::from_std(start);
             let mut seq = 0u64;
-            // Per client, merged at the end: no lock per received message.
-            let mut local_hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+            let mut latencies = LatencyBatch::new(hist);
             let stopped = stop.notified();
             tokio::pin!(stopped);
             let end = tokio::time::Instant::now() + duration;
@@ -226,9 +268,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                                 o.push_str(&off);
                             }
                             let lat = now_us().saturating_sub(t).max(1);
-                            if let Some(h) = local_hist.as_mut() {
-                                let _ = h.record(lat.min(60_000_000));
-                            }
+                            latencies.record(lat);
                             let mut sn = seen.lock().unwrap_or_else(|e| e.into_inner());
                             let Seen { per_sender, dup, ooo } = &mut *sn;
                             let e = per_sender.entry(s).or_insert((0, Seqs::default()));
@@ -270,9 +310,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                     _ = &mut stopped => break,
                 }
             }
-            if let (Some(l), Ok(mut h)) = (local_hist, hist.lock()) {
-                let _ = h.add(&l);
-            }
+            latencies.flush();
             sent_by.lock().unwrap_or_else(|e| e.into_inner()).insert(i as u64, seq);
         }));
     }
@@ -372,6 +410,48 @@ impl ChatReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_send_spread_over_the_whole_interval() {
+        for clients in [2, 10, 200, 1000, 3000] {
+            let mut phases: Vec<f64> = (0..clients).map(|i| send_phase(i, clients)).collect();
+            phases.sort_by(f64::total_cmp);
+            assert!(
+                phases.iter().all(|p| (0.0..1.0).contains(p)),
+                "{clients}: {phases:?}"
+            );
+            let widest = phases
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .chain([1.0 - phases[clients - 1] + phases[0]])
+                .fold(0.0, f64::max);
+            assert!(
+                widest <= 1.0 / clients as f64 + 1e-9,
+                "{clients} clients: a gap of {widest}"
+            );
+        }
+    }
+
+    #[test]
+    fn latencies_reach_the_histogram_in_batches_and_on_flush() {
+        let hist = Arc::new(Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).unwrap(),
+        ));
+        let mut b = LatencyBatch::new(hist.clone());
+        for us in 1..=LatencyBatch::LEN as u64 + 3 {
+            b.record(us);
+        }
+        assert_eq!(hist.lock().unwrap().len(), LatencyBatch::LEN as u64);
+        b.record(u64::MAX);
+        b.flush();
+        let h = hist.lock().unwrap();
+        assert_eq!(h.len(), LatencyBatch::LEN as u64 + 4);
+        assert!(
+            h.max() >= MAX_LATENCY_US && h.max() < 2 * MAX_LATENCY_US,
+            "{}",
+            h.max()
+        );
+    }
 
     #[test]
     fn deliveries_are_read_with_and_without_an_offset() {
