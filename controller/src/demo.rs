@@ -239,8 +239,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         cfg.peak,
         balancer.port
     ));
-    // Chat clients join once the fleet has grown, so they spread over nodes that scale-in will
-    // later drain: their reconnects must recover every message. They keep talking until the
+    // Chat clients join once the fleet has grown (two nodes with room), so they spread over
+    // nodes that scale-in will later drain: their reconnects must recover every message. They keep talking until the
     // fleet is back at its minimum, so every drain happens mid-conversation.
     let chat_stop = Arc::new(tokio::sync::Notify::new());
     let chat_cfg = loadtest::chat::ChatConfig {
@@ -285,7 +285,12 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         }
         let want = (cfg.peak as f64 * shape(frac)).round() as usize;
         holders.adjust(want, balancer.port);
-        if chat.is_none() && frac >= 0.30 {
+        // On two or more nodes with room, round robin spreads the chat clients, so the last
+        // scale-ins must drain some of them (on one node, the node left holding every chat
+        // client is never the least connected: nothing of theirs would be drained). A fleet
+        // that never grows gets them anyway, later.
+        let spread = fleet.healthy_ports().len() >= 2;
+        if chat.is_none() && frac >= 0.30 && (spread || frac >= 0.45) {
             chat = Some(tokio::spawn(loadtest::chat::run(chat_cfg.clone())));
         }
         peak_demand = peak_demand.max(want);
