@@ -61,26 +61,10 @@ pub enum Command {
     /// Show what `apply` would change so the group matches the policy: alarms, the step
     /// scale-out and simple scale-in policies, scheduled actions, warm pool, bounds and the drain
     /// lifecycle hook. Exit 0 when up to date, 2 when changes are pending.
-    Plan {
-        #[command(flatten)]
-        aws: AwsArgs,
-        /// Policy file (default: the shipped default policy).
-        #[arg(long, env = "CONNSCALE_POLICY")]
-        policy: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    Plan(GroupArgs),
     /// Make the group's configuration match the policy (idempotent: a second apply changes
     /// nothing). Prints what it changed.
-    Apply {
-        #[command(flatten)]
-        aws: AwsArgs,
-        /// Policy file (default: the shipped default policy).
-        #[arg(long, env = "CONNSCALE_POLICY")]
-        policy: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    Apply(GroupArgs),
     /// The control loop: every interval, read per-instance connections from CloudWatch, let
     /// the engine decide and act. Scale-in terminates the least-connected instances with
     /// decrement (each drains through the lifecycle hook) instead of AWS's termination order.
@@ -91,9 +75,8 @@ pub enum Command {
     Run {
         #[command(flatten)]
         aws: AwsArgs,
-        /// Policy file (default: the shipped default policy).
-        #[arg(long, env = "CONNSCALE_POLICY")]
-        policy: Option<PathBuf>,
+        #[command(flatten)]
+        policy: PolicyArg,
         /// Decide and print, but change nothing (and take no lease).
         #[arg(long)]
         dry_run: bool,
@@ -139,8 +122,8 @@ pub enum ExportCmd {
     /// The policy as variables for the terraform/ module (alarms, step and simple scaling
     /// policies, schedules, warm pool). Writes JSON tfvars to --out, or stdout.
     Terraform {
-        #[arg(long, env = "CONNSCALE_POLICY")]
-        policy: Option<PathBuf>,
+        #[command(flatten)]
+        policy: PolicyArg,
         /// Output file, e.g. terraform.tfvars.json (terraform loads *.auto.tfvars.json itself).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -154,9 +137,9 @@ pub enum ScheduleCmd {
     Suggest {
         #[arg(long)]
         history: PathBuf,
-        /// Policy whose scale-out threshold and bounds size the schedules.
-        #[arg(long, env = "CONNSCALE_POLICY")]
-        policy: Option<PathBuf>,
+        // Its scale-out threshold and bounds size the schedules.
+        #[command(flatten)]
+        policy: PolicyArg,
         /// IANA time zone the peaks recur in.
         #[arg(long, default_value = "UTC")]
         timezone: String,
@@ -166,6 +149,32 @@ pub enum ScheduleCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The policy file a command reads (`--policy`, or CONNSCALE_POLICY).
+#[derive(Debug, Args)]
+pub struct PolicyArg {
+    /// Policy file (default: the shipped default policy).
+    #[arg(long = "policy", value_name = "FILE", env = "CONNSCALE_POLICY")]
+    pub path: Option<PathBuf>,
+}
+
+impl PolicyArg {
+    pub fn load(&self) -> anyhow::Result<Policy> {
+        Ok(Policy::load(self.path.as_deref())?)
+    }
+}
+
+/// What `plan` and `apply` act on: a group, its policy, and the output form.
+#[derive(Debug, Args)]
+pub struct GroupArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    #[command(flatten)]
+    policy: PolicyArg,
+    /// Print the changes as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Which group, where, and how to read its metric.
@@ -215,9 +224,8 @@ pub struct SimulateArgs {
     /// Demand trace(s), `timestamp,value` CSV. Repeat for several.
     #[arg(long, required = true)]
     pub trace: Vec<PathBuf>,
-    /// Policy file (default: the shipped default policy).
-    #[arg(long, env = "CONNSCALE_POLICY")]
-    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyArg,
     /// Baselines to compare with, comma-separated: classic, target-tracking, static, oracle.
     #[arg(
         long,
@@ -266,17 +274,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let apply = matches!(cli.command, Command::Apply { .. });
+    let apply = matches!(cli.command, Command::Apply(_));
     match cli.command {
         Command::Status { aws, watch, json } => {
             let settings = aws.settings(&Policy::default_policy())?;
             runtime()?.block_on(operate::status(settings, json, watch))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plan { aws, policy, json } | Command::Apply { aws, policy, json } => {
-            let policy = Policy::load(policy.as_deref())?;
-            let settings = aws.settings(&policy)?;
-            let n = runtime()?.block_on(operate::plan_or_apply(settings, &policy, apply, json))?;
+        Command::Plan(args) | Command::Apply(args) => {
+            let policy = args.policy.load()?;
+            let settings = args.aws.settings(&policy)?;
+            let n =
+                runtime()?.block_on(operate::plan_or_apply(settings, &policy, apply, args.json))?;
             Ok(if !apply && n > 0 {
                 ExitCode::from(2)
             } else {
@@ -291,7 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             interval,
             json,
         } => {
-            let policy = Policy::load(policy.as_deref())?;
+            let policy = policy.load()?;
             let settings = aws.settings(&policy)?;
             let interval = interval.unwrap_or(policy.scale_out.interval);
             anyhow::ensure!(!interval.is_zero(), "--interval must be positive");
@@ -315,7 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => demo(duration, peak, plot, json),
         Command::Export(ExportCmd::Terraform { policy, out }) => {
-            let p = Policy::load(policy.as_deref())?;
+            let p = policy.load()?;
             let vars = crate::export::terraform_vars(&p)
                 .map_err(|e| anyhow::anyhow!("cannot export: {e}"))?;
             let text = serde_json::to_string_pretty(&vars)? + "\n";
@@ -336,7 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             peak_nodes,
             json,
         }) => {
-            let policy = Policy::load(policy.as_deref())?;
+            let policy = policy.load()?;
             let tz = connscale_common::cron::parse_tz(&timezone).map_err(anyhow::Error::msg)?;
             let mut trace = Trace::load(&history)?;
             if let Some(n) = peak_nodes {
@@ -401,7 +410,7 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         "--time-scale must be positive, got {}",
         a.time_scale
     );
-    let policy = Policy::load(a.policy.as_deref())?;
+    let policy = a.policy.load()?;
     let cfg = SimConfig {
         peak_nodes: a.peak_nodes,
         time_scale: a.time_scale,
