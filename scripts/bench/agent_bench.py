@@ -15,6 +15,15 @@ _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 def _die_with_parent():
     _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no helper outlives the benchmark
 
+NOBODY = 65534
+
+def _as_service_user():
+    """The measured commands run as the agent does in production (systemd DynamicUser, no
+    capabilities): as root the kernel adds the socket mark to every netlink reply."""
+    _die_with_parent()
+    if os.geteuid() == 0:
+        os.setgroups([]); os.setgid(NOBODY); os.setuid(NOBODY)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOLD = os.path.join(ROOT, "agent/tests/hold.py")
 AGENT = os.path.join(ROOT, "target/release/connscale-agent")
@@ -37,7 +46,7 @@ def children_cpu():
 def shell_cost(cmd, n):
     before = children_cpu()
     for _ in range(n):
-        subprocess.run(cmd, shell=True, stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(cmd, shell=True, stdout=subprocess.DEVNULL, check=True, preexec_fn=_as_service_user)
     return (children_cpu() - before) / n * 1000
 
 def steal_s():
@@ -66,7 +75,8 @@ def agent_cost(port, force_proc, seconds=4):
     cfg.write(f'ports = [{port}]\nsample_interval = "20ms"\nforce_proc = {"true" if force_proc else "false"}\n[health]\ncap = 10000000\n[cloudwatch]\nmode = "off"\n')
     cfg.close()
     hp = free_port()
-    a = subprocess.Popen([AGENT, "--config", cfg.name, "--bind", f"127.0.0.1:{hp}", "--quiet"], stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    os.chmod(cfg.name, 0o644)
+    a = subprocess.Popen([AGENT, "--config", cfg.name, "--bind", f"127.0.0.1:{hp}", "--quiet"], stderr=subprocess.DEVNULL, preexec_fn=_as_service_user)
     time.sleep(1.5)
     def stat():
         f = open(f"/proc/{a.pid}/stat").read().rsplit(")", 1)[1].split()
