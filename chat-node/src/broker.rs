@@ -56,9 +56,14 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call(ARGV[5], ARGV[4], seq .. '|' .. ARGV[1])
 return seq
 "#;
-/// Hashed once: `Script::new` takes the SHA-1 of its text, and this runs on every message.
+/// Hashed once: `Script::new` takes the SHA-1 of its text, and every message names it by that.
 static PUBLISH: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(PUBLISH_SCRIPT));
+
+fn no_script(r: &redis::RedisResult<u64>) -> bool {
+    r.as_ref()
+        .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+}
 
 /// Every Redis connection's socket options: Nagle off. Publishes are small requests pipelined on
 /// one connection, and with Nagle on each waits on the wire until Redis acknowledges the one
@@ -359,24 +364,62 @@ impl RedisBroker {
         }
     }
 
-    /// Persists a broadcast for recovery and publishes it to the other nodes; returns its
-    /// sequence number (the clients' offset), or None if Redis is unreachable (dropped).
-    pub async fn publish(&self, env: &Envelope, max_len: u64, ttl_secs: u64) -> Option<u64> {
-        let body = serde_json::to_string(env).ok()?;
-        let stream = stream_key(env.r.as_deref());
-        self.run(async |c| {
-            PUBLISH
-                .key(SEQ_KEY)
-                .key(stream)
-                .arg(body)
-                .arg(max_len)
-                .arg(ttl_secs)
-                .arg(CHANNEL)
-                .arg(self.publish_command())
-                .invoke_async::<u64>(c)
-                .await
-        })
-        .await
+    /// Persists broadcasts for recovery and publishes them to the other nodes, in order, in one
+    /// round trip; returns each one's sequence number (the clients' offset), or None where it
+    /// was not published (Redis unreachable, or it refused that one).
+    pub async fn publish_batch(
+        &self,
+        envs: &[&Envelope],
+        max_len: u64,
+        ttl_secs: u64,
+    ) -> Vec<Option<u64>> {
+        let Ok(bodies) = envs
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return vec![None; envs.len()];
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (env, body) in envs.iter().zip(&bodies) {
+            pipe.add_command(
+                redis::cmd("EVALSHA")
+                    .arg(PUBLISH.get_hash())
+                    .arg(2)
+                    .arg(SEQ_KEY)
+                    .arg(stream_key(env.r.as_deref()))
+                    .arg(body)
+                    .arg(max_len)
+                    .arg(ttl_secs)
+                    .arg(CHANNEL)
+                    .arg(self.publish_command())
+                    .to_owned(),
+            );
+        }
+        let replies = self
+            .run(async |c| {
+                let r: Vec<redis::RedisResult<u64>> = pipe.query_async(c).await?;
+                // Redis restarted: its script cache is empty and nothing ran. Load, then once more.
+                if r.iter().all(no_script) {
+                    PUBLISH.load_async(c).await?;
+                    return pipe.query_async(c).await;
+                }
+                Ok(r)
+            })
+            .await;
+        let Some(replies) = replies else {
+            return vec![None; envs.len()];
+        };
+        replies
+            .into_iter()
+            .map(|r| {
+                r.inspect_err(|e| tracing::warn!(error = %e, "redis refused a broadcast"))
+                    .ok()
+            })
+            .chain(std::iter::repeat(None))
+            .take(envs.len())
+            .collect()
     }
 
     /// The latest sequence number this node knows was handed out (0 if none): read from Redis
@@ -647,5 +690,41 @@ mod tests {
             "{n} connection attempts for 100 commands: callers queued behind each other's attempts"
         );
         assert!(!b.is_up());
+    }
+
+    /// A batch goes out in order, numbered consecutively, and into its room's stream; after
+    /// the script cache empties (a restarted Redis) the next batch still goes out, all of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_publish_in_order_even_after_the_script_cache_empties() {
+        let redis = connscale_test_support::RedisServer::start();
+        let b = RedisBroker::new(&format!("redis://127.0.0.1:{}", redis.port())).unwrap();
+        let env = |i: u64| Envelope {
+            o: "n1".into(),
+            r: Some("r1".into()),
+            x: None,
+            p: format!("2[\"m\",{i}]"),
+            b: vec![],
+            t: i,
+        };
+        let first: Vec<Envelope> = (1..=5).map(env).collect();
+        let seqs = b
+            .publish_batch(&first.iter().collect::<Vec<_>>(), 100, 60)
+            .await;
+        assert_eq!(seqs, (1..=5).map(Some).collect::<Vec<_>>());
+        b.run(async |c| redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(c).await)
+            .await
+            .expect("SCRIPT FLUSH");
+        let second: Vec<Envelope> = (6..=8).map(env).collect();
+        let seqs = b
+            .publish_batch(&second.iter().collect::<Vec<_>>(), 100, 60)
+            .await;
+        assert_eq!(seqs, (6..=8).map(Some).collect::<Vec<_>>());
+        let kept: Vec<(u64, u64)> = b
+            .read_after(Some("r1"), 0, 100)
+            .await
+            .into_iter()
+            .map(|(n, e)| (n, e.t))
+            .collect();
+        assert_eq!(kept, (1..=8).map(|i| (i, i)).collect::<Vec<_>>());
     }
 }

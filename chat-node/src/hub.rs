@@ -8,7 +8,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use connscale_common::sio::SioPacket;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,7 +47,24 @@ pub struct Hub {
     pub broker: Option<Arc<RedisBroker>>,
     pub draining: AtomicBool,
     pub metrics: Metrics,
+    /// Broadcasts on their way to Redis, in arrival order (with Redis only).
+    outgoing: Option<tokio::sync::mpsc::Sender<Outgoing>>,
+    /// The other end, until [`Hub::publish_loop`] takes it.
+    outgoing_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Outgoing>>>,
+    /// Broadcasts queued or being published: a drain waits for them before the node exits.
+    unpublished: AtomicUsize,
 }
+
+/// A broadcast waiting for [`Hub::publish_loop`], with its binary attachments as they arrived.
+struct Outgoing {
+    env: Envelope,
+    attachments: Vec<Bytes>,
+}
+
+/// How many broadcasts may wait for Redis before a sender waits too.
+const OUTGOING_QUEUE: usize = 4096;
+/// At most this many broadcasts go to Redis in one round trip.
+const PUBLISH_BATCH: usize = 256;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -62,6 +79,13 @@ impl Hub {
             Some(url) => Some(Arc::new(RedisBroker::new(url)?)),
             None => None,
         };
+        let (outgoing, outgoing_rx) = match broker {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(OUTGOING_QUEUE);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         Ok(Arc::new(Self {
             node: cfg.node_name(),
             cfg,
@@ -72,6 +96,9 @@ impl Hub {
             broker,
             draining: AtomicBool::new(false),
             metrics: Metrics::default(),
+            outgoing,
+            outgoing_rx: Mutex::new(outgoing_rx),
+            unpublished: AtomicUsize::new(0),
         }))
     }
 
@@ -200,11 +227,14 @@ impl Hub {
         self.metrics.messages_out.fetch_add(sent, Ordering::Relaxed);
     }
 
-    /// Broadcasts to every matching client on every node. With Redis, the message is numbered
-    /// and kept for recovery, then delivered with its offset through the subscription.
+    /// Broadcasts to every matching client on every node. With Redis, the message is queued for
+    /// [`Hub::publish_loop`], which numbers it, keeps it for recovery and publishes it; it is
+    /// delivered with its offset through the subscription. The caller waits only while the
+    /// queue is full, not for Redis: a client's next event is read at once, still published
+    /// after this one.
     pub async fn broadcast(&self, room: Option<&str>, except: Option<&str>, p: &SioPacket) {
         let text = p.encode();
-        let Some(b) = &self.broker else {
+        let Some(tx) = &self.outgoing else {
             self.deliver_local(room, except, &text, &p.attachments, None);
             return;
         };
@@ -219,26 +249,58 @@ impl Hub {
                 .collect(),
             t: now_us(),
         };
-        let seq = b
-            .publish(
-                &env,
-                self.cfg.recovery_max_len,
-                self.cfg.recovery_window.as_secs().max(1),
-            )
-            .await;
-        let counter = if seq.is_some() {
-            &self.metrics.published
-        } else {
-            &self.metrics.publish_failed
+        self.unpublished.fetch_add(1, Ordering::SeqCst);
+        let o = Outgoing {
+            env,
+            attachments: p.attachments.clone(),
         };
-        counter.fetch_add(1, Ordering::Relaxed);
-        // Published: local clients get it back through the subscription like every other
-        // node's clients, so each connection sees offsets in increasing order (recovery resumes
-        // after the last offset a client saw: a later offset delivered early would be replayed
-        // twice). Not published (Redis down): this node's clients still get it, unnumbered.
-        if seq.is_none() {
-            self.deliver_local(room, except, &env.p, &p.attachments, None);
+        if let Err(tokio::sync::mpsc::error::SendError(o)) = tx.send(o).await {
+            // No publisher (the node is stopping): this node's clients still get it.
+            self.unpublished.fetch_sub(1, Ordering::SeqCst);
+            self.deliver_unpublished(&o);
         }
+    }
+
+    /// Publishes queued broadcasts in arrival order, as many per Redis round trip as have
+    /// queued (up to [`PUBLISH_BATCH`]). Published: local clients get each back through the
+    /// subscription like every other node's clients, so each connection sees offsets in
+    /// increasing order (recovery resumes after the last offset a client saw: a later offset
+    /// delivered early would be replayed twice). Not published (Redis down): this node's
+    /// clients still get it, unnumbered. Runs for the node's life; started once.
+    pub async fn publish_loop(self: Arc<Self>) {
+        let (Some(b), Some(mut rx)) = (
+            self.broker.clone(),
+            self.outgoing_rx.lock().ok().and_then(|mut r| r.take()),
+        ) else {
+            return;
+        };
+        let (max_len, ttl) = (
+            self.cfg.recovery_max_len,
+            self.cfg.recovery_window.as_secs().max(1),
+        );
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+            let envs: Vec<&Envelope> = batch.iter().map(|o: &Outgoing| &o.env).collect();
+            let seqs = b.publish_batch(&envs, max_len, ttl).await;
+            let n = batch.len();
+            for (o, seq) in batch.drain(..).zip(seqs) {
+                let counter = if seq.is_some() {
+                    &self.metrics.published
+                } else {
+                    &self.metrics.publish_failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if seq.is_none() {
+                    self.deliver_unpublished(&o);
+                }
+            }
+            self.unpublished.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+
+    fn deliver_unpublished(&self, o: &Outgoing) {
+        let e = &o.env;
+        self.deliver_local(e.r.as_deref(), e.x.as_deref(), &e.p, &o.attachments, None);
     }
 
     /// A broadcast as the subscription delivers it, in offset order (this node's own included).
@@ -410,7 +472,9 @@ impl Hub {
             tokio::time::sleep(step).await;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.connections() > 0 && tokio::time::Instant::now() < deadline {
+        while (self.connections() > 0 || self.unpublished.load(Ordering::SeqCst) > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tracing::info!(left = self.connections(), "drain finished");

@@ -82,6 +82,7 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
         let h = hub.clone();
         tokio::spawn(async move { b.subscribe(move |seq, env| h.on_remote(seq, env)).await });
         tokio::spawn(hub.clone().presence_loop());
+        tokio::spawn(hub.clone().publish_loop());
     }
     let listener = listener::NodeListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (bind/port): {e}"))?;
