@@ -53,6 +53,8 @@ pub struct Hub {
     outgoing_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Outgoing>>>,
     /// Broadcasts queued or being published: a drain waits for them before the node exits.
     unpublished: AtomicUsize,
+    /// The highest sequence number the subscription has delivered here.
+    delivered_seq: AtomicU64,
 }
 
 /// A broadcast waiting for [`Hub::publish_loop`], with its binary attachments as they arrived.
@@ -65,6 +67,13 @@ struct Outgoing {
 const OUTGOING_QUEUE: usize = 4096;
 /// At most this many broadcasts go to Redis in one round trip.
 const PUBLISH_BATCH: usize = 256;
+/// How far (in messages, cluster-wide) publishing may run ahead of what the subscription has
+/// delivered here. Past it the publisher waits, its queue fills and readers stop reading, so
+/// clients' sockets hold the excess: otherwise a node above its capacity takes in more than it
+/// can fan out, and the backlog (Redis's output buffer to the subscriber) outlives the load.
+const MAX_LAG: u64 = 1024;
+/// The longest a batch waits for the subscription: it may be down while publishing works.
+const LAG_WAIT: Duration = Duration::from_millis(100);
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -99,6 +108,7 @@ impl Hub {
             outgoing,
             outgoing_rx: Mutex::new(outgoing_rx),
             unpublished: AtomicUsize::new(0),
+            delivered_seq: AtomicU64::new(0),
         }))
     }
 
@@ -279,9 +289,17 @@ impl Hub {
             self.cfg.recovery_window.as_secs().max(1),
         );
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        let mut published = 0;
         while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+            let waited = tokio::time::Instant::now();
+            while published > self.delivered_seq.load(Ordering::Relaxed) + MAX_LAG
+                && waited.elapsed() < LAG_WAIT
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let envs: Vec<&Envelope> = batch.iter().map(|o: &Outgoing| &o.env).collect();
             let seqs = b.publish_batch(&envs, max_len, ttl).await;
+            published = seqs.iter().flatten().copied().max().unwrap_or(published);
             let n = batch.len();
             for (o, seq) in batch.drain(..).zip(seqs) {
                 let counter = if seq.is_some() {
@@ -313,6 +331,7 @@ impl Hub {
             &attachments,
             Some(seq),
         );
+        self.delivered_seq.fetch_max(seq, Ordering::Relaxed);
         let lat = now_us().saturating_sub(env.t);
         let m = &self.metrics;
         let i = FANOUT_BUCKETS_US
