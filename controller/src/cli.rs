@@ -101,8 +101,8 @@ pub enum Command {
     /// then a summary and an SVG timeline. Ctrl-C stops everything it started.
     Demo {
         /// How long the load lasts (rise 30 %, hold 15 %, fall 25 %, quiet 30 %). Chat traffic
-        /// runs from 30 % until the fleet is back at its minimum; the demo waits up to 30 s past
-        /// the duration for that.
+        /// runs from 30 % (once two nodes have room; at 45 % regardless) until the fleet is back
+        /// at its minimum; the demo waits up to 30 s past the duration for that.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
         /// Peak idle connections (the policy's node cap is 1,500; 40 chat clients come on top).
