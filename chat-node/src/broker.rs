@@ -60,6 +60,7 @@ return seq
 static PUBLISH: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(PUBLISH_SCRIPT));
 
+/// Whether Redis answered NOSCRIPT: it has lost the script (restarted, or SCRIPT FLUSH).
 fn no_script(r: &redis::RedisResult<u64>) -> bool {
     r.as_ref()
         .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
@@ -70,6 +71,11 @@ fn no_script(r: &redis::RedisResult<u64>) -> bool {
 /// before it (Redis sets TCP_NODELAY on its side; redis-rs leaves it off by default).
 fn tcp_settings() -> redis::io::tcp::TcpSettings {
     redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
+/// A Redis Cluster client builder over `seeds` with [`tcp_settings`].
+fn cluster_builder(seeds: &[String]) -> redis::cluster::ClusterClientBuilder {
+    redis::cluster::ClusterClientBuilder::new(seeds.to_vec()).tcp_settings(tcp_settings())
 }
 
 /// The recovery stream of a room (`None`: broadcasts to everyone).
@@ -215,10 +221,7 @@ impl RedisBroker {
                 ))));
             }
             Some(seeds) => Backend::Cluster {
-                client: redis::cluster::ClusterClientBuilder::new(seeds.clone())
-                    .tcp_settings(tcp_settings())
-                    .build()
-                    .map_err(invalid)?,
+                client: cluster_builder(&seeds).build().map_err(invalid)?,
                 seeds,
             },
             None => {
@@ -585,8 +588,7 @@ impl RedisBroker {
     ) -> Result<(), String> {
         use redis::{FromRedisValue, PushKind};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
-            .tcp_settings(tcp_settings())
+        let client = cluster_builder(seeds)
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(tx)
             .build()

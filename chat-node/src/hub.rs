@@ -302,15 +302,13 @@ impl Hub {
             published = seqs.iter().flatten().copied().max().unwrap_or(published);
             let n = batch.len();
             for (o, seq) in batch.drain(..).zip(seqs) {
-                let counter = if seq.is_some() {
-                    &self.metrics.published
-                } else {
-                    &self.metrics.publish_failed
+                match seq {
+                    Some(_) => self.metrics.published.fetch_add(1, Ordering::Relaxed),
+                    None => {
+                        self.deliver_unpublished(&o);
+                        self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
-                if seq.is_none() {
-                    self.deliver_unpublished(&o);
-                }
             }
             self.unpublished.fetch_sub(n, Ordering::SeqCst);
         }
