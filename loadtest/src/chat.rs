@@ -42,6 +42,10 @@ pub struct ChatReport {
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// Deliveries of messages an earlier run sent (a node still working off an overload): not
+    /// counted as this run's deliveries, duplicates or latencies.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub from_earlier_runs: u64,
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
     pub latency_ms_p999: f64,
@@ -50,6 +54,10 @@ pub struct ChatReport {
     /// where they went missing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lost_samples: Vec<(u64, u64, u64)>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn now_us() -> u64 {
@@ -65,6 +73,29 @@ struct Seen {
     per_sender: HashMap<u64, (u64, Seqs)>, // sender → (highest seen, all seen)
     dup: u64,
     ooo: u64,
+    stale: u64,
+}
+
+impl Seen {
+    /// Counts a delivery of `st` in run `run`; false when another run sent it (its latency
+    /// says nothing about this one).
+    fn record(&mut self, run: u64, st: &Stamp) -> bool {
+        if st.r != run {
+            self.stale += 1;
+            return false;
+        }
+        let e = self.per_sender.entry(st.s).or_insert((0, Seqs::default()));
+        let first = e.1.is_empty();
+        if !e.1.insert(st.n) {
+            self.dup += 1;
+        } else {
+            if !first && st.n < e.0 {
+                self.ooo += 1;
+            }
+            e.0 = e.0.max(st.n);
+        }
+        true
+    }
 }
 
 /// Sequence numbers above 2^26 (67 M messages from one client) are not ours.
@@ -86,9 +117,13 @@ struct DeliveryBody {
     message: Stamp,
 }
 
-/// What each client puts in its messages: sender, sequence number, send time (µs).
+/// What each client puts in its messages: run, sender, sequence number, send time (µs). The
+/// run id tells this run's messages from those of an earlier run that a node delivers late
+/// (sequence numbers start at 0 in every run, so they would look like duplicates).
 #[derive(Deserialize)]
 struct Stamp {
+    #[serde(default)]
+    r: u64,
     s: u64,
     n: u64,
     t: u64,
@@ -194,6 +229,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).map_err(|e| e.to_string())?,
     ));
+    let run_id: u64 = rand::random::<u32>() as u64 + 1;
     let sent_by: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
     let seen: Vec<Arc<Mutex<Seen>>> = (0..cfg.clients).map(|_| Arc::default()).collect();
     let ready = Arc::new(tokio::sync::Barrier::new(cfg.clients + 1));
@@ -252,7 +288,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             loop {
                 tokio::select! {
                     _ = &mut timer, if next < end && sending.load(std::sync::atomic::Ordering::Relaxed) => {
-                        let msg = json!(["new message", {"message": {"s": i, "n": seq, "t": now_us()}, "channel": room}]);
+                        let msg = json!(["new message", {"message": {"r": run_id, "s": i, "n": seq, "t": now_us()}, "channel": room}]);
                         if client::emit(&mut ws, msg).await {
                             seq += 1;
                         }
@@ -261,25 +297,14 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                     }
                     m = client::recv(&mut ws) => match m {
                         Incoming::Packet(_) => {
-                            let Some(Delivery(_, DeliveryBody { message: Stamp { s, n, t } }, off)) = m.packet().and_then(parse_delivery) else { continue };
+                            let Some(Delivery(_, DeliveryBody { message: stamp }, off)) = m.packet().and_then(parse_delivery) else { continue };
                             if let Some(off) = off {
                                 let o = rec.offset.get_or_insert_with(String::new);
                                 o.clear();
                                 o.push_str(&off);
                             }
-                            let lat = now_us().saturating_sub(t).max(1);
-                            latencies.record(lat);
-                            let mut sn = seen.lock().unwrap_or_else(|e| e.into_inner());
-                            let Seen { per_sender, dup, ooo } = &mut *sn;
-                            let e = per_sender.entry(s).or_insert((0, Seqs::default()));
-                            let first = e.1.is_empty();
-                            if !e.1.insert(n) {
-                                *dup += 1;
-                            } else {
-                                if !first && n < e.0 {
-                                    *ooo += 1;
-                                }
-                                e.0 = e.0.max(n);
+                            if seen.lock().unwrap_or_else(|e| e.into_inner()).record(run_id, &stamp) {
+                                latencies.record(now_us().saturating_sub(stamp.t).max(1));
                             }
                         }
                         Incoming::Closed => {
@@ -348,6 +373,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
         let s = s.lock().unwrap_or_else(|e| e.into_inner());
         r.duplicated += s.dup;
         r.out_of_order += s.ooo;
+        r.from_earlier_runs += s.stale;
         for (&sender, &count) in &sent_by {
             if sender as usize == recv
                 || sender as usize % cfg.rooms != recv % cfg.rooms
@@ -403,6 +429,12 @@ impl ChatReport {
                 .collect();
             t += &format!("clients that never connected: {}\n", causes.join(", "));
         }
+        if self.from_earlier_runs > 0 {
+            t += &format!(
+                "deliveries of earlier runs' messages (not counted): {}\n",
+                self.from_earlier_runs
+            );
+        }
         t
     }
 }
@@ -455,12 +487,29 @@ mod tests {
 
     #[test]
     fn deliveries_are_read_with_and_without_an_offset() {
-        let with = r#"2["new message",{"username":"c1","message":{"s":1,"n":7,"t":99},"channel":"room-1"},"42"]"#;
+        let with = r#"2["new message",{"username":"c1","message":{"r":3,"s":1,"n":7,"t":99},"channel":"room-1"},"42"]"#;
         let d = parse_delivery(with).expect("a delivery");
-        assert_eq!((d.1.message.s, d.1.message.n, d.1.message.t), (1, 7, 99));
+        let m = &d.1.message;
+        assert_eq!((m.r, m.s, m.n, m.t), (3, 1, 7, 99));
         assert_eq!(d.2.as_deref(), Some("42"));
         let without = r#"2["new message",{"username":"c1","message":{"s":2,"n":0,"t":5}}]"#;
         assert!(parse_delivery(without).is_some_and(|d| d.2.is_none() && d.1.message.s == 2));
+    }
+
+    #[test]
+    fn another_runs_messages_are_neither_duplicates_nor_latencies() {
+        let st = |r, s, n| Stamp { r, s, n, t: 0 };
+        let mut seen = Seen::default();
+        assert!(seen.record(7, &st(7, 1, 0)));
+        assert!(seen.record(7, &st(7, 1, 1)));
+        // An earlier run's (or an old loadtest's, without a run id) numbers start at 0 too.
+        assert!(!seen.record(7, &st(5, 1, 0)));
+        assert!(!seen.record(7, &st(0, 1, 1)));
+        assert_eq!((seen.dup, seen.ooo, seen.stale), (0, 0, 2));
+        assert!(seen.record(7, &st(7, 1, 1)));
+        assert!(seen.record(7, &st(7, 2, 3)) && seen.record(7, &st(7, 2, 2)));
+        assert_eq!((seen.dup, seen.ooo, seen.stale), (1, 1, 2));
+        assert_eq!(seen.per_sender[&1].1.count, 2);
     }
 
     #[test]
