@@ -69,6 +69,26 @@ pub async fn connect(
         .map(|(ws, _)| ws)
 }
 
+/// Lets `bind(ip, 0)` leave the port to `connect`, which picks one free for that destination
+/// (IP_BIND_ADDRESS_NO_PORT): bind alone must find a port free for any destination, a search
+/// that grows with the sockets (TIME_WAIT included) already on the address, and the client
+/// shares the cores with the server it measures. What goes on the wire is the same.
+fn bind_address_only(sock: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: an int-sized option on a socket this function borrows. A failure (an old
+    // kernel) leaves the port to bind, as without it.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// A recoverable session: the server's private id and the last offset received.
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {
@@ -93,6 +113,7 @@ pub async fn connect_recovering(
         }
         .map_err(classify)?;
         if let Some(ip) = src {
+            bind_address_only(&sock);
             sock.bind(SocketAddr::new(ip, 0)).map_err(classify)?;
         }
         let stream = sock.connect(addr).await.map_err(classify)?;
