@@ -3,7 +3,7 @@
 Per server process (one process each, both on one redis-server):
 - memory per connected client: N clients connect at 2,000/s and hold; (RSS in the middle of the
   hold - RSS idle) / N; the peak (which includes the burst of N disconnects at the end) is shown too
-- connections accepted per second: the median of three `loadtest ramp`s as fast as they can go
+- connections accepted per second: the median of five `loadtest ramp`s as fast as they can go
   (the client shares the 2 cores), and the server's own CPU per connection over the ramps
 - deliveries/s at p99 <= 100 ms: `loadtest chat`, doubling the send rate until p99 > 100 ms or
   anything is lost (twice in a row), then bisecting between the last good and the first bad
@@ -16,7 +16,7 @@ import ctypes, json, os, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REL = os.path.join(ROOT, "target/release")
-ACCEPT_RAMPS = 3
+ACCEPT_RAMPS = 5
 _libc = ctypes.CDLL("libc.so.6")
 
 def die_with_parent():
@@ -74,7 +74,7 @@ def measure(name, start_server, clients):
         per_client = (holding - idle) * 1024 / max(1, connected)
         peak_per_client = (peak - idle) * 1024 / max(1, connected)
         time.sleep(3)
-        # Accepts: as fast as the ramp can go, three times (the median: one ramp lasts about a
+        # Accepts: as fast as the ramp can go, five times (the median: one ramp lasts about a
         # second, and a second of the shared machine's noise decided single-ramp figures); the
         # server's CPU over the ramps per connection.
         rates, ramp_cpu, ramp_connected = [], 0.0, 0
