@@ -83,8 +83,9 @@ fn main() -> ExitCode {
 /// at a time (the step that matters: without it nothing changed), keeping up to 256 MiB and
 /// mapping only blocks over 1 MiB took the median accept rate from 12,768 to 14,500 per second and
 /// server CPU per connection from 81 to 67 µs in alternating ramps, memory per client unchanged
-/// (BENCHMARKS.md). The cost: after a surge up to 256 MiB of freed memory stays with the process.
-/// MALLOC_ARENA_MAX, or glibc.malloc tunables in GLIBC_TUNABLES, win when set.
+/// (BENCHMARKS.md). Free memory still goes back to the kernel, every 2 s, from the library's
+/// `malloc_trim` loop rather than on every free. MALLOC_ARENA_MAX, or glibc.malloc tunables in
+/// GLIBC_TUNABLES, win when set.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
