@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark in BENCHMARKS.md, on this machine, in one go: the simulator against the
 # baselines, the agent against ss / /proc / netstat, chat-node against the reference Node.js
-# Socket.IO server, loadtest's own limits, and the live demo. Prints each table (markdown) with its command.
-# Takes about 15 minutes on 2 cores. Run it on an otherwise idle machine.
+# Socket.IO server (and against a handshake-only floor), loadtest's own limits, and the live demo. Prints each table (markdown) with its command.
+# Takes about 20 minutes on 2 cores. Run it on an otherwise idle machine.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -14,6 +14,10 @@ section "Agent" "python3 scripts/bench/agent_bench.py 10000 50000 100000"
 python3 scripts/bench/agent_bench.py 10000 50000 100000
 section "chat-node vs Node.js Socket.IO" "python3 scripts/bench/chat_vs_node.py 10000"
 python3 scripts/bench/chat_vs_node.py 10000
+section "chat-node's accept rate against the handshake floor" "python3 scripts/bench/accept_floor.py 5"
+python3 scripts/bench/accept_floor.py 5
+section "chat-node's heap settings against glibc's defaults" "python3 scripts/bench/malloc_ab.py 5"
+python3 scripts/bench/malloc_ab.py 5
 section "loadtest: held connections, connect rate, CPU per message" "python3 scripts/bench/loadtest.py 60000 20000"
 python3 scripts/bench/loadtest.py 60000 20000
 section "Demo" "target/release/connscale demo --duration 120s --json --plot docs/bench/demo.svg"

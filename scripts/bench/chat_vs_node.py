@@ -4,7 +4,8 @@ Per server process (one process each, both on one redis-server):
 - memory per connected client: N clients connect at 2,000/s and hold; (RSS in the middle of the
   hold - RSS idle) / N; the peak (which includes the burst of N disconnects at the end) is shown too
 - connections accepted per second: the median of five `loadtest ramp`s as fast as they can go
-  (the client shares the 2 cores), and the server's own CPU per connection over the ramps
+  (the client shares the 2 cores), the two servers taking turns, and the server's own CPU per
+  connection over its ramps
 - deliveries/s at p99 <= 100 ms: `loadtest chat`, doubling the send rate until p99 > 100 ms or
   anything is lost (twice in a row), then bisecting between the last good and the first bad
   rate (3 steps)
@@ -52,81 +53,89 @@ def loadtest(*args):
     out = subprocess.run([os.path.join(REL, "loadtest"), *map(str, args), "--json"], capture_output=True, text=True)
     return json.loads(out.stdout) if out.stdout.strip() else {}
 
-def measure(name, start_server, clients):
+def start(name, start_server):
     port = free_port()
-    srv = start_server(port)
-    try:
-        wait_port(port); time.sleep(1)
-        idle = rss_kb(srv.pid)
-        # Memory: clients arriving at a steady 2,000/s (how fast they came should not change
-        # what a settled client costs), sampled in the middle of an 8 s hold.
-        hold = subprocess.Popen([os.path.join(REL, "loadtest"), "ramp", "--target", f"http://127.0.0.1:{port}", "--connections", str(clients),
-                                 "--rate", "2000", "--hold", "8s", "--source-ips", "127.0.2.1-127.0.2.4", "--json"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent)
-        t0, series = time.time(), []
-        while hold.poll() is None:
-            series.append((time.time() - t0, rss_kb(srv.pid))); time.sleep(0.2)
-        r = json.loads(hold.stdout.read() or "{}")
-        connected = r.get("connected", 0)
-        peak = max([idle] + [kb for _, kb in series])
-        mid = r.get("ramp_seconds", 0) + 4
-        holding = min(series, key=lambda p: abs(p[0] - mid))[1] if series else idle
-        per_client = (holding - idle) * 1024 / max(1, connected)
-        peak_per_client = (peak - idle) * 1024 / max(1, connected)
-        time.sleep(3)
-        # Accepts: as fast as the ramp can go, five times (the median: one ramp lasts about a
-        # second, and a second of the shared machine's noise decided single-ramp figures); the
-        # server's CPU over the ramps per connection.
-        rates, ramp_cpu, ramp_connected = [], 0.0, 0
-        for i in range(ACCEPT_RAMPS):
-            c0 = cpu_s(srv.pid)
-            r = loadtest("ramp", "--target", f"http://127.0.0.1:{port}", "--connections", clients,
-                         "--rate", 100000, "--hold", "1s", "--source-ips", f"127.0.{3 + i}.1-127.0.{3 + i}.4")
-            ramp_cpu += cpu_s(srv.pid) - c0
-            ramp_connected += r.get("connected", 0)
-            rates.append(r.get("connect_rate", 0))
+    return {"name": name, "port": port, "srv": start_server(port)}
+
+def memory(s, clients, k):
+    """Memory of a server no client has used yet: clients arriving at a steady 2,000/s (how fast
+    they came should not change what a settled client costs), sampled in the middle of an 8 s
+    hold."""
+    srv, port = s["srv"], s["port"]
+    idle = rss_kb(srv.pid)
+    hold = subprocess.Popen([os.path.join(REL, "loadtest"), "ramp", "--target", f"http://127.0.0.1:{port}", "--connections", str(clients),
+                             "--rate", "2000", "--hold", "8s", "--source-ips", f"127.0.{2 + k * 100}.1-127.0.{2 + k * 100}.4", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent)
+    t0, series = time.time(), []
+    while hold.poll() is None:
+        series.append((time.time() - t0, rss_kb(srv.pid))); time.sleep(0.2)
+    r = json.loads(hold.stdout.read() or "{}")
+    connected = r.get("connected", 0)
+    peak = max([idle] + [kb for _, kb in series])
+    mid = r.get("ramp_seconds", 0) + 4
+    holding = min(series, key=lambda p: abs(p[0] - mid))[1] if series else idle
+    s.update(connected=connected, idle_mb=idle / 1024, bytes_per_client=(holding - idle) * 1024 / max(1, connected),
+             peak_bytes_per_client=(peak - idle) * 1024 / max(1, connected))
+    time.sleep(3)
+
+def accepts(servers, clients):
+    """Accepts/s: ramps as fast as they can go, the servers taking turns (the machine's speed
+    drifts over minutes, and taking turns puts each round's drift on both alike); the median of
+    ACCEPT_RAMPS per server (one ramp lasts about a second, and a second of the shared machine's
+    noise decided single-ramp figures), and the server's CPU over its ramps per connection."""
+    for s in servers:
+        s.update(rates=[], ramp_cpu=0.0, ramp_connected=0)
+    for i in range(ACCEPT_RAMPS):
+        for k, s in enumerate(servers):
+            net = 3 + i * len(servers) + k
+            c0 = cpu_s(s["srv"].pid)
+            r = loadtest("ramp", "--target", f"http://127.0.0.1:{s['port']}", "--connections", clients,
+                         "--rate", 100000, "--hold", "1s", "--source-ips", f"127.0.{net}.1-127.0.{net}.4")
+            s["ramp_cpu"] += cpu_s(s["srv"].pid) - c0
+            s["ramp_connected"] += r.get("connected", 0)
+            s["rates"].append(r.get("connect_rate", 0))
             time.sleep(2)
-        print(f"{name}: accepts/s in {ACCEPT_RAMPS} ramps: {', '.join(f'{x:,.0f}' for x in rates)}", file=sys.stderr, flush=True)
-        accept = sorted(rates)[len(rates) // 2]
-        accept_cpu_us = ramp_cpu * 1e6 / max(1, ramp_connected)
+    for s in servers:
+        print(f"{s['name']}: accepts/s in {ACCEPT_RAMPS} ramps: {', '.join(f'{x:,.0f}' for x in s['rates'])}", file=sys.stderr, flush=True)
+        s.update(accept_per_s=sorted(s["rates"])[len(s["rates"]) // 2], accept_cpu_us=s["ramp_cpu"] * 1e6 / max(1, s["ramp_connected"]))
 
-        def chat(rate):
-            # A rate fails only if it fails twice in a row: one 70 ms stall anywhere on the
-            # shared machine (the hypervisor's steal included) is 1 % of a 5 s run and decides
-            # its p99 on its own. Both servers are measured the same way.
-            for attempt in (1, 2):
-                settle(srv.pid)
-                c0, st0 = cpu_s(srv.pid), steal_s()
-                c = loadtest("chat", "--target", f"http://127.0.0.1:{port}", "--clients", 200, "--rooms", 10, "--send-rate", rate, "--duration", "5s")
-                ok = bool(c) and c["clients_connected"] == 200 and not c["lost"] and not c["duplicated"] and c["latency_ms_p99"] <= 100
-                used = cpu_s(srv.pid) - c0
-                # Progress, and why a rate failed (the table only shows the best one).
-                print(f"{name}: {rate} msg/s (try {attempt}) -> {'ok' if ok else 'FAIL'}: clients {c.get('clients_connected')} {c.get('connect_failures') or ''} lost {c.get('lost')} "
-                      f"duplicated {c.get('duplicated')} p99 {c.get('latency_ms_p99')} ms, CPU stolen by the hypervisor {steal_s() - st0:.2f} s"
-                      if c else f"{name}: {rate} msg/s (try {attempt}) -> loadtest failed", file=sys.stderr, flush=True)
-                if ok:
-                    break
-            return ok, (c or {}).get("delivered", 0), used
+def deliveries(s):
+    """Deliveries/s: the highest chat rate with p99 <= 100 ms and nothing lost (see the module
+    doc)."""
+    name, srv, port = s["name"], s["srv"], s["port"]
+    def chat(rate):
+        # A rate fails only if it fails twice in a row: one 70 ms stall anywhere on the
+        # shared machine (the hypervisor's steal included) is 1 % of a 5 s run and decides
+        # its p99 on its own. Both servers are measured the same way.
+        for attempt in (1, 2):
+            settle(srv.pid)
+            c0, st0 = cpu_s(srv.pid), steal_s()
+            c = loadtest("chat", "--target", f"http://127.0.0.1:{port}", "--clients", 200, "--rooms", 10, "--send-rate", rate, "--duration", "5s")
+            ok = bool(c) and c["clients_connected"] == 200 and not c["lost"] and not c["duplicated"] and c["latency_ms_p99"] <= 100
+            used = cpu_s(srv.pid) - c0
+            # Progress, and why a rate failed (the table only shows the best one).
+            print(f"{name}: {rate} msg/s (try {attempt}) -> {'ok' if ok else 'FAIL'}: clients {c.get('clients_connected')} {c.get('connect_failures') or ''} lost {c.get('lost')} "
+                  f"duplicated {c.get('duplicated')} p99 {c.get('latency_ms_p99')} ms, CPU stolen by the hypervisor {steal_s() - st0:.2f} s"
+                  if c else f"{name}: {rate} msg/s (try {attempt}) -> loadtest failed", file=sys.stderr, flush=True)
+            if ok:
+                break
+        return ok, (c or {}).get("delivered", 0), used
 
-        runs = {}
-        good, bad, rate = 0, None, 200
-        while rate <= 64000:
-            ok, delivered, used = chat(rate)
-            runs[rate] = (delivered, used)
-            if not ok:
-                bad = rate; break
-            good = rate; rate *= 2
-        for _ in range(3 if bad and good else 0):
-            rate = (good + bad) // 2
-            ok, delivered, used = chat(rate)
-            runs[rate] = (delivered, used)
-            if ok: good = rate
-            else: bad = rate
-        best = runs[good][0] / 5.0 if good else 0.0
-        return {"name": name, "connected": connected, "idle_mb": idle / 1024, "bytes_per_client": per_client, "peak_bytes_per_client": peak_per_client,
-                "accept_per_s": accept, "accept_cpu_us": accept_cpu_us, "deliveries_per_s": best, "best_rate": good, "runs": runs}
-    finally:
-        srv.kill(); srv.wait()
+    runs = {}
+    good, bad, rate = 0, None, 200
+    while rate <= 64000:
+        ok, delivered, used = chat(rate)
+        runs[rate] = (delivered, used)
+        if not ok:
+            bad = rate; break
+        good = rate; rate *= 2
+    for _ in range(3 if bad and good else 0):
+        rate = (good + bad) // 2
+        ok, delivered, used = chat(rate)
+        runs[rate] = (delivered, used)
+        if ok: good = rate
+        else: bad = rate
+    s.update(deliveries_per_s=runs[good][0] / 5.0 if good else 0.0, best_rate=good, runs=runs)
 
 def settle(pid, timeout=30.0):
     """Waits until the server is idle (under 5 % of a core for half a second): above its
@@ -149,12 +158,27 @@ def main():
     redis = spawn(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no"])
     wait_port(rport)
     url = f"redis://127.0.0.1:{rport}"
+    servers = []
     try:
-        ours = measure("chat-node", lambda p: spawn([os.path.join(REL, "chat-node"), "--port", str(p), "--redis-url", url],
-                                                    {"CHAT_RATE_PER_SEC": "1000", "CHAT_RATE_BURST": "1000", "CHAT_MAX_CONNECTIONS": "19000"}), clients)
-        ref = measure("Node.js socket.io 4.8.4", lambda p: spawn(["node", server_js], {"PORT": str(p), "REDIS_URL": url}, cwd=tmp), clients)
+        # Each server's memory is taken just after it starts (a Node.js process left idle for a
+        # minute first shrinks its heap: 56 MB idle instead of 81, which moved its per-client
+        # figure from 13 to 15 KB); then the accept ramps take turns; then chat, one at a time.
+        for k, (name, how) in enumerate([
+            ("chat-node", lambda p: spawn([os.path.join(REL, "chat-node"), "--port", str(p), "--redis-url", url],
+                                          {"CHAT_RATE_PER_SEC": "1000", "CHAT_RATE_BURST": "1000", "CHAT_MAX_CONNECTIONS": "19000"})),
+            ("Node.js socket.io 4.8.4", lambda p: spawn(["node", server_js], {"PORT": str(p), "REDIS_URL": url}, cwd=tmp)),
+        ]):
+            servers.append(start(name, how))
+            wait_port(servers[-1]["port"]); time.sleep(1)
+            memory(servers[-1], clients, k)
+        accepts(servers, clients)
+        for s in servers:
+            deliveries(s)
     finally:
+        for s in servers:
+            s["srv"].kill(); s["srv"].wait()
         redis.kill(); redis.wait()
+    ours, ref = servers
     # Server CPU per delivery at the highest doubling rate (200 * 2^k) both servers passed.
     common = 200
     while common * 2 <= min(ours["best_rate"], ref["best_rate"]):
