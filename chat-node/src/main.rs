@@ -35,7 +35,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tune_malloc();
+    limit_malloc_arenas();
     let cli = Cli::parse();
     telemetry::init(cli.log_format, "info");
     let mut cfg = match chat_node::config::load_config(cli.config.as_deref()) {
@@ -75,33 +75,13 @@ fn main() -> ExitCode {
 
 /// glibc gives each thread that allocates its own arena; a connection's allocations then spread
 /// over several arenas whose free space the others cannot reuse. Two arenas serve the two runtime
-/// workers and keep memory per idle client down.
-///
-/// By default glibc also grows an arena 128 KiB at a time, gives memory back to the kernel as
-/// soon as 128 KiB are free at its top, and maps large blocks itself; a burst of connections then
-/// pays for growing and shrinking the heap (mprotect, page faults) over and over. Growing 16 MiB
-/// at a time (the step that matters: without it nothing changed), keeping up to 256 MiB and
-/// mapping only blocks over 1 MiB: in ramps that each followed 10,000 clients arriving, holding
-/// and leaving, the median accept rate went from 12,768 to 14,500 per second and server CPU per
-/// connection from 81 to 67 µs, memory per client unchanged; in back-to-back ramps alone it
-/// made no difference (BENCHMARKS.md). Free memory still goes back to the kernel, every 2 s,
-/// from the library's `malloc_trim` loop rather than on every free. MALLOC_ARENA_MAX, or glibc.malloc tunables in
-/// GLIBC_TUNABLES, win when set.
-fn tune_malloc() {
+/// workers and keep memory per idle client down. MALLOC_ARENA_MAX, when set, still wins.
+fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let set = |param: libc::c_int, value: libc::c_int| {
-            // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
-            unsafe { libc::mallopt(param, value) };
-        };
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            set(libc::M_ARENA_MAX, 2);
-        }
-        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        if !tunables.contains("glibc.malloc.") {
-            set(libc::M_TOP_PAD, 16 << 20);
-            set(libc::M_TRIM_THRESHOLD, 256 << 20);
-            set(libc::M_MMAP_THRESHOLD, 1 << 20);
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
 }

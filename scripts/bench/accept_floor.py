@@ -1,10 +1,8 @@
 """How close chat-node's accept rate is to what this machine allows, next to Node.js.
 
-Four servers take turns, ramp after ramp, under the same `loadtest ramp` (10,000 websocket
+Three servers take turns, ramp after ramp, under the same `loadtest ramp` (10,000 websocket
 connections as fast as it can open them; the client shares the 2 cores):
 - chat-node (on a redis-server, as in chat_vs_node.py),
-- the same chat-node with glibc's malloc defaults (a glibc.malloc tunable in GLIBC_TUNABLES
-  makes chat-node leave its heap settings alone: see tune_malloc in chat-node/src/main.rs),
 - the handshake floor (chat-node/examples/handshake_floor.rs): the same bytes, packets and
   socket options as chat-node's handshake and nothing else, the least any server can do here,
 - the reference Node.js Socket.IO server (socket.io 4.8.4 on the same redis-server).
@@ -36,8 +34,6 @@ def main():
         wait_port(rport)
         for name, start in [
             ("chat-node", lambda p: spawn([os.path.join(REL, "chat-node"), "--port", str(p), "--redis-url", url], {"CHAT_MAX_CONNECTIONS": "19000"})),
-            ("chat-node, glibc malloc defaults", lambda p: spawn([os.path.join(REL, "chat-node"), "--port", str(p), "--redis-url", url],
-                                                                 {"CHAT_MAX_CONNECTIONS": "19000", "GLIBC_TUNABLES": "glibc.malloc.top_pad=131072"})),
             ("handshake floor", lambda p: spawn([os.path.join(REL, "examples/handshake_floor"), str(p)])),
             ("Node.js socket.io 4.8.4", lambda p: spawn(["node", server_js], {"PORT": str(p), "REDIS_URL": url}, cwd=tmp)),
         ]:
@@ -68,10 +64,9 @@ def main():
     print("|---|---:|---:|---:|")
     for s in servers:
         print(f"| {s['name']} | {med(s['rates']):,.0f} | {min(s['rates']):,.0f}-{max(s['rates']):,.0f} | {s['cpu'] * 1e6 / max(1, s['conns']):.0f} |")
-    ours, defaults, floor, ref = (med(s["rates"]) for s in servers)
-    print(f"\nchat-node / Node.js {ours / ref:.1f}x, floor / Node.js {floor / ref:.1f}x, chat-node / floor {ours / floor:.2f}, "
-          f"chat-node / its glibc-defaults self {ours / defaults:.2f}; "
-          f"per round chat-node / Node.js: {', '.join(f'{a / b:.1f}x' for a, b in zip(servers[0]['rates'], servers[3]['rates']))}")
+    ours, floor, ref = (med(s["rates"]) for s in servers)
+    print(f"\nchat-node / Node.js {ours / ref:.1f}x, floor / Node.js {floor / ref:.1f}x, chat-node / floor {ours / floor:.2f}; "
+          f"per round chat-node / Node.js: {', '.join(f'{a / b:.1f}x' for a, b in zip(servers[0]['rates'], servers[2]['rates']))}")
 
 if __name__ == "__main__":
     main()

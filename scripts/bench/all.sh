@@ -16,8 +16,6 @@ section "chat-node vs Node.js Socket.IO" "python3 scripts/bench/chat_vs_node.py 
 python3 scripts/bench/chat_vs_node.py 10000
 section "chat-node's accept rate against the handshake floor" "python3 scripts/bench/accept_floor.py 5"
 python3 scripts/bench/accept_floor.py 5
-section "chat-node's heap settings against glibc's defaults" "python3 scripts/bench/malloc_ab.py 5"
-python3 scripts/bench/malloc_ab.py 5
 section "loadtest: held connections, connect rate, CPU per message" "python3 scripts/bench/loadtest.py 60000 20000"
 python3 scripts/bench/loadtest.py 60000 20000
 section "Demo" "target/release/connscale demo --duration 120s --json --plot docs/bench/demo.svg"
