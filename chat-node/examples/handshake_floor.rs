@@ -6,23 +6,12 @@
 //!
 //! Usage: `cargo run --release -p chat-node --example handshake_floor -- PORT`
 
-use std::os::fd::AsRawFd;
+use chat_node::config::ChatConfig;
+use chat_node::tcp;
+use connscale_common::sio::{self, EioType, SioPacket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-
-fn setsockopt(fd: &impl AsRawFd, name: libc::c_int, value: libc::c_int) {
-    // SAFETY: an int-sized TCP option on a socket this process owns.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
 
 /// An unmasked server text frame (payloads under 126 bytes).
 fn frame(out: &mut Vec<u8>, text: &str) {
@@ -62,12 +51,15 @@ async fn serve(mut s: TcpStream, n: u64) -> std::io::Result<()> {
         derive_accept_key(key.as_bytes())
     )
     .into_bytes();
-    frame(
-        &mut out,
-        &format!(
-            r#"0{{"sid":"{sid}","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":65536}}"#
-        ),
+    let cfg = ChatConfig::default();
+    let open = sio::eio_open_json(
+        &sid,
+        &[],
+        cfg.ping_interval.as_millis() as u64,
+        cfg.ping_timeout.as_millis() as u64,
+        cfg.max_message_bytes,
     );
+    frame(&mut out, &sio::eio_encode(EioType::Open, &open));
     s.write_all(&out).await?;
     // The client's CONNECT ("40", a masked frame); whatever follows is read and dropped.
     len -= head_end;
@@ -80,7 +72,11 @@ async fn serve(mut s: TcpStream, n: u64) -> std::io::Result<()> {
         len += r;
     }
     out.clear();
-    frame(&mut out, &format!(r#"40{{"sid":"s{sid}"}}"#));
+    let reply = SioPacket::connect(serde_json::json!({ "sid": format!("s{sid}") }));
+    frame(
+        &mut out,
+        &sio::eio_encode(EioType::Message, &reply.encode()),
+    );
     s.write_all(&out).await?;
     while s.read(&mut buf).await? > 0 {}
     Ok(())
@@ -95,7 +91,7 @@ async fn main() -> std::io::Result<()> {
     let sock = tokio::net::TcpSocket::new_v4()?;
     sock.set_reuseaddr(true)?;
     sock.bind(([0, 0, 0, 0], port).into())?;
-    setsockopt(&sock, libc::TCP_DEFER_ACCEPT, 5);
+    tcp::defer_accept(&sock, 5);
     let listener = sock.listen(65_535)?;
     let mut n = 0u64;
     loop {
@@ -103,7 +99,7 @@ async fn main() -> std::io::Result<()> {
             continue;
         };
         let _ = s.set_nodelay(true);
-        setsockopt(&s, libc::TCP_QUICKACK, 0);
+        tcp::delay_acks(&s);
         n += 1;
         tokio::spawn(serve(s, n));
     }
