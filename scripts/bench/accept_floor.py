@@ -10,28 +10,20 @@ Taking turns puts each round's machine noise on all of them alike. Prints each s
 accepts/s (and range) and its own CPU per connection, and the ratios.
 Usage: python3 scripts/bench/accept_floor.py [ROUNDS]   (default 5)
 """
-import os, subprocess, sys, tempfile, time
+import os, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chat_vs_node import REL, ROOT, cpu_s, free_port, loadtest, spawn, steal_s, wait_port  # noqa: E402
+from chat_vs_node import REL, ROOT, cpu_s, free_port, install_reference, loadtest, spawn, start_redis, steal_s, wait_port  # noqa: E402
 
 CONNECTIONS = 10000
 
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "chat-node", "-p", "loadtest", "--example", "handshake_floor"], cwd=ROOT, check=True)
-    tmp = tempfile.mkdtemp(prefix="socketio-ref-")
-    subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", tmp, "socket.io@4.8.4", "@socket.io/redis-adapter@8.3.0", "redis@5"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server_js = os.path.join(tmp, "server.js")
-    with open(os.path.join(ROOT, "scripts/bench/reference-chat-server.js")) as src, open(server_js, "w") as dst:
-        dst.write(src.read())
-    rport = free_port()
-    redis = spawn(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no"])
-    url = f"redis://127.0.0.1:{rport}"
+    tmp, server_js = install_reference()
+    redis, url = start_redis()
     servers = []
     try:
-        wait_port(rport)
         for name, start in [
             ("chat-node", lambda p: spawn([os.path.join(REL, "chat-node"), "--port", str(p), "--redis-url", url], {"CHAT_MAX_CONNECTIONS": "19000"})),
             ("handshake floor", lambda p: spawn([os.path.join(REL, "examples/handshake_floor"), str(p)])),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark in BENCHMARKS.md, on this machine, in one go: the simulator against the
 # baselines, the agent against ss / /proc / netstat, chat-node against the reference Node.js
-# Socket.IO server (and against a handshake-only floor), loadtest's own limits, and the live demo. Prints each table (markdown) with its command.
+# Socket.IO server (and against a handshake-only floor), loadtest's own limits, and the live
+# demo. Prints each table (markdown) with its command.
 # Takes about 20 minutes on 2 cores. Run it on an otherwise idle machine.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)

@@ -147,17 +147,26 @@ def settle(pid, timeout=30.0):
         if cpu_s(pid) - c0 < 0.025:
             return
 
-def main():
-    clients = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
+def install_reference():
+    """Installs the reference Node.js server into a temp dir; returns (dir, path of server.js)."""
     tmp = tempfile.mkdtemp(prefix="socketio-ref-")
     subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", tmp, "socket.io@4.8.4", "@socket.io/redis-adapter@8.3.0", "redis@5"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server_js = os.path.join(tmp, "server.js")
     with open(os.path.join(ROOT, "scripts/bench/reference-chat-server.js")) as src, open(server_js, "w") as dst:
         dst.write(src.read())
+    return tmp, server_js
+
+def start_redis():
+    """A throwaway redis-server on a free port; returns (process, URL) once it listens."""
     rport = free_port()
     redis = spawn(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no"])
     wait_port(rport)
-    url = f"redis://127.0.0.1:{rport}"
+    return redis, f"redis://127.0.0.1:{rport}"
+
+def main():
+    clients = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
+    tmp, server_js = install_reference()
+    redis, url = start_redis()
     servers = []
     try:
         # Each server's memory is taken just after it starts (a Node.js process left idle for a
