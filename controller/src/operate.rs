@@ -195,7 +195,10 @@ async fn one_turn(
                     ttl,
                 })
             }
-            Err(other) => return Ok(stand_by(p, &other, opts.json)),
+            Err(other) => {
+                stand_by(p, &other, opts.json);
+                return Ok(());
+            }
         }
     }
     let t = control::turn(p, engine, state, epoch(), opts.dry_run).await?;
