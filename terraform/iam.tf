@@ -91,15 +91,11 @@ data "aws_iam_policy_document" "controller" {
     resources = [local.group_arn]
   }
   statement {
-    # The control loop's lease is a tag on the group; it may write no other tag.
-    sid       = "LeaseTag"
-    actions   = ["autoscaling:CreateOrUpdateTags", "autoscaling:DeleteTags"]
-    resources = [local.group_arn]
-    condition {
-      test     = "ForAllValues:StringEquals"
-      variable = "aws:TagKeys"
-      values   = ["connscale:lease"]
-    }
+    # The control loop's lease: item reads and conditional writes on exactly its table
+    # (CreateTable only lets `connscale apply` make it where terraform did not).
+    sid       = "LeaseTable"
+    actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:DescribeTable", "dynamodb:CreateTable"]
+    resources = [aws_dynamodb_table.lease.arn]
   }
   statement {
     sid       = "OwnAlarms"

@@ -32,3 +32,8 @@ output "dashboard_name" {
   description = "CloudWatch dashboard with per-instance connections, group average and capacity."
   value       = aws_cloudwatch_dashboard.fleet.dashboard_name
 }
+
+output "lease_table_name" {
+  description = "The DynamoDB table of the control loop's lease (`connscale run --lease-table`)."
+  value       = aws_dynamodb_table.lease.name
+}

@@ -69,9 +69,11 @@ pub enum Command {
     /// the engine decide and act. Scale-in terminates the least-connected instances with
     /// decrement (each drains through the lifecycle hook) instead of AWS's termination order.
     ///
-    /// Only one loop acts on a group: the lease is the group's `connscale:lease` tag
-    /// ("<holder> <expires-unix>"), renewed every turn, released on Ctrl-C, and taken over by
-    /// another loop once it expires (3 intervals + 10 s).
+    /// Only one loop acts on a group: the lease is an item in a DynamoDB table
+    /// (`--lease-table`), taken and renewed with conditional writes, released on exit, and
+    /// taken over by another loop once it expires (3 intervals + 10 s). Each scaling call first
+    /// proves the lease is still held with the same fencing token, so a loop that lost it
+    /// stands by instead of acting.
     Run {
         #[command(flatten)]
         aws: AwsArgs,
@@ -196,6 +198,10 @@ pub struct AwsArgs {
     /// Attempts per API call; the SDK retries throttling with backoff in between.
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
+    /// DynamoDB table holding the control loops' lease (one item per group; the terraform
+    /// module and `connscale apply` create it).
+    #[arg(long, env = "CONNSCALE_LEASE_TABLE", default_value = crate::aws::lease::DEFAULT_TABLE)]
+    pub lease_table: String,
 }
 
 impl AwsArgs {
@@ -215,6 +221,7 @@ impl AwsArgs {
             metric: policy.metric.clone(),
             metric_period: period,
             max_attempts: self.max_attempts,
+            lease_table: self.lease_table.clone(),
         })
     }
 }
@@ -310,7 +317,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 interval,
                 json,
                 max_backoff: std::time::Duration::from_secs(120),
-                lease_verify: std::time::Duration::from_secs(2),
             };
             runtime()?.block_on(operate::run(settings, policy, opts))?;
             Ok(ExitCode::SUCCESS)

@@ -61,11 +61,14 @@ pub async fn plan_or_apply(
     json: bool,
 ) -> anyhow::Result<usize> {
     let mut p = AwsProvider::connect(settings).await;
-    let changes = if apply {
+    let mut changes = if apply {
         plan::apply(&mut p, policy).await?
     } else {
         plan::plan(&p, policy).await?
     };
+    if let Some(c) = lease_table_change(&p, apply).await? {
+        changes.push(c);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&changes)?);
     } else if changes.is_empty() {
@@ -83,6 +86,21 @@ pub async fn plan_or_apply(
     Ok(changes.len())
 }
 
+/// The lease table `run` needs: planned when missing, created by `apply`.
+async fn lease_table_change(p: &AwsProvider, apply: bool) -> anyhow::Result<Option<plan::Change>> {
+    let missing = if apply {
+        lease::ensure_table(p).await?
+    } else {
+        !lease::table_exists(p).await?
+    };
+    Ok(missing.then(|| plan::Change {
+        kind: "lease-table".into(),
+        name: p.settings.lease_table.clone(),
+        op: plan::Op::Create,
+        spec: None,
+    }))
+}
+
 /// Settings of the `run` loop beyond the group's.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -96,16 +114,15 @@ pub struct RunOptions {
     pub json: bool,
     /// Longest wait after repeated transient failures.
     pub max_backoff: Duration,
-    /// Wait between writing the lease and reading it back (two loops racing for a free lease:
-    /// the later write wins, the earlier writer sees it and stands by).
-    pub lease_verify: Duration,
 }
 
 /// `connscale run`: the control loop against an Auto Scaling group.
 ///
-/// Each turn renews the lease (a tag on the group), observes, decides and acts. Transient errors
-/// (throttling, network) back off exponentially; permanent ones (permissions, a missing group)
-/// end the loop with the error. Ctrl-C releases the lease.
+/// Each turn renews the lease (an item in the DynamoDB lease table), observes, decides and acts;
+/// every scaling call first proves the lease is still held ([`lease::fence`]). Transient errors
+/// (throttling, network, a lease lost to another loop) back off exponentially; permanent ones
+/// (permissions, a missing group or table) end the loop with the error. Ctrl-C releases the
+/// lease.
 pub async fn run(settings: AwsSettings, policy: Policy, opts: RunOptions) -> anyhow::Result<()> {
     let mut p = AwsProvider::connect(settings).await;
     let engine = Engine::new(policy);
@@ -143,6 +160,23 @@ pub async fn run(settings: AwsSettings, policy: Policy, opts: RunOptions) -> any
     result
 }
 
+/// Says who holds the lease; this loop changes nothing this turn.
+fn stand_by(p: &AwsProvider, other: &lease::Lease, json: bool) {
+    let msg = format!(
+        "standing by: {} holds the lease on {} until {} (token {}, table {})",
+        other.holder,
+        p.group(),
+        other.expires,
+        other.token,
+        p.settings.lease_table
+    );
+    if json {
+        println!("{}", serde_json::json!({ "standby": msg }));
+    } else {
+        println!("{msg}");
+    }
+}
+
 async fn one_turn(
     p: &mut AwsProvider,
     engine: &Engine,
@@ -151,22 +185,21 @@ async fn one_turn(
     ttl: Duration,
     opts: &RunOptions,
 ) -> Result<(), crate::provider::ProviderError> {
-    if !opts.dry_run
-        && let Err(other) = lease::acquire(p, holder, epoch(), ttl, opts.lease_verify).await?
-    {
-        let msg = format!(
-            "standing by: {} holds the lease on {} until {} (tag {})",
-            other.holder,
-            p.group(),
-            other.expires,
-            lease::LEASE_TAG
-        );
-        if opts.json {
-            println!("{}", serde_json::json!({ "standby": msg }));
-        } else {
-            println!("{msg}");
+    p.fence = None;
+    if !opts.dry_run {
+        match lease::acquire(p, holder, epoch(), ttl).await? {
+            Ok(held) => {
+                p.fence = Some(lease::Fence {
+                    holder: held.holder,
+                    token: held.token,
+                    ttl,
+                })
+            }
+            Err(other) => {
+                stand_by(p, &other, opts.json);
+                return Ok(());
+            }
         }
-        return Ok(());
     }
     let t = control::turn(p, engine, state, epoch(), opts.dry_run).await?;
     if opts.json {

@@ -87,6 +87,8 @@ pub enum ErrorKind {
     NotFound,
     /// The API endpoint could not be reached.
     Unreachable,
+    /// Another control loop took the lease: stand by and try again next turn.
+    LeaseLost,
     Other,
 }
 
@@ -110,7 +112,10 @@ impl ProviderError {
 
     /// Worth retrying after a pause (throttling, an unreachable endpoint).
     pub fn transient(&self) -> bool {
-        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Unreachable)
+        matches!(
+            self.kind,
+            ErrorKind::Throttled | ErrorKind::Unreachable | ErrorKind::LeaseLost
+        )
     }
 }
 
@@ -129,6 +134,7 @@ impl fmt::Display for ProviderError {
                 self.message
             ),
             ErrorKind::Throttled => write!(f, "{a} throttled: {}", self.message),
+            ErrorKind::LeaseLost => write!(f, "{}", self.message),
             ErrorKind::NotFound => write!(f, "{a}: {}", self.message),
             ErrorKind::Unreachable => write!(
                 f,

@@ -111,13 +111,18 @@ impl Env {
         let policy = Policy::parse(POLICY, "test").expect("valid test policy");
         // Past the policy's 1 s warmup, so the group's instances count in the average.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        Self {
+        let env = Self {
             asg,
             cw: Cw::new(&conf),
             moto,
             policy_file,
             policy,
-        }
+        };
+        let created = lease::ensure_table(&env.provider().await)
+            .await
+            .expect("create the lease table");
+        assert!(created, "a fresh emulator has no lease table");
+        env
     }
 
     fn settings(&self) -> AwsSettings {
@@ -129,6 +134,7 @@ impl Env {
             // One-second buckets: the latest datapoint is the one the test just wrote.
             metric_period: 1,
             max_attempts: 1,
+            lease_table: lease::DEFAULT_TABLE.into(),
         }
     }
 
@@ -460,15 +466,9 @@ async fn run_once_acts_under_the_lease_and_stands_by_when_another_loop_holds_it(
 
     // Another loop holds the lease: this one stands by and changes nothing.
     let p = env.provider().await;
-    let held = lease::acquire(
-        &p,
-        "other-host:1:x",
-        now(),
-        Duration::from_secs(600),
-        Duration::ZERO,
-    )
-    .await
-    .expect("lease call");
+    let held = lease::acquire(&p, "other-host:1:x", now(), Duration::from_secs(600))
+        .await
+        .expect("lease call");
     assert!(held.is_ok(), "free lease taken");
     let standby = env.cli_json(&["run", "--once", "--json"]);
     assert!(
@@ -518,5 +518,141 @@ async fn errors_name_the_group_and_the_fix() {
     assert!(
         !out.status.success() && err.contains("--metric-period 7"),
         "{err}"
+    );
+}
+
+/// Many loops started at once: in every turn exactly one of them holds the lease (DynamoDB's
+/// conditional write decides), and the holder keeps it while it renews.
+#[tokio::test(flavor = "multi_thread")]
+async fn of_many_loops_racing_for_the_lease_exactly_one_holds_it_each_turn() {
+    let env = Env::new().await;
+    let loops = 12;
+    let ttl = Duration::from_secs(30);
+    let mut holders = Vec::new();
+    for turn in 0..5 {
+        // All loops ask in the same instant; `now` moves past the TTL every other turn, so the
+        // lease is free (expired) in some turns and held in the others.
+        let at = now() + (turn / 2) * 60;
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(loops));
+        let mut tasks = Vec::new();
+        for i in 0..loops {
+            let p = env.provider().await;
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let r = lease::acquire(&p, &format!("loop-{i}"), at, ttl).await;
+                r.expect("lease call").ok()
+            }));
+        }
+        let mut won = Vec::new();
+        for t in tasks {
+            if let Some(l) = t.await.expect("task") {
+                won.push(l);
+            }
+        }
+        assert_eq!(won.len(), 1, "turn {turn}: exactly one holder, got {won:?}");
+        holders.push(won.remove(0));
+    }
+    // Turns 0 and 1 share a lease (renewed by its holder, same token); turn 2 is past the TTL:
+    // whoever takes it gets a new token.
+    assert!(holders[1].token >= holders[0].token, "{holders:?}");
+    assert!(holders[2].token > holders[1].token, "{holders:?}");
+}
+
+/// A loop that lost its lease (it paused past the TTL and another loop took over) does not act:
+/// the scaling call's fence check fails, and the group is unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loop_that_lost_the_lease_cannot_scale() {
+    use connscale::provider::{ErrorKind, Provider};
+    let env = Env::new().await;
+    let ttl = Duration::from_secs(30);
+    let mut stale = env.provider().await;
+    let mine = lease::acquire(&stale, "stale-loop", now(), ttl)
+        .await
+        .expect("lease call")
+        .expect("free lease");
+    stale.fence = Some(lease::Fence {
+        holder: mine.holder,
+        token: mine.token,
+        ttl,
+    });
+    // While it holds the lease, its calls go through.
+    stale.set_desired(3).await.expect("holder may scale");
+    assert_eq!(env.group().await.0, 3);
+
+    // Another loop takes the lease once it has expired (its clock is past the TTL).
+    let other = env.provider().await;
+    let theirs = lease::acquire(&other, "new-loop", now() + 31, ttl)
+        .await
+        .expect("lease call")
+        .expect("expired lease taken");
+    assert!(theirs.token > mine.token);
+
+    let err = stale.set_desired(4).await.expect_err("stale holder fenced");
+    assert_eq!(err.kind, ErrorKind::LeaseLost, "{err}");
+    assert!(
+        err.transient(),
+        "a lost lease means standing by, not exiting"
+    );
+    let err = stale
+        .terminate("i-anything", true)
+        .await
+        .expect_err("stale holder fenced");
+    assert_eq!(err.kind, ErrorKind::LeaseLost, "{err}");
+    assert_eq!(env.group().await.0, 3, "the stale loop changed nothing");
+
+    // Release gives it up only for its holder.
+    lease::release(&other, "stale-loop").await.expect("release");
+    assert_eq!(
+        lease::read(&other).await.expect("read").map(|l| l.holder),
+        Some("new-loop".into())
+    );
+    lease::release(&other, "new-loop").await.expect("release");
+    assert_eq!(lease::read(&other).await.expect("read"), None);
+}
+
+/// Without the lease table, `run` says which table and how to create it; `plan` lists it and
+/// `apply` creates it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lease_table_is_planned_created_and_named_when_missing() {
+    let env = Env::new().await;
+    let out = env.cli(&["run", "--once", "--lease-table", "elsewhere"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("\"elsewhere\"") && err.contains("connscale apply"),
+        "{err}"
+    );
+    let plan_json = |out: Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "plan --json: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let plan = plan_json(env.cli(&["plan", "--json", "--lease-table", "elsewhere"]));
+    let lease_changes: Vec<_> = plan
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|c| c["kind"] == "lease-table")
+        .collect();
+    assert_eq!(lease_changes.len(), 1, "{plan:#}");
+    assert_eq!(lease_changes[0]["name"], "elsewhere");
+    assert!(
+        env.cli(&["apply", "--lease-table", "elsewhere"])
+            .status
+            .success()
+    );
+    let again = plan_json(env.cli(&["plan", "--json", "--lease-table", "elsewhere"]));
+    assert!(
+        !again
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|c| c["kind"] == "lease-table"),
+        "{again:#}"
     );
 }

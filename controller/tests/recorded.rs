@@ -116,6 +116,7 @@ async fn provider(endpoint: &str) -> AwsProvider {
             metric: Default::default(),
             metric_period: 60,
             max_attempts: 1,
+            lease_table: "connscale-lease".into(),
         },
         &conf,
     )

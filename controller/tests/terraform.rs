@@ -171,7 +171,7 @@ fn actions_in(dir: &std::path::Path, out: &mut Vec<String>) {
             for piece in text.split('"').skip(1).step_by(2) {
                 let service = piece.split(':').next().unwrap_or_default();
                 let action = piece.split(':').nth(1).unwrap_or_default();
-                if ["autoscaling", "cloudwatch", "ec2"].contains(&service)
+                if ["autoscaling", "cloudwatch", "ec2", "dynamodb"].contains(&service)
                     && action
                         .chars()
                         .next()

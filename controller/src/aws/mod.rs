@@ -31,6 +31,8 @@ pub struct AwsSettings {
     pub metric_period: i32,
     /// Attempts per API call (the SDK's standard retry with backoff handles throttling).
     pub max_attempts: u32,
+    /// The DynamoDB table that holds the control loops' lease ([`lease`]).
+    pub lease_table: String,
 }
 
 /// An Auto Scaling group as a [`Provider`].
@@ -40,6 +42,9 @@ pub struct AwsProvider {
     pub asg: aws_sdk_autoscaling::Client,
     pub cw: aws_sdk_cloudwatch::Client,
     pub ec2: aws_sdk_ec2::Client,
+    pub ddb: aws_sdk_dynamodb::Client,
+    /// Set while this loop holds the lease: every scaling call proves it first.
+    pub fence: Option<lease::Fence>,
 }
 
 /// Maps an SDK error to a [`ProviderError`] naming the IAM action.
@@ -124,12 +129,22 @@ impl AwsProvider {
             asg: aws_sdk_autoscaling::Client::new(conf),
             cw: aws_sdk_cloudwatch::Client::new(conf),
             ec2: aws_sdk_ec2::Client::new(conf),
+            ddb: aws_sdk_dynamodb::Client::new(conf),
+            fence: None,
             settings,
         }
     }
 
     pub fn group(&self) -> &str {
         &self.settings.group
+    }
+
+    /// Before a scaling call: when this loop acts under a lease, prove it is still held.
+    async fn fenced(&self) -> Result<(), ProviderError> {
+        match &self.fence {
+            Some(f) => lease::fence(self, f, now()).await,
+            None => Ok(()),
+        }
     }
 
     /// The group's description, or NotFound naming it.
@@ -340,6 +355,7 @@ impl Provider for AwsProvider {
     }
 
     async fn set_desired(&mut self, desired: u32) -> Result<(), ProviderError> {
+        self.fenced().await?;
         self.asg
             .set_desired_capacity()
             .auto_scaling_group_name(self.group())
@@ -352,6 +368,7 @@ impl Provider for AwsProvider {
     }
 
     async fn terminate(&mut self, id: &str, decrement: bool) -> Result<(), ProviderError> {
+        self.fenced().await?;
         self.asg
             .terminate_instance_in_auto_scaling_group()
             .instance_id(id)
@@ -366,6 +383,7 @@ impl Provider for AwsProvider {
         if ids.is_empty() {
             return Ok(());
         }
+        self.fenced().await?;
         self.asg
             .set_instance_protection()
             .auto_scaling_group_name(self.group())
@@ -378,6 +396,7 @@ impl Provider for AwsProvider {
     }
 
     async fn set_warm_pool(&mut self, pool: Option<&WarmPool>) -> Result<(), ProviderError> {
+        self.fenced().await?;
         match pool {
             Some(w) => {
                 self.asg
@@ -414,6 +433,7 @@ impl Provider for AwsProvider {
         hook: &str,
         proceed: bool,
     ) -> Result<(), ProviderError> {
+        self.fenced().await?;
         self.asg
             .complete_lifecycle_action()
             .auto_scaling_group_name(self.group())

@@ -82,7 +82,15 @@ pub async fn status(p: &mut AwsProvider) -> Result<Status, ProviderError> {
         Ok(a) => (a, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
-    let lease = lease::read(p).await?.map(|l| l.value());
+    // A missing lease table is worth showing, not failing the whole status for.
+    let lease = match lease::read(p).await {
+        Ok(l) => l.map(|l| l.describe()),
+        Err(e) if e.kind == crate::provider::ErrorKind::NotFound => Some(format!(
+            "no lease table {:?} (`connscale apply` or terraform creates it)",
+            p.settings.lease_table
+        )),
+        Err(e) => return Err(e),
+    };
     Ok(Status {
         spread: fleet.spread(),
         fleet,
