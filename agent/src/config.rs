@@ -65,14 +65,25 @@ pub struct IdentityConfig {
     pub imds_endpoint: Option<String>,
 }
 
+/// How the agent tells the service to drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainMethod {
+    /// POST `drain_url` (with `drain_token` as a bearer token).
+    Http,
+    /// SIGTERM to the PID in `pid_file`.
+    Signal,
+    /// `systemctl stop unit` (and `start` when the instance returns from the warm pool).
+    Systemd,
+}
+
+/// The scale-in drain (`[drain]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DrainConfig {
-    /// Watch the IMDS target lifecycle state and drain on Terminating:Wait.
+    /// Watch the IMDS target lifecycle state and drain on every scale-in path.
     pub enabled: bool,
-    /// How to tell the service: "http" (POST drain_url), "signal" (SIGTERM to pid_file's PID),
-    /// or "systemd" (systemctl stop unit).
-    pub method: String,
+    pub method: DrainMethod,
     pub drain_url: Option<String>,
     pub drain_token: Option<String>,
     pub pid_file: Option<PathBuf>,
@@ -85,6 +96,13 @@ pub struct DrainConfig {
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     pub hook_name: String,
+    /// The hook's heartbeat timeout: lifecycle calls that keep failing (the hook is not active
+    /// yet during the ALB deregistration delay) are retried for this long since the last success.
+    #[serde(with = "humantime_serde")]
+    pub hook_heartbeat_timeout: Duration,
+    /// How often the target lifecycle state is read from IMDS.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
 }
 
 impl Default for AgentConfig {
@@ -128,7 +146,7 @@ impl Default for DrainConfig {
     fn default() -> Self {
         Self {
             enabled: false,
-            method: "http".into(),
+            method: DrainMethod::Http,
             drain_url: Some("http://127.0.0.1:3000/api/drain".into()),
             drain_token: None,
             pid_file: None,
@@ -137,6 +155,8 @@ impl Default for DrainConfig {
             timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(60),
             hook_name: "connscale-drain".into(),
+            hook_heartbeat_timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -215,11 +235,11 @@ pub fn check(c: &AgentConfig) -> Result<(), String> {
     if c.sample_interval.is_zero() {
         return Err("`sample_interval` must be above 0, e.g. \"1s\"".into());
     }
-    if !["http", "signal", "systemd"].contains(&c.drain.method.as_str()) {
-        return Err(format!(
-            "`drain.method` = {:?} must be \"http\", \"signal\" or \"systemd\"",
-            c.drain.method
-        ));
+    if c.drain.poll_interval.is_zero() || c.drain.heartbeat_interval.is_zero() {
+        return Err(
+            "`drain.poll_interval` and `drain.heartbeat_interval` must be above 0, e.g. \"5s\""
+                .into(),
+        );
     }
     Ok(())
 }
