@@ -116,6 +116,11 @@ pub enum Command {
         /// Print the summary as JSON (the live view still goes to stderr).
         #[arg(long)]
         json: bool,
+        /// Give the fleet a Running warm pool (one instance kept warm) that reuses instances
+        /// on scale-in: scale-out takes instances from the pool first, and drained instances
+        /// go back to it (target lifecycle state `Warmed:Running`, their agents stay up).
+        #[arg(long)]
+        warm_pool: bool,
     },
 }
 
@@ -328,7 +333,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             peak,
             plot,
             json,
-        } => demo(duration, peak, plot, json),
+            warm_pool,
+        } => demo(duration, peak, plot, json, warm_pool),
         Command::Export(ExportCmd::Terraform { policy, out }) => {
             let p = policy.load()?;
             let vars = crate::export::terraform_vars(&p)
@@ -481,6 +487,7 @@ fn demo(
     peak: usize,
     plot: PathBuf,
     json: bool,
+    warm_pool: bool,
 ) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     connscale_common::limits::raise_nofile();
@@ -492,6 +499,7 @@ fn demo(
             peak,
             plot: Some(plot.clone()),
             quiet: false,
+            warm_pool,
         }))
         .map_err(anyhow::Error::msg)?;
     if json {
@@ -500,6 +508,7 @@ fn demo(
         let m = &report.messages;
         println!(
             "\nsummary: peak {} instances (final {}, minimum {}), {} scale-outs, {} scale-ins, {} rejected connections\n\
+             scale-ins completed by the agents' lifecycle calls: {} (lifecycle timeouts {}); warm pool: {} returned, {} launched from it\n\
              messages: sent {} delivered {}/{} lost {} duplicated {} ({} reconnects with recovery)\n\
              agents' counts match the balancer's: {}\nprocesses left running: {}\ntimeline: {}",
             report.peak_instances,
@@ -508,6 +517,10 @@ fn demo(
             report.scale_outs,
             report.scale_ins,
             report.rejected_connections,
+            report.lifecycle.scale_ins_completed_by_agent,
+            report.lifecycle.lifecycle_timeouts,
+            report.lifecycle.warm_pool_returns,
+            report.lifecycle.warm_pool_launches,
             m.sent,
             m.delivered,
             m.expected_deliveries,

@@ -11,6 +11,7 @@ use crate::local::{FleetSettings, LocalFleet};
 use crate::provider::Provider;
 use crate::sim::plot::{Series, line_chart};
 use connscale_common::policy::Policy;
+use connscale_common::policy::{PoolState, WarmPool};
 use loadtest::client::{self, Incoming};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub struct DemoConfig {
     pub peak: usize,
     pub plot: Option<PathBuf>,
     pub quiet: bool,
+    /// Run with a Running warm pool that reuses instances on scale-in.
+    pub warm_pool: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +55,21 @@ pub struct DemoReport {
     pub counts_match: bool,
     pub counts_checked: Vec<(String, u64, usize)>,
     pub processes_left: usize,
+    /// Instances scaled in (drains started), whatever the action that named them.
+    pub drains: usize,
+    /// How the scale-ins ended: `scale_ins_completed_by_agent` equals `drains` and
+    /// `lifecycle_timeouts` is 0 in a good run.
+    #[serde(flatten)]
+    pub lifecycle: ScaleInReport,
+}
+
+/// The lifecycle side of the demo's scale-ins, flattened into its JSON.
+#[derive(Debug, Serialize)]
+pub struct ScaleInReport {
+    pub scale_ins_completed_by_agent: usize,
+    pub lifecycle_timeouts: usize,
+    pub warm_pool_returns: usize,
+    pub warm_pool_launches: usize,
 }
 
 /// How long the demo may run past `--duration` to finish scale-in and the chat traffic.
@@ -184,7 +202,15 @@ impl Holders {
 /// Runs the demo. Must run on the thread that owns the runtime (`block_on`): processes are
 /// started from here so that they die with it.
 pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
-    let policy = Policy::parse(DEMO_POLICY, "policies/demo.toml").map_err(|e| e.to_string())?;
+    let mut policy = Policy::parse(DEMO_POLICY, "policies/demo.toml").map_err(|e| e.to_string())?;
+    if cfg.warm_pool {
+        policy.warm_pool = Some(WarmPool {
+            min_size: 1,
+            max_prepared: None,
+            state: PoolState::Running,
+            reuse_on_scale_in: true,
+        });
+    }
     let cap = policy.group.node_cap;
     let interval = policy.scale_out.interval;
     let bin_dir = std::env::current_exe()
@@ -192,15 +218,21 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         .and_then(|p| p.parent().map(PathBuf::from))
         .unwrap_or_default();
     let redis = Redis::start()?;
+    let drain_window = Duration::from_secs(3);
     let mut fleet = LocalFleet::new(FleetSettings {
         bin_dir,
         redis_url: format!("redis://127.0.0.1:{}/", redis.1),
         cap: cap as u64,
         api_token: format!("demo-{}", std::process::id()),
-        drain_window: Duration::from_secs(3),
+        drain_window,
         min_size: policy.group.min_size,
         max_size: policy.group.max_size,
-    });
+        // As the terraform module sets it: the drain fits inside the deregistration delay.
+        deregistration_delay: drain_window + Duration::from_secs(1),
+        heartbeat_timeout: Duration::from_secs(30),
+        warm_pool: policy.warm_pool.clone(),
+    })
+    .await?;
     let engine = Engine::new(policy.clone());
     let mut state = EngineState::default();
     let balancer = Balancer::start()
@@ -271,7 +303,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
     while start.elapsed() < cfg.duration
         || (start.elapsed() < cfg.duration + OVERTIME
             && (chat.as_ref().is_some_and(|c| !c.is_finished())
-                || fleet.capacity() > policy.group.min_size))
+                || fleet.capacity() > policy.group.min_size
+                || fleet.instances.iter().any(|i| i.draining)))
     {
         let t = start.elapsed().as_secs_f64();
         let frac = t / cfg.duration.as_secs_f64();
@@ -302,7 +335,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
             let pairs: Vec<(String, u64, usize)> = fleet
                 .instances
                 .iter()
-                .filter(|i| !i.draining)
+                .filter(|i| !i.draining && !i.warmed)
                 .map(|i| {
                     (
                         i.id.clone(),
@@ -331,7 +364,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
             all_pids.extend(fleet.pids());
         }
         let desired = fleet.desired;
-        peak_instances = peak_instances.max(fleet.instances.len() as u32);
+        let running = fleet.instances.iter().filter(|i| !i.warmed).count();
+        peak_instances = peak_instances.max(running as u32);
         let serving = fleet
             .instances
             .iter()
@@ -341,7 +375,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
             t,
             want as f64,
             (serving as u64 * cap as u64) as f64,
-            fleet.instances.len() as f64,
+            running as f64,
         ));
         say(format!(
             "[{t:5.1}s] demand {:>5} open {:>5} | desired {desired} | {}",
@@ -354,7 +388,9 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
                     "{} {:>4}{}",
                     i.id,
                     i.connections,
-                    if i.draining {
+                    if i.warmed {
+                        " in warm pool"
+                    } else if i.draining {
                         " draining"
                     } else if !i.serving {
                         " starting"
@@ -382,6 +418,13 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
     };
     fleet.refresh().await;
     let final_instances = fleet.capacity();
+    let lifecycle = ScaleInReport {
+        scale_ins_completed_by_agent: fleet.counts.completed_by_agent,
+        lifecycle_timeouts: fleet.counts.lifecycle_timeouts,
+        warm_pool_returns: fleet.counts.warm_pool_returns,
+        warm_pool_launches: fleet.counts.warm_pool_launches,
+    };
+    let drains = fleet.counts.drains;
     all_pids.extend(fleet.pids());
     all_pids.push(redis.0.id());
     drop(fleet);
@@ -435,5 +478,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         counts_match,
         counts_checked,
         processes_left,
+        drains,
+        lifecycle,
     })
 }

@@ -1,5 +1,8 @@
 //! The local fleet (the embedded default provider): chat-node + agent process pairs on this
-//! machine, one pair per "instance", behind a round-robin [`balancer`].
+//! machine, one pair per "instance", behind a round-robin [`balancer`], with AWS's side played
+//! by the [`stand_in`]: each agent reads its identity and target lifecycle state from its own
+//! IMDS endpoint and completes scale-in through the Auto Scaling API, exactly as on EC2, so a
+//! local scale-in runs the agent's production drain.
 //!
 //! Instances use ports from 21000 up, below the kernel's ephemeral range, so no client socket
 //! on 127.0.0.x can take a service port (the agent counts by local port). Processes are started
@@ -7,8 +10,11 @@
 
 pub mod balancer;
 mod provider;
+pub mod stand_in;
 
 use crate::engine::{InstanceView, Lifecycle, Observation};
+use connscale_common::policy::{PoolState, WarmPool};
+use stand_in::{Hook, StandIn};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,21 +24,38 @@ pub struct Instance {
     pub id: String,
     pub port: u16,
     pub health_port: u16,
-    chat: Child,
-    agent: Child,
+    chat: Option<Child>,
+    agent: Option<Child>,
     pub launched_at: i64,
     pub draining: bool,
     pub serving: bool,
     pub connections: u64,
     pub healthy: bool,
+    /// Waiting in the warm pool (returned by a scale-in that reuses instances).
+    pub warmed: bool,
+}
+
+impl Instance {
+    fn stop_chat(&mut self) {
+        stop(&mut self.chat);
+    }
+
+    fn stop_all(&mut self) {
+        stop(&mut self.chat);
+        stop(&mut self.agent);
+    }
+}
+
+fn stop(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        for c in [&mut self.chat, &mut self.agent] {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop_all();
     }
 }
 
@@ -47,6 +70,30 @@ pub struct FleetSettings {
     /// Group bounds reported to the control loop.
     pub min_size: u32,
     pub max_size: u32,
+    /// The load balancer's deregistration delay: lifecycle calls fail until it has passed.
+    pub deregistration_delay: Duration,
+    /// The drain hook's heartbeat timeout; past it the hook's default result (CONTINUE) applies.
+    pub heartbeat_timeout: Duration,
+    /// Scale-in returns instances here when the pool reuses them.
+    pub warm_pool: Option<WarmPool>,
+}
+
+/// The group name and drain hook the local fleet's agents see, as on AWS.
+pub const GROUP: &str = "local";
+pub const DRAIN_HOOK: &str = "connscale-drain";
+
+/// How scale-ins ended, for the demo's report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScaleInCounts {
+    /// Scale-ins started (instances handed to their drain hook).
+    pub drains: usize,
+    /// Scale-ins whose lifecycle action the instance's own agent completed.
+    pub completed_by_agent: usize,
+    /// Scale-ins whose hook timed out (the default result applied).
+    pub lifecycle_timeouts: usize,
+    /// Instances that went back to the warm pool, and that left it again.
+    pub warm_pool_returns: usize,
+    pub warm_pool_launches: usize,
 }
 
 pub struct LocalFleet {
@@ -54,8 +101,33 @@ pub struct LocalFleet {
     pub instances: Vec<Instance>,
     /// The desired capacity the control loop last set.
     pub desired: u32,
+    pub counts: ScaleInCounts,
+    pub stand_in: StandIn,
+    /// Agents' config files (they hold the drain token): removed on drop.
+    work_dir: PathBuf,
     next: u32,
     http: reqwest::Client,
+}
+
+impl Drop for LocalFleet {
+    fn drop(&mut self) {
+        self.instances.clear();
+        let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+/// Writes a file only this user can read (agents' configs carry the drain token).
+fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Spawns a child that the kernel kills if this process dies. Call from the main thread only:
@@ -73,22 +145,58 @@ fn free(port: u16) -> bool {
 }
 
 impl LocalFleet {
-    pub fn new(settings: FleetSettings) -> Self {
-        Self {
+    /// Starts the fleet's AWS stand-in; instances come with [`LocalFleet::launch`].
+    pub async fn new(settings: FleetSettings) -> Result<Self, String> {
+        let stand_in = StandIn::start(GROUP, DRAIN_HOOK, settings.heartbeat_timeout)
+            .await
+            .map_err(|e| format!("cannot start the local AWS stand-in: {e}"))?;
+        let work_dir = std::env::temp_dir().join(format!("connscale-local-{}", std::process::id()));
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
+        Ok(Self {
             settings,
             instances: Vec::new(),
             desired: 0,
+            counts: ScaleInCounts::default(),
+            stand_in,
+            work_dir,
             next: 0,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
                 .unwrap_or_default(),
-        }
+        })
     }
 
-    /// Starts one pair; returns its id.
+    /// Brings one instance into service: from the warm pool when it holds one, else a new
+    /// pair. Returns its id.
     pub fn launch(&mut self, now: i64) -> Result<String, String> {
-        let s = &self.settings;
+        if let Some(i) = self.instances.iter().position(|i| i.warmed) {
+            return self.leave_pool(i, now);
+        }
+        self.launch_new(now, "InService")
+    }
+
+    /// Tops the warm pool up to its minimum, as AWS does: new instances launch, finish
+    /// starting and wait (a Running pool keeps their processes up).
+    pub fn fill_pool(&mut self, now: i64) -> Result<(), String> {
+        let Some(pool) = self.settings.warm_pool.clone() else {
+            return Ok(());
+        };
+        while self.warm_instances() < pool.min_size {
+            let state = format!("Warmed:{}", pool.state.aws_name());
+            let id = self.launch_new(now, &state)?;
+            if let Some(inst) = self.instances.iter_mut().find(|i| i.id == id) {
+                if pool.state != PoolState::Running {
+                    inst.stop_all();
+                }
+                inst.warmed = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn launch_new(&mut self, now: i64, target_state: &str) -> Result<String, String> {
         let (mut port, mut hport) = (0, 0);
         for _ in 0..500 {
             self.next += 1;
@@ -102,23 +210,74 @@ impl LocalFleet {
             return Err("no free ports in 21000-22000 for a local instance".into());
         }
         let id = format!("i-{:04}", self.next);
-        let bin = |name: &str| {
-            let p = s.bin_dir.join(name);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(format!(
-                    "{name} not found next to connscale ({}); build it: cargo build --release --bins",
-                    p.display()
-                ))
-            }
+        self.stand_in.set_state(&id, target_state);
+        let chat = spawn(self.chat_command(&id, port)?)
+            .map_err(|e| format!("cannot start chat-node: {e}"))?;
+        let agent = spawn(self.agent_command(&id, port, hport)?)
+            .map_err(|e| format!("cannot start connscale-agent: {e}"))?;
+        self.instances.push(Instance {
+            id: id.clone(),
+            port,
+            health_port: hport,
+            chat: Some(chat),
+            agent: Some(agent),
+            launched_at: now,
+            draining: false,
+            serving: false,
+            connections: 0,
+            healthy: false,
+            warmed: false,
+        });
+        Ok(id)
+    }
+
+    /// A warm-pool instance goes back into service: its target state reads `InService` again
+    /// (an agent that waited in a Running pool leaves its draining state) and its processes
+    /// start.
+    fn leave_pool(&mut self, i: usize, now: i64) -> Result<String, String> {
+        let (id, port, hport) = {
+            let inst = &self.instances[i];
+            (inst.id.clone(), inst.port, inst.health_port)
         };
-        let mut chat = Command::new(bin("chat-node")?);
+        self.stand_in.set_state(&id, "InService");
+        let chat = match self.instances[i].chat.take() {
+            Some(c) => c,
+            None => spawn(self.chat_command(&id, port)?)
+                .map_err(|e| format!("cannot start chat-node: {e}"))?,
+        };
+        let agent = match self.instances[i].agent.take() {
+            Some(a) => a,
+            None => spawn(self.agent_command(&id, port, hport)?)
+                .map_err(|e| format!("cannot start connscale-agent: {e}"))?,
+        };
+        let inst = &mut self.instances[i];
+        inst.chat = Some(chat);
+        inst.agent = Some(agent);
+        (inst.warmed, inst.serving, inst.healthy, inst.launched_at) = (false, false, false, now);
+        self.counts.warm_pool_launches += 1;
+        Ok(id)
+    }
+
+    fn bin(&self, name: &str) -> Result<PathBuf, String> {
+        let p = self.settings.bin_dir.join(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "{name} not found next to connscale ({}); build it: cargo build --release --bins",
+                p.display()
+            ))
+        }
+    }
+
+    fn chat_command(&self, id: &str, port: u16) -> Result<Command, String> {
+        let s = &self.settings;
+        let mut chat = Command::new(self.bin("chat-node")?);
         chat.args([
             "--port",
             &port.to_string(),
             "--node-id",
-            &id,
+            id,
             "--redis-url",
             &s.redis_url,
         ])
@@ -130,44 +289,61 @@ impl LocalFleet {
         )
         .env("CHAT_RATE_PER_SEC", "200")
         .env("CHAT_RATE_BURST", "400");
-        let mut agent = Command::new(bin("connscale-agent")?);
-        agent
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                &format!("127.0.0.1:{hport}"),
-                "--cap",
-                &s.cap.to_string(),
-                "--quiet",
-            ])
-            .env("CONNSCALE_AGENT_CLOUDWATCH", "off")
-            .env("CONNSCALE_IMDS_ENDPOINT", "http://127.0.0.1:9");
-        let chat = spawn(chat).map_err(|e| format!("cannot start chat-node: {e}"))?;
-        let agent = spawn(agent).map_err(|e| format!("cannot start connscale-agent: {e}"))?;
-        self.instances.push(Instance {
-            id: id.clone(),
-            port,
-            health_port: hport,
-            chat,
-            agent,
-            launched_at: now,
-            draining: false,
-            serving: false,
-            connections: 0,
-            healthy: false,
-        });
-        Ok(id)
+        Ok(chat)
     }
 
-    /// Reads every agent's /health; forgets drained instances whose chat-node has exited.
+    /// The agent as on EC2: identity and lifecycle state from its IMDS endpoint, drain through
+    /// chat-node's drain endpoint and the Auto Scaling lifecycle calls.
+    fn agent_command(&self, id: &str, port: u16, hport: u16) -> Result<Command, String> {
+        let s = &self.settings;
+        let config = format!(
+            "ports = [{port}]\n\
+             [health]\nbind = \"127.0.0.1:{hport}\"\ncap = {cap}\n\
+             [cloudwatch]\nmode = \"off\"\n\
+             [identity]\nimds_endpoint = \"{imds}\"\n\
+             [drain]\nenabled = true\nmethod = \"http\"\n\
+             drain_url = \"http://127.0.0.1:{port}/api/drain\"\ndrain_token = \"{token}\"\n\
+             threshold = 1\ntimeout = \"{timeout}ms\"\nheartbeat_interval = \"1s\"\n\
+             poll_interval = \"1s\"\nhook_heartbeat_timeout = \"{hook}s\"\n\
+             hook_name = \"{DRAIN_HOOK}\"\n",
+            hook = s.heartbeat_timeout.as_secs(),
+            cap = s.cap,
+            imds = self.stand_in.imds_url(id),
+            token = s.api_token,
+            timeout = (s.deregistration_delay + s.drain_window * 3).as_millis(),
+        );
+        let path = self.work_dir.join(format!("agent-{id}.toml"));
+        write_private(&path, &config)?;
+        let mut agent = Command::new(self.bin("connscale-agent")?);
+        agent
+            .arg("--config")
+            .arg(&path)
+            .arg("--quiet")
+            .env(
+                "AWS_ENDPOINT_URL_AUTO_SCALING",
+                self.stand_in.autoscaling_url(),
+            )
+            .env("AWS_ACCESS_KEY_ID", "local")
+            .env("AWS_SECRET_ACCESS_KEY", "local")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_ENDPOINT_URL");
+        for var in [
+            "CONNSCALE_AGENT_CLOUDWATCH",
+            "CONNSCALE_IMDS_ENDPOINT",
+            "CONNSCALE_GROUP",
+        ] {
+            agent.env_remove(var);
+        }
+        Ok(agent)
+    }
+
+    /// Reads every agent's /health; ends scale-ins whose hook the agent completed or that
+    /// timed out.
     pub async fn refresh(&mut self) {
-        let mut gone = Vec::new();
-        for (i, inst) in self.instances.iter_mut().enumerate() {
-            if inst.draining && matches!(inst.chat.try_wait(), Ok(Some(_))) {
-                gone.push(i);
-                continue;
-            }
+        self.finish_scale_ins();
+        for inst in self.instances.iter_mut().filter(|i| !i.warmed) {
             let url = format!("http://127.0.0.1:{}/health", inst.health_port);
             match self.http.get(&url).send().await {
                 Ok(r) => {
@@ -182,39 +358,92 @@ impl LocalFleet {
                 Err(_) => inst.healthy = false,
             }
         }
+    }
+
+    /// A completed or timed-out hook lets the instance go: to the warm pool when the scale-in
+    /// returns it there, else away.
+    fn finish_scale_ins(&mut self) {
+        let mut gone = Vec::new();
+        for (i, inst) in self.instances.iter_mut().enumerate() {
+            if !inst.draining {
+                continue;
+            }
+            match self.stand_in.hook(&inst.id) {
+                Some(Hook::Completed { .. }) => self.counts.completed_by_agent += 1,
+                Some(Hook::TimedOut) => {
+                    tracing::warn!(instance = %inst.id, "drain hook timed out: the default result (CONTINUE) applies");
+                    self.counts.lifecycle_timeouts += 1;
+                }
+                _ => continue,
+            }
+            match self
+                .settings
+                .warm_pool
+                .as_ref()
+                .filter(|p| p.reuse_on_scale_in)
+            {
+                Some(pool) => {
+                    // A Running pool keeps the instance (and its agent) up; the service drained.
+                    inst.stop_chat();
+                    if pool.state != PoolState::Running {
+                        inst.stop_all();
+                    }
+                    (inst.warmed, inst.draining, inst.serving) = (true, false, false);
+                    (inst.healthy, inst.connections) = (false, 0);
+                    self.counts.warm_pool_returns += 1;
+                }
+                None => gone.push(i),
+            }
+        }
         for i in gone.into_iter().rev() {
-            self.instances.remove(i);
+            let inst = self.instances.remove(i);
+            self.stand_in.forget(&inst.id);
         }
     }
 
-    /// Asks an instance's chat-node to drain (it disconnects clients over its drain window and
-    /// exits); the balancer stops sending it new clients at once.
+    /// Scales an instance in as AWS does behind a load balancer: the balancer stops sending it
+    /// clients at once, its target lifecycle state reads `Terminated` (or the warm pool's state
+    /// for a reuse-on-scale-in return), and its hook becomes active after the deregistration
+    /// delay. Its own agent drains chat-node and completes the hook.
     pub async fn drain(&mut self, id: &str) {
         let Some(inst) = self.instances.iter_mut().find(|i| i.id == id) else {
             return;
         };
         inst.draining = true;
-        let url = format!("http://127.0.0.1:{}/api/drain", inst.port);
-        let _ = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.settings.api_token)
-            .send()
-            .await;
+        self.counts.drains += 1;
+        let target = match self
+            .settings
+            .warm_pool
+            .as_ref()
+            .filter(|p| p.reuse_on_scale_in)
+        {
+            Some(p) => format!("Warmed:{}", p.state.aws_name()),
+            None => "Terminated".into(),
+        };
+        self.stand_in
+            .begin_scale_in(id, &target, self.settings.deregistration_delay);
     }
 
     /// Ports the balancer may send new clients to.
     pub fn healthy_ports(&self) -> Vec<u16> {
         self.instances
             .iter()
-            .filter(|i| i.serving && i.healthy && !i.draining)
+            .filter(|i| i.serving && i.healthy && !i.draining && !i.warmed)
             .map(|i| i.port)
             .collect()
     }
 
-    /// Instances that count toward capacity (launching or serving, not draining).
+    /// Instances that count toward capacity (launching or serving, not draining or pooled).
     pub fn capacity(&self) -> u32 {
-        self.instances.iter().filter(|i| !i.draining).count() as u32
+        self.instances
+            .iter()
+            .filter(|i| !i.draining && !i.warmed)
+            .count() as u32
+    }
+
+    /// Instances waiting in the warm pool.
+    pub fn warm_instances(&self) -> u32 {
+        self.instances.iter().filter(|i| i.warmed).count() as u32
     }
 
     /// The engine's view of the fleet.
@@ -225,6 +454,7 @@ impl LocalFleet {
             instances: self
                 .instances
                 .iter()
+                .filter(|i| !i.warmed)
                 .map(|i| InstanceView {
                     id: i.id.clone(),
                     lifecycle: if i.draining {
@@ -245,7 +475,8 @@ impl LocalFleet {
     pub fn pids(&self) -> Vec<u32> {
         self.instances
             .iter()
-            .flat_map(|i| [i.chat.id(), i.agent.id()])
+            .flat_map(|i| [&i.chat, &i.agent])
+            .filter_map(|c| c.as_ref().map(Child::id))
             .collect()
     }
 }

@@ -1,7 +1,7 @@
 //! The local fleet as a [`Provider`]: what the AWS group does, done with processes. Setting the
-//! desired capacity launches pairs or drains the least-connected ones; terminating drains one
-//! (chat-node disconnects its clients over its drain window and exits, as the agent makes it do
-//! in the termination lifecycle hook on AWS).
+//! desired capacity launches pairs (from the warm pool first) or scales in the least-connected
+//! ones; terminating scales one in. A scale-in goes through the instance's lifecycle hook: its
+//! own agent drains chat-node and completes the hook (see [`super::stand_in`]).
 
 use super::LocalFleet;
 use crate::engine::Lifecycle;
@@ -26,7 +26,7 @@ impl LocalFleet {
             let Some(id) = self
                 .instances
                 .iter()
-                .filter(|i| !i.draining)
+                .filter(|i| !i.draining && !i.warmed)
                 .min_by_key(|i| (i.connections, std::cmp::Reverse(i.launched_at)))
                 .map(|i| i.id.clone())
             else {
@@ -34,7 +34,8 @@ impl LocalFleet {
             };
             self.drain(&id).await;
         }
-        Ok(())
+        self.fill_pool(now())
+            .map_err(|e| ProviderError::other("local:PutWarmPool", e))
     }
 }
 
@@ -44,17 +45,22 @@ impl Provider for LocalFleet {
         let members = self
             .instances
             .iter()
+            .filter(|i| !i.warmed)
             .map(|i| {
                 let (state, lifecycle) = if i.draining {
-                    ("Terminating:Wait", Lifecycle::Draining)
+                    let state = self
+                        .stand_in
+                        .wait_state(&i.id)
+                        .unwrap_or_else(|| "Terminating".into());
+                    (state, Lifecycle::Draining)
                 } else if i.serving {
-                    ("InService", Lifecycle::InService)
+                    ("InService".into(), Lifecycle::InService)
                 } else {
-                    ("Pending", Lifecycle::Pending)
+                    ("Pending".into(), Lifecycle::Pending)
                 };
                 Member {
                     id: i.id.clone(),
-                    state: state.into(),
+                    state,
                     lifecycle: Some(lifecycle),
                     healthy: i.healthy,
                     protected: false,
@@ -70,8 +76,8 @@ impl Provider for LocalFleet {
             min_size: self.settings.min_size,
             max_size: self.settings.max_size,
             members,
-            warm_pool: None,
-            warm_instances: 0,
+            warm_pool: self.settings.warm_pool.clone(),
+            warm_instances: self.warm_instances(),
         })
     }
 
@@ -81,7 +87,11 @@ impl Provider for LocalFleet {
     }
 
     async fn terminate(&mut self, id: &str, decrement: bool) -> Result<(), ProviderError> {
-        if !self.instances.iter().any(|i| i.id == id && !i.draining) {
+        if !self
+            .instances
+            .iter()
+            .any(|i| i.id == id && !i.draining && !i.warmed)
+        {
             return Err(ProviderError::other(
                 "local:Terminate",
                 format!("no serving local instance {id}"),
@@ -100,17 +110,12 @@ impl Provider for LocalFleet {
     }
 
     async fn set_warm_pool(&mut self, pool: Option<&WarmPool>) -> Result<(), ProviderError> {
-        match pool {
-            None => Ok(()),
-            Some(_) => Err(ProviderError::other(
-                "local:PutWarmPool",
-                "the local fleet has no warm pool (processes start in about a second)",
-            )),
-        }
+        self.settings.warm_pool = pool.cloned();
+        Ok(())
     }
 
     async fn complete_lifecycle(&mut self, _: &str, _: &str, _: bool) -> Result<(), ProviderError> {
-        // A draining local instance leaves when its chat-node exits.
+        // The agents complete their own hooks through the stand-in's Auto Scaling endpoint.
         Ok(())
     }
 }
