@@ -50,7 +50,7 @@ pub struct DemoReport {
     pub messages: loadtest::chat::ChatReport,
     /// Agents' per-node counts equal the balancer's live connections per node (at full load).
     pub counts_match: bool,
-    pub counts_checked: Vec<(String, u64, usize)>,
+    pub counts_checked: Vec<(String, Option<u64>, usize)>,
     pub processes_left: usize,
 }
 
@@ -299,7 +299,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         // At full load, once things settle, the agents' counts must equal the balancer's.
         if !checked && frac > 0.40 {
             let live = balancer.live();
-            let pairs: Vec<(String, u64, usize)> = fleet
+            let pairs: Vec<(String, Option<u64>, usize)> = fleet
                 .instances
                 .iter()
                 .filter(|i| !i.draining)
@@ -311,8 +311,9 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
                     )
                 })
                 .collect();
-            if pairs.iter().all(|(_, a, b)| *a == *b as u64) || frac > 0.44 {
-                counts_match = pairs.iter().all(|(_, a, b)| *a == *b as u64);
+            let equal = |(_, a, b): &(String, Option<u64>, usize)| *a == Some(*b as u64);
+            if pairs.iter().all(equal) || frac > 0.44 {
+                counts_match = pairs.iter().all(equal);
                 counts_checked = pairs;
                 checked = true;
             }
@@ -351,9 +352,10 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
                 .instances
                 .iter()
                 .map(|i| format!(
-                    "{} {:>4}{}",
+                    "{} {:>7}{}",
                     i.id,
-                    i.connections,
+                    i.connections
+                        .map_or_else(|| "no data".to_string(), |c| c.to_string()),
                     if i.draining {
                         " draining"
                     } else if !i.serving {

@@ -23,7 +23,8 @@ pub struct Instance {
     pub launched_at: i64,
     pub draining: bool,
     pub serving: bool,
-    pub connections: u64,
+    /// The agent's count from its last /health answer; `None` when it did not answer with one.
+    pub connections: Option<u64>,
     pub healthy: bool,
 }
 
@@ -154,7 +155,7 @@ impl LocalFleet {
             launched_at: now,
             draining: false,
             serving: false,
-            connections: 0,
+            connections: None,
             healthy: false,
         });
         Ok(id)
@@ -172,14 +173,19 @@ impl LocalFleet {
             match self.http.get(&url).send().await {
                 Ok(r) => {
                     inst.healthy = r.status().is_success();
-                    if let Ok(v) = r.json::<serde_json::Value>().await {
-                        inst.connections = v["connections"].as_u64().unwrap_or(0);
-                    }
+                    inst.connections = r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["connections"].as_u64());
                     // Serving once chat-node accepts connections too.
                     inst.serving = inst.serving
                         || std::net::TcpStream::connect(("127.0.0.1", inst.port)).is_ok();
                 }
-                Err(_) => inst.healthy = false,
+                Err(_) => {
+                    inst.healthy = false;
+                    inst.connections = None;
+                }
             }
         }
         for i in gone.into_iter().rev() {

@@ -178,7 +178,7 @@ pub fn run(
                     } else {
                         Lifecycle::Pending
                     },
-                    connections: n.conns.round() as u64,
+                    connections: Some(n.conns.round() as u64),
                     launched_at: n.ready_at.min(t),
                 })
                 .collect(),
