@@ -5,7 +5,7 @@
 //! counts match the balancer's) and an SVG timeline. Every process it starts, it stops.
 
 use crate::control;
-use crate::engine::{Engine, EngineState};
+use crate::engine::{Direction, Engine, EngineState};
 use crate::local::balancer::Balancer;
 use crate::local::{FleetSettings, LocalFleet};
 use crate::provider::Provider;
@@ -32,6 +32,7 @@ pub struct DemoConfig {
 #[derive(Debug, Serialize)]
 pub struct Action {
     pub t: f64,
+    pub direction: Direction,
     pub reason: String,
 }
 
@@ -326,6 +327,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
             say(format!("[{t:5.1}s] {reason}"));
             actions.push(Action {
                 t,
+                direction: turn.decision.direction,
                 reason: reason.clone(),
             });
             markers.push((t, reason));
@@ -416,11 +418,11 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
     }
     let scale_outs = actions
         .iter()
-        .filter(|a| a.reason.starts_with("scale out"))
+        .filter(|a| matches!(a.direction, Direction::ScaleOut { .. }))
         .count();
     let scale_ins = actions
         .iter()
-        .filter(|a| a.reason.starts_with("scale in"))
+        .filter(|a| matches!(a.direction, Direction::ScaleIn { .. }))
         .count();
     Ok(DemoReport {
         duration_s: start.elapsed().as_secs_f64(),

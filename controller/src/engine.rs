@@ -44,9 +44,48 @@ pub struct Observation {
     pub instances: Vec<InstanceView>,
 }
 
+/// Which way a decision moves the group, as a value callers match on (the reason is for people).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Direction {
+    /// The desired capacity stays and nothing is drained.
+    #[default]
+    Hold,
+    /// The desired capacity rises `from` → `to`.
+    ScaleOut { from: u32, to: u32 },
+    /// The desired capacity falls `from` → `to`, draining `victims` (may name fewer than the
+    /// decrease when instances are not yet visible).
+    ScaleIn {
+        from: u32,
+        to: u32,
+        victims: Vec<String>,
+    },
+}
+
+impl Direction {
+    /// The direction of going from the observed desired capacity `from` to `to`, draining
+    /// `victims`.
+    pub fn of(from: u32, to: u32, victims: &[String]) -> Self {
+        if to > from {
+            Direction::ScaleOut { from, to }
+        } else if to < from || !victims.is_empty() {
+            Direction::ScaleIn {
+                from,
+                to,
+                victims: victims.to_vec(),
+            }
+        } else {
+            Direction::Hold
+        }
+    }
+}
+
 /// What the engine wants done.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Decision {
+    /// Which way the group moves: derived from `desired` and `scale_in` against the observed
+    /// desired capacity (see [`Decision::settle`]).
+    pub direction: Direction,
     /// The desired capacity to set (equal to the observed one: no change).
     pub desired: u32,
     /// Instances to drain and terminate with decrement (already subtracted from `desired`;
@@ -62,6 +101,11 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Sets [`Decision::direction`] from `desired` and `scale_in`, after either changed.
+    pub fn settle(&mut self, observed_desired: u32) {
+        self.direction = Direction::of(observed_desired, self.desired, &self.scale_in);
+    }
+
     pub fn changes(&self, obs: &Observation) -> bool {
         self.desired != obs.desired || !self.scale_in.is_empty()
     }
@@ -149,6 +193,7 @@ impl Engine {
             );
         }
         d.no_data = sum.no_data;
+        d.settle(obs.desired);
         d
     }
 

@@ -514,6 +514,7 @@ async fn a_silent_instance_is_not_drained_and_does_not_pull_the_average_down() {
             .unwrap_or_default();
         assert_eq!(member["connections"], serde_json::Value::Null, "{json:#}");
         assert_eq!(json["decision"]["no_data"], serde_json::json!([silent]));
+        assert_eq!(json["decision"]["direction"]["kind"], "hold", "{json:#}");
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     assert_eq!(env.group().await, (3, ids));
@@ -527,6 +528,11 @@ async fn run_once_acts_under_the_lease_and_stands_by_when_another_loop_holds_it(
     // A dry run decides but changes nothing.
     let dry = env.cli_json(&["run", "--once", "--dry-run", "--json"]);
     assert_eq!(dry["decision"]["desired"], 4, "{dry:#}");
+    assert_eq!(
+        dry["decision"]["direction"],
+        serde_json::json!({"kind": "scale_out", "from": 2, "to": 4}),
+        "{dry:#}"
+    );
     assert_eq!(dry["acted"], false);
     assert_eq!(env.group().await.0, 2);
 

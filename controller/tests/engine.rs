@@ -1,7 +1,7 @@
 //! The policy engine's rules, one test each, plus properties over random fleets.
 
 use connscale::engine::{
-    Engine, EngineState, InstanceView, Lifecycle, NO_DATA_HOLDS_SCALE_IN, Observation,
+    Direction, Engine, EngineState, InstanceView, Lifecycle, NO_DATA_HOLDS_SCALE_IN, Observation,
 };
 use connscale_common::policy::Policy;
 use proptest::prelude::*;
@@ -36,7 +36,14 @@ fn a_breach_acts_at_the_first_evaluation() {
     let e = Engine::new(Policy::default_policy());
     let d = e.evaluate(&obs(0, fleet(&[26_000; 4])), &mut EngineState::default());
     assert!(d.desired >= 5, "{d:?}");
-    assert!(d.reason.contains("scale out"), "{}", d.reason);
+    assert_eq!(
+        d.direction,
+        Direction::ScaleOut {
+            from: 4,
+            to: d.desired
+        },
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -63,7 +70,7 @@ fn quiet_fleet_holds() {
     let e = Engine::new(Policy::default_policy());
     let o = obs(0, fleet(&[20_000; 4]));
     let d = e.evaluate(&o, &mut EngineState::default());
-    assert!(!d.changes(&o), "{d:?}");
+    assert!(!d.changes(&o) && d.direction == Direction::Hold, "{d:?}");
 }
 
 #[test]
@@ -86,6 +93,14 @@ fn scale_in_waits_for_sustain_then_drains_the_least_connected() {
         "{d:?}"
     );
     assert_eq!(d.desired, 4);
+    assert_eq!(
+        d.direction,
+        Direction::ScaleIn {
+            from: 6,
+            to: 4,
+            victims: d.scale_in.clone()
+        }
+    );
     // Cooldown: nothing more right after.
     let d = e.evaluate(&obs(t + 10, fleet(&[9_000, 8_000, 9_500, 8_800])), &mut st);
     assert!(d.scale_in.is_empty(), "{d:?}");
@@ -173,6 +188,12 @@ proptest! {
         for (k, (inst, desired)) in steps.into_iter().enumerate() {
             let d = e.evaluate(&Observation { now: k as i64 * 10, desired, instances: inst }, &mut st);
             prop_assert!(d.desired >= min && d.desired <= max, "{d:?}");
+            let agrees = match &d.direction {
+                Direction::Hold => d.desired == desired && d.scale_in.is_empty(),
+                Direction::ScaleOut { from, to } => *from == desired && *to == d.desired && *to > *from,
+                Direction::ScaleIn { from, to, victims } => *from == desired && *to == d.desired && *victims == d.scale_in && (to < from || !victims.is_empty()),
+            };
+            prop_assert!(agrees, "{d:?}");
         }
     }
 
@@ -291,5 +312,8 @@ fn scale_out_acts_on_the_known_counts() {
     let e = Engine::new(Policy::default_policy());
     let (inst, _) = with_unknowns(vec![(27_000, Lifecycle::InService, -10_000); 2], 2);
     let d = e.evaluate(&obs(0, inst), &mut EngineState::default());
-    assert!(d.desired > 4 && d.reason.contains("scale out"), "{d:?}");
+    assert!(
+        matches!(d.direction, Direction::ScaleOut { from: 4, to } if to > 4),
+        "{d:?}"
+    );
 }

@@ -183,7 +183,8 @@ pub fn run(
                 })
                 .collect(),
         };
-        let d = scaler.decide(&obs);
+        let mut d = scaler.decide(&obs);
+        d.settle(obs.desired);
         if d.changes(&obs) {
             out.scaling_actions += 1;
             if out.actions.len() < 10_000 {
