@@ -46,6 +46,7 @@ pub async fn turn<P: Provider>(
         let removable = fleet.desired.saturating_sub(bounded) as usize;
         decision.scale_in.truncate(removable);
         decision.desired = bounded;
+        decision.settle(fleet.desired);
     }
     let changes = decision.changes(&obs);
     if changes && !dry_run {

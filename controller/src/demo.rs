@@ -5,7 +5,7 @@
 //! counts match the balancer's) and an SVG timeline. Every process it starts, it stops.
 
 use crate::control;
-use crate::engine::{Engine, EngineState};
+use crate::engine::{Direction, Engine, EngineState};
 use crate::local::balancer::Balancer;
 use crate::local::{FleetSettings, LocalFleet};
 use crate::provider::Provider;
@@ -35,6 +35,7 @@ pub struct DemoConfig {
 #[derive(Debug, Serialize)]
 pub struct Action {
     pub t: f64,
+    pub direction: Direction,
     pub reason: String,
 }
 
@@ -53,7 +54,7 @@ pub struct DemoReport {
     pub messages: loadtest::chat::ChatReport,
     /// Agents' per-node counts equal the balancer's live connections per node (at full load).
     pub counts_match: bool,
-    pub counts_checked: Vec<(String, u64, usize)>,
+    pub counts_checked: Vec<(String, Option<u64>, usize)>,
     pub processes_left: usize,
     /// Instances scaled in (drains started), whatever the action that named them.
     pub drains: usize,
@@ -332,7 +333,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         // At full load, once things settle, the agents' counts must equal the balancer's.
         if !checked && frac > 0.40 {
             let live = balancer.live();
-            let pairs: Vec<(String, u64, usize)> = fleet
+            let pairs: Vec<(String, Option<u64>, usize)> = fleet
                 .instances
                 .iter()
                 .filter(|i| !i.draining && !i.warmed)
@@ -344,8 +345,9 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
                     )
                 })
                 .collect();
-            if pairs.iter().all(|(_, a, b)| *a == *b as u64) || frac > 0.44 {
-                counts_match = pairs.iter().all(|(_, a, b)| *a == *b as u64);
+            let equal = |(_, a, b): &(String, Option<u64>, usize)| *a == Some(*b as u64);
+            if pairs.iter().all(equal) || frac > 0.44 {
+                counts_match = pairs.iter().all(equal);
                 counts_checked = pairs;
                 checked = true;
             }
@@ -358,6 +360,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
             say(format!("[{t:5.1}s] {reason}"));
             actions.push(Action {
                 t,
+                direction: turn.decision.direction,
                 reason: reason.clone(),
             });
             markers.push((t, reason));
@@ -385,9 +388,10 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
                 .instances
                 .iter()
                 .map(|i| format!(
-                    "{} {:>4}{}",
+                    "{} {:>7}{}",
                     i.id,
-                    i.connections,
+                    i.connections
+                        .map_or_else(|| "no data".to_string(), |c| c.to_string()),
                     if i.warmed {
                         " in warm pool"
                     } else if i.draining {
@@ -457,11 +461,11 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
     }
     let scale_outs = actions
         .iter()
-        .filter(|a| a.reason.starts_with("scale out"))
+        .filter(|a| matches!(a.direction, Direction::ScaleOut { .. }))
         .count();
     let scale_ins = actions
         .iter()
-        .filter(|a| a.reason.starts_with("scale in"))
+        .filter(|a| matches!(a.direction, Direction::ScaleIn { .. }))
         .count();
     Ok(DemoReport {
         duration_s: start.elapsed().as_secs_f64(),

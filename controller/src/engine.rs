@@ -28,7 +28,10 @@ pub enum Lifecycle {
 pub struct InstanceView {
     pub id: String,
     pub lifecycle: Lifecycle,
-    pub connections: u64,
+    /// Established connections; `None` when no fresh count exists (the agent is silent or its
+    /// datapoint is late). Unknown is never read as zero: such an instance is never a scale-in
+    /// victim and is left out of the average.
+    pub connections: Option<u64>,
     pub launched_at: i64,
 }
 
@@ -41,19 +44,68 @@ pub struct Observation {
     pub instances: Vec<InstanceView>,
 }
 
+/// Which way a decision moves the group, as a value callers match on (the reason is for people).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Direction {
+    /// The desired capacity stays and nothing is drained.
+    #[default]
+    Hold,
+    /// The desired capacity rises `from` → `to`.
+    ScaleOut { from: u32, to: u32 },
+    /// The desired capacity falls `from` → `to`, draining `victims` (may name fewer than the
+    /// decrease when instances are not yet visible).
+    ScaleIn {
+        from: u32,
+        to: u32,
+        victims: Vec<String>,
+    },
+}
+
+impl Direction {
+    /// The direction of going from the observed desired capacity `from` to `to`, draining
+    /// `victims`.
+    pub fn of(from: u32, to: u32, victims: &[String]) -> Self {
+        if to > from {
+            Direction::ScaleOut { from, to }
+        } else if to < from || !victims.is_empty() {
+            Direction::ScaleIn {
+                from,
+                to,
+                victims: victims.to_vec(),
+            }
+        } else {
+            Direction::Hold
+        }
+    }
+}
+
 /// What the engine wants done.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Decision {
+    /// Which way the group moves: derived from `desired` and `scale_in` against the observed
+    /// desired capacity (see [`Decision::settle`]).
+    pub direction: Direction,
     /// The desired capacity to set (equal to the observed one: no change).
     pub desired: u32,
     /// Instances to drain and terminate with decrement (already subtracted from `desired`;
     /// may name fewer than the decrease when instances are not yet visible).
     pub scale_in: Vec<String>,
+    /// The average connections per ready in-service instance with a fresh count (`None` when
+    /// no such instance exists): the number the steps and the scale-in threshold compare.
+    pub average: Option<f64>,
+    /// In-service instances without a fresh count (left out of the average, never drained).
+    pub no_data: Vec<String>,
     /// Why, in words for the operator's log.
     pub reason: String,
 }
 
 impl Decision {
+    /// Sets [`Decision::direction`] from `desired` and `scale_in`, after either changed.
+    pub fn settle(&mut self, observed_desired: u32) {
+        self.direction = Direction::of(observed_desired, self.desired, &self.scale_in);
+    }
+
     pub fn changes(&self, obs: &Observation) -> bool {
         self.desired != obs.desired || !self.scale_in.is_empty()
     }
@@ -73,6 +125,9 @@ pub struct EngineState {
 const TREND_WINDOW: i64 = 180;
 /// Share of the cap the projected demand may fill: the rest absorbs uneven spread.
 const HOLD_FRACTION: f64 = 0.95;
+/// While at least this share of the in-service instances has no fresh count, scale-in holds:
+/// the known ones are too few to say the fleet is quiet (scale-out still acts on them).
+pub const NO_DATA_HOLDS_SCALE_IN: f64 = 1.0 / 3.0;
 
 /// A policy compiled for evaluation (cron expressions parsed once).
 #[derive(Debug, Clone)]
@@ -127,44 +182,29 @@ impl Engine {
 
     /// Decides the group's desired capacity and which instances to scale in.
     pub fn evaluate(&self, obs: &Observation, state: &mut EngineState) -> Decision {
+        let sum = Summary::of(obs, self.policy.scale_out.warmup.as_secs() as i64);
+        let mut d = self.decide(obs, state, &sum);
+        d.average = sum.average;
+        if !sum.no_data.is_empty() {
+            d.reason = format!(
+                "{}; no data from {} (left out of the average)",
+                d.reason,
+                sum.no_data.join(", ")
+            );
+        }
+        d.no_data = sum.no_data;
+        d.settle(obs.desired);
+        d
+    }
+
+    /// The decision proper, on the fleet as [`Summary`] sums it up.
+    fn decide(&self, obs: &Observation, state: &mut EngineState, sum: &Summary) -> Decision {
         let p = &self.policy;
         let now = obs.now;
-        let warmup = p.scale_out.warmup.as_secs() as i64;
         let threshold = p.scale_out_threshold() as f64;
-
-        let serving: Vec<&InstanceView> = obs
-            .instances
-            .iter()
-            .filter(|i| i.lifecycle == Lifecycle::InService)
-            .collect();
-        let pending = obs
-            .instances
-            .iter()
-            .filter(|i| i.lifecycle == Lifecycle::Pending)
-            .count() as u32;
-        let ready: Vec<&InstanceView> = serving
-            .iter()
-            .copied()
-            .filter(|i| now - i.launched_at >= warmup)
-            .collect();
-        let warming = serving.len() as u32 - ready.len() as u32 + pending;
-        // Draining nodes' clients are reconnecting to the rest: count them as demand.
-        let total: f64 = obs.instances.iter().map(|i| i.connections as f64).sum();
-        let capacity = (serving.len() as u32 + pending).max(obs.desired);
-        let avg_nodes = if ready.is_empty() {
-            serving.len()
-        } else {
-            ready.len()
-        };
-        let avg = if avg_nodes == 0 {
-            total
-        } else {
-            ready_or_all(&ready, &serving)
-                .iter()
-                .map(|i| i.connections as f64)
-                .sum::<f64>()
-                / avg_nodes as f64
-        };
+        let (serving, ready, warming, total, capacity) =
+            (sum.serving, sum.ready, sum.warming, sum.total, sum.capacity);
+        let avg = sum.average.unwrap_or(0.0);
 
         // Trend: least-squares slope of the total over the last few minutes.
         state.history.push_back((now, total));
@@ -195,7 +235,7 @@ impl Engine {
         if let Some(s) = step
             && state.breach_streak >= p.scale_out.datapoints
         {
-            let by_step = ready.len() as u32 + warming + s.add.saturating_sub(warming);
+            let by_step = ready as u32 + warming + s.add.saturating_sub(warming);
             if by_step > want {
                 want = by_step;
                 why.push(format!("average {avg:.0} ≥ {} (step +{})", s.lower, s.add));
@@ -234,6 +274,7 @@ impl Engine {
                 desired: want,
                 scale_in: Vec::new(),
                 reason: format!("scale out {capacity} → {want}: {}", why.join("; ")),
+                ..Decision::default()
             };
         }
         if capacity > p.group.max_size {
@@ -249,9 +290,21 @@ impl Engine {
         // Scale-in: sustained low average, cooled down, nothing warming, nobody hot, and the
         // rest stay under max_after (never near their caps) even with the projected trend.
         let si = &p.scale_in;
-        if avg > si.threshold as f64 || serving.is_empty() {
+        if avg > si.threshold as f64 || serving == 0 {
             state.below_since = None;
             return self.hold(obs, floor, format!("average {avg:.0}"));
+        }
+        let silent = sum.no_data.len();
+        if silent as f64 >= NO_DATA_HOLDS_SCALE_IN * serving as f64 {
+            // The low average may come from too few nodes: start `sustain` again once they report.
+            state.below_since = None;
+            return self.hold(
+                obs,
+                floor,
+                format!(
+                    "no data from {silent} of {serving} in-service nodes (a third or more): scale-in waits for their counts"
+                ),
+            );
         }
         let since = *state.below_since.get_or_insert(now);
         if now - since < si.sustain.as_secs() as i64 {
@@ -275,7 +328,13 @@ impl Engine {
         {
             return self.hold(obs, floor, "in cooldown".into());
         }
-        let hottest = serving.iter().map(|i| i.connections).max().unwrap_or(0);
+        let hottest = obs
+            .instances
+            .iter()
+            .filter(|i| i.lifecycle == Lifecycle::InService)
+            .filter_map(|i| i.connections)
+            .max()
+            .unwrap_or(0);
         if hottest as f64 >= threshold {
             return self.hold(
                 obs,
@@ -284,7 +343,12 @@ impl Engine {
             );
         }
         let max_after = p.scale_in_max_after() as f64;
-        let mut k = si.step.min(capacity.saturating_sub(floor));
+        // Only instances with a count may go: the group must not pick a silent one itself.
+        let victims = serving - silent;
+        let mut k = si
+            .step
+            .min(capacity.saturating_sub(floor))
+            .min(victims as u32);
         while k > 0 && projected.max(total) / f64::from(capacity - k) > max_after {
             k -= 1;
         }
@@ -312,8 +376,8 @@ impl Engine {
         let desired = obs.desired.clamp(floor, self.policy.group.max_size);
         Decision {
             desired,
-            scale_in: Vec::new(),
             reason: format!("hold at {desired}: {reason}"),
+            ..Decision::default()
         }
     }
 
@@ -329,7 +393,7 @@ impl Engine {
         let mut candidates: Vec<&InstanceView> = obs
             .instances
             .iter()
-            .filter(|i| i.lifecycle == Lifecycle::InService)
+            .filter(|i| i.lifecycle == Lifecycle::InService && i.connections.is_some())
             .collect();
         candidates.sort_by_key(|i| {
             (
@@ -350,25 +414,87 @@ impl Engine {
         let who = candidates
             .iter()
             .take(k as usize)
-            .map(|i| format!("{} ({} conns)", i.id, i.connections))
+            .map(|i| format!("{} ({} conns)", i.id, i.connections.unwrap_or(0)))
             .collect::<Vec<_>>()
             .join(", ");
         Decision {
             desired,
             scale_in: chosen,
             reason: format!("scale in {capacity} → {desired}: {reason}; drain {who}"),
+            ..Decision::default()
         }
     }
 }
 
-fn ready_or_all<'a>(
-    ready: &[&'a InstanceView],
-    serving: &[&'a InstanceView],
-) -> Vec<&'a InstanceView> {
-    if ready.is_empty() {
-        serving.to_vec()
-    } else {
-        ready.to_vec()
+/// The fleet summed up for one evaluation.
+struct Summary {
+    /// In-service instances.
+    serving: usize,
+    /// In-service instances past their warmup.
+    ready: usize,
+    /// Pending instances plus in-service ones still inside their warmup.
+    warming: u32,
+    /// Average connections over ready instances with a count (over every counted in-service
+    /// one while all are warming up); `None` when none has a count.
+    average: Option<f64>,
+    /// Demand: every count (draining nodes' clients are reconnecting to the rest), plus the
+    /// average for each in-service node without one.
+    total: f64,
+    /// Instances the group has or is launching (at least the desired capacity).
+    capacity: u32,
+    /// In-service instances without a fresh count.
+    no_data: Vec<String>,
+}
+
+impl Summary {
+    fn of(obs: &Observation, warmup: i64) -> Self {
+        let serving: Vec<&InstanceView> = obs
+            .instances
+            .iter()
+            .filter(|i| i.lifecycle == Lifecycle::InService)
+            .collect();
+        let pending = obs
+            .instances
+            .iter()
+            .filter(|i| i.lifecycle == Lifecycle::Pending)
+            .count() as u32;
+        let ready: Vec<&InstanceView> = serving
+            .iter()
+            .copied()
+            .filter(|i| obs.now - i.launched_at >= warmup)
+            .collect();
+        let no_data: Vec<String> = serving
+            .iter()
+            .filter(|i| i.connections.is_none())
+            .map(|i| i.id.clone())
+            .collect();
+        // Unknown is never read as zero: an instance without a count is left out of the
+        // average, which would otherwise fall and invite a scale-in.
+        let counts =
+            |v: &[&InstanceView]| -> Vec<u64> { v.iter().filter_map(|i| i.connections).collect() };
+        let mut counted = counts(&ready);
+        if counted.is_empty() {
+            counted = counts(&serving);
+        }
+        let average = (!counted.is_empty())
+            .then(|| counted.iter().sum::<u64>() as f64 / counted.len() as f64);
+        // A silent node is taken to carry the known average: it neither hides demand nor, when
+        // it reports again, looks like a surge to the trend.
+        let known: f64 = obs
+            .instances
+            .iter()
+            .filter_map(|i| i.connections)
+            .map(|c| c as f64)
+            .sum();
+        Self {
+            serving: serving.len(),
+            ready: ready.len(),
+            warming: (serving.len() - ready.len()) as u32 + pending,
+            average,
+            total: known + no_data.len() as f64 * average.unwrap_or(0.0),
+            capacity: (serving.len() as u32 + pending).max(obs.desired),
+            no_data,
+        }
     }
 }
 

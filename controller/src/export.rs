@@ -3,23 +3,88 @@
 //! The exported names and types are checked against `terraform/variables.tf` by the test suite.
 
 use connscale_common::policy::Policy;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 
-/// The tfvars object for a policy, or an error naming the key AWS cannot express.
-pub fn terraform_vars(p: &Policy) -> Result<Value, String> {
+/// The terraform module's variables for a policy, typed: `plan`/`apply` build the group's
+/// alarms and policies from the same struct the module is fed, so a renamed field fails to
+/// compile instead of reading as zero. Field names are the module's variable names
+/// (`terraform/variables.tf`, checked by controller/tests/terraform.rs).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TerraformVars {
+    pub min_size: u32,
+    pub max_size: u32,
+    pub node_cap: u32,
+    pub metric_namespace: String,
+    pub metric_name: String,
+    /// Seconds between the agents' datapoints (at most 60).
+    pub agent_publish_period: u64,
+    pub scale_out_threshold: u32,
+    /// Seconds per alarm period.
+    pub scale_out_period: u64,
+    pub scale_out_evaluation_periods: u32,
+    pub scale_out_steps: Vec<StepVar>,
+    /// Seconds.
+    pub instance_warmup: u64,
+    pub scale_in_threshold: u32,
+    /// Seconds per alarm period.
+    pub scale_in_period: u64,
+    pub scale_in_evaluation_periods: u64,
+    pub scale_in_adjustment: u32,
+    /// Seconds.
+    pub scale_in_cooldown: u64,
+    pub schedules: Vec<ScheduleVar>,
+    pub warm_pool: Option<WarmPoolVar>,
+}
+
+/// One scale-out step, with absolute bounds on the average.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepVar {
+    pub lower: u32,
+    pub upper: Option<u32>,
+    pub adjustment: u32,
+}
+
+/// One schedule window as two recurring scheduled actions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduleVar {
+    pub name: String,
+    pub start_recurrence: String,
+    pub end_recurrence: String,
+    pub time_zone: String,
+    pub min_size: u32,
+    pub desired_capacity: Option<u32>,
+}
+
+/// The warm pool in the module's (AWS's) terms.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WarmPoolVar {
+    pub min_size: u32,
+    /// -1: AWS's "the group's max size".
+    pub max_group_prepared_capacity: i64,
+    pub pool_state: &'static str,
+    pub reuse_on_scale_in: bool,
+}
+
+/// The module's variables for a policy, or an error naming the key AWS cannot express.
+pub fn vars(p: &Policy) -> Result<TerraformVars, String> {
     let interval = p.scale_out.interval.as_secs();
     if !(interval == 10 || interval == 30 || interval > 0 && interval.is_multiple_of(60)) {
         return Err(format!(
             "scale_out.interval = {interval}s: CloudWatch alarms take 10 s, 30 s or multiples of 60 s; use one of those to export"
         ));
     }
-    let steps: Vec<Value> = p
+    let scale_out_steps = p
         .scale_out
         .steps
         .iter()
-        .map(|s| json!({"lower": s.lower, "upper": s.upper, "adjustment": s.add}))
+        .map(|s| StepVar {
+            lower: s.lower,
+            upper: s.upper,
+            adjustment: s.add,
+        })
         .collect();
     let schedules = p
         .schedules
@@ -28,44 +93,48 @@ pub fn terraform_vars(p: &Policy) -> Result<Value, String> {
         .map(|(i, s)| {
             let end = end_cron(&s.cron, s.duration.as_secs() / 60)
                 .map_err(|e| format!("schedule[{i}].cron ({}): {e}", s.name))?;
-            Ok(json!({
-                "name": s.name,
-                "start_recurrence": s.cron,
-                "end_recurrence": end,
-                "time_zone": s.timezone,
-                "min_size": s.min_size,
-                "desired_capacity": s.desired,
-            }))
+            Ok(ScheduleVar {
+                name: s.name.clone(),
+                start_recurrence: s.cron.clone(),
+                end_recurrence: end,
+                time_zone: s.timezone.clone(),
+                min_size: s.min_size,
+                desired_capacity: s.desired,
+            })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let warm_pool = p.warm_pool.as_ref().map(|w| {
-        json!({
-            "min_size": w.min_size,
-            "max_group_prepared_capacity": w.max_prepared.map(i64::from).unwrap_or(-1),
-            "pool_state": w.state.aws_name(),
-            "reuse_on_scale_in": w.reuse_on_scale_in,
-        })
+    let warm_pool = p.warm_pool.as_ref().map(|w| WarmPoolVar {
+        min_size: w.min_size,
+        max_group_prepared_capacity: w.max_prepared.map(i64::from).unwrap_or(-1),
+        pool_state: w.state.aws_name(),
+        reuse_on_scale_in: w.reuse_on_scale_in,
     });
-    Ok(json!({
-        "min_size": p.group.min_size,
-        "max_size": p.group.max_size,
-        "node_cap": p.group.node_cap,
-        "metric_namespace": p.metric.namespace,
-        "metric_name": p.metric.name,
-        "agent_publish_period": interval.min(60),
-        "scale_out_threshold": p.scale_out_threshold(),
-        "scale_out_period": interval,
-        "scale_out_evaluation_periods": p.scale_out.datapoints,
-        "scale_out_steps": steps,
-        "instance_warmup": p.scale_out.warmup.as_secs(),
-        "scale_in_threshold": p.scale_in.threshold,
-        "scale_in_period": 60,
-        "scale_in_evaluation_periods": p.scale_in.sustain.as_secs().div_ceil(60).max(1),
-        "scale_in_adjustment": p.scale_in.step,
-        "scale_in_cooldown": p.scale_in.cooldown.as_secs(),
-        "schedules": schedules,
-        "warm_pool": warm_pool,
-    }))
+    Ok(TerraformVars {
+        min_size: p.group.min_size,
+        max_size: p.group.max_size,
+        node_cap: p.group.node_cap,
+        metric_namespace: p.metric.namespace.clone(),
+        metric_name: p.metric.name.clone(),
+        agent_publish_period: interval.min(60),
+        scale_out_threshold: p.scale_out_threshold(),
+        scale_out_period: interval,
+        scale_out_evaluation_periods: p.scale_out.datapoints,
+        scale_out_steps,
+        instance_warmup: p.scale_out.warmup.as_secs(),
+        scale_in_threshold: p.scale_in.threshold,
+        scale_in_period: 60,
+        scale_in_evaluation_periods: p.scale_in.sustain.as_secs().div_ceil(60).max(1),
+        scale_in_adjustment: p.scale_in.step,
+        scale_in_cooldown: p.scale_in.cooldown.as_secs(),
+        schedules,
+        warm_pool,
+    })
+}
+
+/// The tfvars object for a policy (the JSON of [`vars`]), or an error naming the key AWS
+/// cannot express.
+pub fn terraform_vars(p: &Policy) -> Result<Value, String> {
+    serde_json::to_value(vars(p)?).map_err(|e| format!("cannot encode the variables: {e}"))
 }
 
 /// The cron at which a window that starts at `start` and lasts `minutes` ends. Needs a single

@@ -54,7 +54,7 @@ impl FleetView {
                     Some(InstanceView {
                         id: m.id.clone(),
                         lifecycle: m.lifecycle?,
-                        connections: m.connections.unwrap_or(0),
+                        connections: m.connections,
                         launched_at: m.launched_at,
                     })
                 })

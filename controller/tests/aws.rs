@@ -453,6 +453,79 @@ async fn the_loop_scales_out_and_in_within_bounds_removing_the_least_connected()
     assert!(!t.changes && t.decision.desired == 1, "{t:?}");
 }
 
+/// Scale-in bounds under which a silent node read as zero is drained: with 800, 800 and
+/// nothing, the old average was 533 ≤ 900 and the two left would carry 800 ≤ 1000.
+const QUIET_POLICY: &str = r#"
+[group]
+min_size = 1
+max_size = 6
+node_cap = 2000
+
+[scale_out]
+interval = "10s"
+datapoints = 1
+warmup = "1s"
+lookahead = "0s"
+
+[[scale_out.steps]]
+lower = 1200
+add = 1
+
+[scale_in]
+threshold = 900
+sustain = "1s"
+step = 1
+cooldown = "1s"
+max_after = 1000
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_instance_is_not_drained_and_does_not_pull_the_average_down() {
+    let env = Env::new().await;
+    env.asg
+        .set_desired_capacity()
+        .auto_scaling_group_name(GROUP)
+        .desired_capacity(3)
+        .send()
+        .await
+        .expect("SetDesiredCapacity");
+    // Past the warmup of the third instance.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, ids) = env.group().await;
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let silent = ids[2].clone();
+    let engine = Engine::new(Policy::parse(QUIET_POLICY, "quiet").expect("valid policy"));
+    let mut state = EngineState::default();
+    let mut p = env.provider().await;
+    // Enough turns for sustain and cooldown: read as zero, the silent node went at the second.
+    for _ in 0..3 {
+        env.publish(&ids[..2].iter().map(|id| (id.clone(), 800.0)).collect())
+            .await;
+        let t = control::turn(&mut p, &engine, &mut state, now(), false)
+            .await
+            .expect("turn");
+        let d = &t.decision;
+        assert!(d.scale_in.is_empty() && d.desired == 3, "{}", d.reason);
+        assert_eq!(d.average, Some(800.0), "{}", d.reason);
+        assert!(
+            d.reason.contains("no data from 1 of 3") && d.reason.contains(&silent),
+            "{}",
+            d.reason
+        );
+        let json = serde_json::to_value(&t).expect("turn as JSON");
+        let member = json["fleet"]["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["id"] == silent.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(member["connections"], serde_json::Value::Null, "{json:#}");
+        assert_eq!(json["decision"]["no_data"], serde_json::json!([silent]));
+        assert_eq!(json["decision"]["direction"]["kind"], "hold", "{json:#}");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    assert_eq!(env.group().await, (3, ids));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn run_once_acts_under_the_lease_and_stands_by_when_another_loop_holds_it() {
     let env = Env::new().await;
@@ -461,6 +534,11 @@ async fn run_once_acts_under_the_lease_and_stands_by_when_another_loop_holds_it(
     // A dry run decides but changes nothing.
     let dry = env.cli_json(&["run", "--once", "--dry-run", "--json"]);
     assert_eq!(dry["decision"]["desired"], 4, "{dry:#}");
+    assert_eq!(
+        dry["decision"]["direction"],
+        serde_json::json!({"kind": "scale_out", "from": 2, "to": 4}),
+        "{dry:#}"
+    );
     assert_eq!(dry["acted"], false);
     assert_eq!(env.group().await.0, 2);
 

@@ -1,6 +1,8 @@
 //! The policy engine's rules, one test each, plus properties over random fleets.
 
-use connscale::engine::{Engine, EngineState, InstanceView, Lifecycle, Observation};
+use connscale::engine::{
+    Direction, Engine, EngineState, InstanceView, Lifecycle, NO_DATA_HOLDS_SCALE_IN, Observation,
+};
 use connscale_common::policy::Policy;
 use proptest::prelude::*;
 
@@ -8,7 +10,7 @@ fn node(id: &str, conns: u64, launched_at: i64) -> InstanceView {
     InstanceView {
         id: id.into(),
         lifecycle: Lifecycle::InService,
-        connections: conns,
+        connections: Some(conns),
         launched_at,
     }
 }
@@ -34,7 +36,14 @@ fn a_breach_acts_at_the_first_evaluation() {
     let e = Engine::new(Policy::default_policy());
     let d = e.evaluate(&obs(0, fleet(&[26_000; 4])), &mut EngineState::default());
     assert!(d.desired >= 5, "{d:?}");
-    assert!(d.reason.contains("scale out"), "{}", d.reason);
+    assert_eq!(
+        d.direction,
+        Direction::ScaleOut {
+            from: 4,
+            to: d.desired
+        },
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -61,7 +70,7 @@ fn quiet_fleet_holds() {
     let e = Engine::new(Policy::default_policy());
     let o = obs(0, fleet(&[20_000; 4]));
     let d = e.evaluate(&o, &mut EngineState::default());
-    assert!(!d.changes(&o), "{d:?}");
+    assert!(!d.changes(&o) && d.direction == Direction::Hold, "{d:?}");
 }
 
 #[test]
@@ -84,6 +93,14 @@ fn scale_in_waits_for_sustain_then_drains_the_least_connected() {
         "{d:?}"
     );
     assert_eq!(d.desired, 4);
+    assert_eq!(
+        d.direction,
+        Direction::ScaleIn {
+            from: 6,
+            to: 4,
+            victims: d.scale_in.clone()
+        }
+    );
     // Cooldown: nothing more right after.
     let d = e.evaluate(&obs(t + 10, fleet(&[9_000, 8_000, 9_500, 8_800])), &mut st);
     assert!(d.scale_in.is_empty(), "{d:?}");
@@ -157,7 +174,7 @@ fn lifecycle() -> impl Strategy<Value = Lifecycle> {
 
 prop_compose! {
     fn instances()(v in prop::collection::vec((0u64..30_000, lifecycle(), -1_000i64..0), 0..30)) -> Vec<InstanceView> {
-        v.into_iter().enumerate().map(|(i, (c, l, t))| InstanceView { id: format!("i-{i}"), lifecycle: l, connections: c, launched_at: t }).collect()
+        v.into_iter().enumerate().map(|(i, (c, l, t))| InstanceView { id: format!("i-{i}"), lifecycle: l, connections: Some(c), launched_at: t }).collect()
     }
 }
 
@@ -171,6 +188,12 @@ proptest! {
         for (k, (inst, desired)) in steps.into_iter().enumerate() {
             let d = e.evaluate(&Observation { now: k as i64 * 10, desired, instances: inst }, &mut st);
             prop_assert!(d.desired >= min && d.desired <= max, "{d:?}");
+            let agrees = match &d.direction {
+                Direction::Hold => d.desired == desired && d.scale_in.is_empty(),
+                Direction::ScaleOut { from, to } => *from == desired && *to == d.desired && *to > *from,
+                Direction::ScaleIn { from, to, victims } => *from == desired && *to == d.desired && *victims == d.scale_in && (to < from || !victims.is_empty()),
+            };
+            prop_assert!(agrees, "{d:?}");
         }
     }
 
@@ -187,4 +210,110 @@ proptest! {
             prop_assert!(d.scale_in.is_empty(), "{d:?}");
         }
     }
+}
+
+/// A fleet where some in-service members have no count: (instances, ids without a count).
+fn with_unknowns(
+    known: Vec<(u64, Lifecycle, i64)>,
+    silent: usize,
+) -> (Vec<InstanceView>, Vec<String>) {
+    let mut inst: Vec<InstanceView> = known
+        .into_iter()
+        .enumerate()
+        .map(|(i, (c, l, t))| InstanceView {
+            id: format!("i-{i}"),
+            lifecycle: l,
+            connections: Some(c),
+            launched_at: t,
+        })
+        .collect();
+    let ids: Vec<String> = (0..silent).map(|k| format!("silent-{k}")).collect();
+    for id in &ids {
+        inst.push(InstanceView {
+            id: id.clone(),
+            lifecycle: Lifecycle::InService,
+            connections: None,
+            launched_at: -10_000,
+        });
+    }
+    (inst, ids)
+}
+
+fn known_members() -> impl Strategy<Value = Vec<(u64, Lifecycle, i64)>> {
+    prop::collection::vec((0u64..30_000, lifecycle(), -1_000i64..0), 0..25)
+}
+
+proptest! {
+    #[test]
+    fn a_member_without_a_count_is_never_scaled_in_nor_averaged(known in known_members(), silent in 1usize..8, desired in 0u32..60) {
+        let p = Policy::default_policy();
+        let warmup = p.scale_out.warmup.as_secs() as i64;
+        let e = Engine::new(p);
+        let (inst, silent_ids) = with_unknowns(known, silent);
+        let mut st = EngineState::default();
+        // Long enough for sustain and cooldown to pass.
+        for k in 0..40 {
+            let now = k * 10;
+            let o = Observation { now, desired, instances: inst.clone() };
+            let d = e.evaluate(&o, &mut st);
+            prop_assert!(d.scale_in.iter().all(|id| !silent_ids.contains(id)), "{d:?}");
+            let mut no_data = d.no_data.clone();
+            no_data.sort();
+            prop_assert_eq!(&no_data, &silent_ids);
+            for id in &silent_ids {
+                prop_assert!(d.reason.contains(id.as_str()), "{}", d.reason);
+            }
+            // The average is over the counted in-service members past warmup (all counted
+            // in-service ones while each is warming up), never over the silent ones.
+            let serving = || inst.iter().filter(|i| i.lifecycle == Lifecycle::InService);
+            let ready: Vec<u64> = serving().filter(|i| now - i.launched_at >= warmup).filter_map(|i| i.connections).collect();
+            let counted = if ready.is_empty() { serving().filter_map(|i| i.connections).collect() } else { ready };
+            let want = (!counted.is_empty()).then(|| counted.iter().sum::<u64>() as f64 / counted.len() as f64);
+            prop_assert_eq!(d.average, want);
+        }
+    }
+
+    #[test]
+    fn a_third_of_the_fleet_without_counts_holds_scale_in(per_node in 0u64..20_000, n in 1usize..20, silent in 1usize..20) {
+        let serving = n + silent;
+        prop_assume!(silent as f64 >= NO_DATA_HOLDS_SCALE_IN * serving as f64);
+        let p = Policy::default_policy();
+        prop_assume!(serving as u32 <= p.group.max_size);
+        let e = Engine::new(p);
+        let (inst, _) = with_unknowns(vec![(per_node, Lifecycle::InService, -10_000); n], silent);
+        let mut st = EngineState::default();
+        for k in 0..60 {
+            let o = Observation { now: k * 10, desired: serving as u32, instances: inst.clone() };
+            let d = e.evaluate(&o, &mut st);
+            prop_assert!(d.scale_in.is_empty() && d.desired >= serving as u32, "{d:?}");
+        }
+    }
+}
+
+#[test]
+fn a_silent_node_is_not_the_victim_and_does_not_pull_the_average_down() {
+    // The case, on the default policy: two nodes near the scale-in threshold and one
+    // silent. Read as zero, the average would be 2/3 of theirs and the silent node drained.
+    let e = Engine::new(Policy::default_policy());
+    let (inst, _) = with_unknowns(vec![(21_000, Lifecycle::InService, -10_000); 2], 1);
+    let mut st = EngineState::default();
+    for k in 0..60 {
+        let d = e.evaluate(&obs(k * 10, inst.clone()), &mut st);
+        assert_eq!(d.average, Some(21_000.0), "{d:?}");
+        assert!(d.scale_in.is_empty() && d.desired == 3, "{d:?}");
+        if k > 30 {
+            assert!(d.reason.contains("no data from 1 of 3"), "{}", d.reason);
+        }
+    }
+}
+
+#[test]
+fn scale_out_acts_on_the_known_counts() {
+    let e = Engine::new(Policy::default_policy());
+    let (inst, _) = with_unknowns(vec![(27_000, Lifecycle::InService, -10_000); 2], 2);
+    let d = e.evaluate(&obs(0, inst), &mut EngineState::default());
+    assert!(
+        matches!(d.direction, Direction::ScaleOut { from: 4, to } if to > 4),
+        "{d:?}"
+    );
 }

@@ -19,7 +19,7 @@ fn fleet_at(now: i64, per_node: u64, n: usize, desired: u32) -> Observation {
             .map(|i| InstanceView {
                 id: format!("i-{i}"),
                 lifecycle: Lifecycle::InService,
-                connections: per_node,
+                connections: Some(per_node),
                 launched_at: -10_000,
             })
             .collect(),
@@ -64,7 +64,7 @@ fn classic_counts_warming_instances_toward_capacity() {
             o.instances.push(InstanceView {
                 id: format!("new-{k}"),
                 lifecycle: Lifecycle::InService,
-                connections: 0,
+                connections: Some(0),
                 launched_at: 290,
             });
         }

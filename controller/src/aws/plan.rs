@@ -1,7 +1,7 @@
 //! `connscale plan` / `apply`: the group's scaling configuration as the policy wants it, as AWS
 //! has it, the difference, and the calls that close it.
 //!
-//! The wanted configuration is built from [`crate::export::terraform_vars`], so `apply` and the
+//! The wanted configuration is built from [`crate::export::vars`] (typed), so `apply` and the
 //! terraform module configure the same alarms, policies and schedules with the same names
 //! (`<group>-scale-out`, `<group>-connections-high`, `<schedule>-start`, ...). Scaling policies
 //! and alarms with other names are left alone; scheduled actions are owned by the policy
@@ -86,14 +86,10 @@ fn insert(c: &mut Config, name: &str, spec: Spec) {
     c.insert((spec.kind().to_string(), name.to_string()), spec);
 }
 
-fn int(v: &Value) -> Option<i32> {
-    v.as_i64().map(|n| n as i32)
-}
-
 /// The configuration the policy wants for `group`.
 pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
-    let v = crate::export::terraform_vars(policy)?;
-    let threshold = v["scale_out_threshold"].as_f64().unwrap_or(0.0);
+    let v = crate::export::vars(policy)?;
+    let threshold = f64::from(v.scale_out_threshold);
     let mut c = Config::new();
     insert(
         &mut c,
@@ -104,15 +100,14 @@ pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
         },
     );
     let (out, inn) = (format!("{group}-scale-out"), format!("{group}-scale-in"));
-    let steps = v["scale_out_steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let steps = v
+        .scale_out_steps
+        .iter()
         .map(|s| {
             (
-                s["lower"].as_f64().map(|l| l - threshold),
-                s["upper"].as_f64().map(|u| u - threshold),
-                int(&s["adjustment"]).unwrap_or(0),
+                Some(f64::from(s.lower) - threshold),
+                s.upper.map(|u| f64::from(u) - threshold),
+                s.adjustment as i32,
             )
         })
         .collect();
@@ -120,7 +115,7 @@ pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
         &mut c,
         &out,
         Spec::StepPolicy {
-            warmup: int(&v["instance_warmup"]).unwrap_or(0),
+            warmup: v.instance_warmup as i32,
             steps,
         },
     );
@@ -128,17 +123,31 @@ pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
         &mut c,
         &inn,
         Spec::SimplePolicy {
-            adjustment: -int(&v["scale_in_adjustment"]).unwrap_or(1),
-            cooldown: int(&v["scale_in_cooldown"]).unwrap_or(0),
+            adjustment: -(v.scale_in_adjustment as i32),
+            cooldown: v.scale_in_cooldown as i32,
         },
     );
-    let alarm = |prefix: &str, cmp: &str, missing: &str, policy: &str| Spec::Alarm {
-        namespace: policy_str(&v["metric_namespace"]),
-        metric: policy_str(&v["metric_name"]),
+    // (period, evaluation periods, threshold) of each alarm.
+    let high = (
+        v.scale_out_period,
+        u64::from(v.scale_out_evaluation_periods),
+        v.scale_out_threshold,
+    );
+    let low = (
+        v.scale_in_period,
+        v.scale_in_evaluation_periods,
+        v.scale_in_threshold,
+    );
+    let alarm = |(period, evaluations, threshold): (u64, u64, u32),
+                 cmp: &str,
+                 missing: &str,
+                 policy: &str| Spec::Alarm {
+        namespace: v.metric_namespace.clone(),
+        metric: v.metric_name.clone(),
         group: group.to_string(),
-        period: int(&v[format!("{prefix}_period")]).unwrap_or(60),
-        evaluation_periods: int(&v[format!("{prefix}_evaluation_periods")]).unwrap_or(1),
-        threshold: v[format!("{prefix}_threshold")].as_f64().unwrap_or(0.0),
+        period: period as i32,
+        evaluation_periods: evaluations as i32,
+        threshold: f64::from(threshold),
         comparison: cmp.into(),
         treat_missing: missing.into(),
         policy: Some(policy.into()),
@@ -146,42 +155,31 @@ pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
     insert(
         &mut c,
         &alarm_names(group)[0],
-        alarm(
-            "scale_out",
-            "GreaterThanOrEqualToThreshold",
-            "missing",
-            &out,
-        ),
+        alarm(high, "GreaterThanOrEqualToThreshold", "missing", &out),
     );
     insert(
         &mut c,
         &alarm_names(group)[1],
-        alarm(
-            "scale_in",
-            "LessThanOrEqualToThreshold",
-            "notBreaching",
-            &inn,
-        ),
+        alarm(low, "LessThanOrEqualToThreshold", "notBreaching", &inn),
     );
-    for s in v["schedules"].as_array().into_iter().flatten() {
-        let name = policy_str(&s["name"]);
-        let tz = policy_str(&s["time_zone"]);
+    for s in &v.schedules {
+        let (name, tz) = (&s.name, s.time_zone.clone());
         insert(
             &mut c,
             &format!("{name}-start"),
             Spec::ScheduledAction {
-                recurrence: policy_str(&s["start_recurrence"]),
+                recurrence: s.start_recurrence.clone(),
                 time_zone: tz.clone(),
-                min_size: int(&s["min_size"]),
+                min_size: Some(s.min_size as i32),
                 max_size: Some(policy.group.max_size as i32),
-                desired: int(&s["desired_capacity"]),
+                desired: s.desired_capacity.map(|d| d as i32),
             },
         );
         insert(
             &mut c,
             &format!("{name}-end"),
             Spec::ScheduledAction {
-                recurrence: policy_str(&s["end_recurrence"]),
+                recurrence: s.end_recurrence.clone(),
                 time_zone: tz,
                 min_size: Some(policy.group.min_size as i32),
                 max_size: Some(policy.group.max_size as i32),
@@ -202,10 +200,6 @@ pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
         },
     );
     Ok(c)
-}
-
-fn policy_str(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
 }
 
 /// The group's two alarms: high (scale out) and low (scale in).

@@ -155,7 +155,7 @@ pub fn render(s: &Status) -> String {
             if m.healthy { "healthy" } else { "unhealthy" },
             m.connections
                 .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
+                .unwrap_or_else(|| "no data".into()),
             if m.protected { "yes" } else { "no" }
         );
     }

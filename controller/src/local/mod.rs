@@ -29,7 +29,8 @@ pub struct Instance {
     pub launched_at: i64,
     pub draining: bool,
     pub serving: bool,
-    pub connections: u64,
+    /// The agent's count from its last /health answer; `None` when it did not answer with one.
+    pub connections: Option<u64>,
     pub healthy: bool,
     /// Waiting in the warm pool (returned by a scale-in that reuses instances).
     pub warmed: bool,
@@ -224,7 +225,7 @@ impl LocalFleet {
             launched_at: now,
             draining: false,
             serving: false,
-            connections: 0,
+            connections: None,
             healthy: false,
             warmed: false,
         });
@@ -348,14 +349,19 @@ impl LocalFleet {
             match self.http.get(&url).send().await {
                 Ok(r) => {
                     inst.healthy = r.status().is_success();
-                    if let Ok(v) = r.json::<serde_json::Value>().await {
-                        inst.connections = v["connections"].as_u64().unwrap_or(0);
-                    }
+                    inst.connections = r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["connections"].as_u64());
                     // Serving once chat-node accepts connections too.
                     inst.serving = inst.serving
                         || std::net::TcpStream::connect(("127.0.0.1", inst.port)).is_ok();
                 }
-                Err(_) => inst.healthy = false,
+                Err(_) => {
+                    inst.healthy = false;
+                    inst.connections = None;
+                }
             }
         }
     }
@@ -389,7 +395,7 @@ impl LocalFleet {
                         inst.stop_all();
                     }
                     (inst.warmed, inst.draining, inst.serving) = (true, false, false);
-                    (inst.healthy, inst.connections) = (false, 0);
+                    (inst.healthy, inst.connections) = (false, None);
                     self.counts.warm_pool_returns += 1;
                 }
                 None => gone.push(i),

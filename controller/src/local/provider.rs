@@ -27,7 +27,14 @@ impl LocalFleet {
                 .instances
                 .iter()
                 .filter(|i| !i.draining && !i.warmed)
-                .min_by_key(|i| (i.connections, std::cmp::Reverse(i.launched_at)))
+                // A silent instance is never the least connected: it may hold many clients.
+                .min_by_key(|i| {
+                    (
+                        i.connections.is_none(),
+                        i.connections,
+                        std::cmp::Reverse(i.launched_at),
+                    )
+                })
                 .map(|i| i.id.clone())
             else {
                 break;
@@ -65,7 +72,7 @@ impl Provider for LocalFleet {
                     healthy: i.healthy,
                     protected: false,
                     launched_at: i.launched_at,
-                    connections: Some(i.connections),
+                    connections: i.connections,
                     address: Some(format!("127.0.0.1:{}", i.port)),
                 }
             })

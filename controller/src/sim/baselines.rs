@@ -49,6 +49,7 @@ fn hold(obs: &Observation) -> Decision {
         desired: obs.desired,
         scale_in: Vec::new(),
         reason: String::new(),
+        ..Decision::default()
     }
 }
 
@@ -59,7 +60,10 @@ fn serving(obs: &Observation) -> impl Iterator<Item = &InstanceView> {
 }
 
 fn group_average(obs: &Observation) -> f64 {
-    let (n, sum) = serving(obs).fold((0usize, 0.0), |(n, s), i| (n + 1, s + i.connections as f64));
+    // CloudWatch's group average leaves out instances that published nothing.
+    let (n, sum) = serving(obs)
+        .filter_map(|i| i.connections)
+        .fold((0usize, 0.0), |(n, s), c| (n + 1, s + c as f64));
     if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
@@ -188,6 +192,7 @@ impl Scaler for Classic {
                         "alarm: average {dp:.0} ≥ {:.0} for 5 of 5 minutes, step +{adj}",
                         Self::OUT * self.k
                     ),
+                    ..Decision::default()
                 };
             }
             return hold(obs);
@@ -213,6 +218,7 @@ impl Scaler for Classic {
                     "alarm: 5-minute average ≤ {:.0} for 3 periods, -1",
                     Self::IN * self.k
                 ),
+                ..Decision::default()
             };
         }
         hold(obs)
@@ -270,6 +276,7 @@ impl Scaler for TargetTracking {
                     desired: want,
                     scale_in: Vec::new(),
                     reason: format!("average {dp:.0} > target {:.0}", self.target),
+                    ..Decision::default()
                 };
             }
             return hold(obs);
@@ -292,6 +299,7 @@ impl Scaler for TargetTracking {
                     desired: capacity - victims.len() as u32,
                     scale_in: victims,
                     reason: format!("average {dp:.0} < 90% of target for 15 minutes"),
+                    ..Decision::default()
                 };
             }
         }
@@ -318,6 +326,7 @@ impl Scaler for Static {
             } else {
                 format!("static fleet of {}", self.nodes)
             },
+            ..Decision::default()
         }
     }
 }
@@ -350,6 +359,7 @@ impl Scaler for Oracle {
                 } else {
                     String::new()
                 },
+                ..Decision::default()
             };
         }
         let mut c: Vec<&InstanceView> = obs.instances.iter().collect();
@@ -363,6 +373,7 @@ impl Scaler for Oracle {
             desired: want,
             scale_in: victims,
             reason: format!("demand falls to {peak:.0}"),
+            ..Decision::default()
         }
     }
 }

@@ -178,12 +178,13 @@ pub fn run(
                     } else {
                         Lifecycle::Pending
                     },
-                    connections: n.conns.round() as u64,
+                    connections: Some(n.conns.round() as u64),
                     launched_at: n.ready_at.min(t),
                 })
                 .collect(),
         };
-        let d = scaler.decide(&obs);
+        let mut d = scaler.decide(&obs);
+        d.settle(obs.desired);
         if d.changes(&obs) {
             out.scaling_actions += 1;
             if out.actions.len() < 10_000 {
