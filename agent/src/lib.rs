@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone)]
 pub struct Status {
     pub connections: u64,
+    /// Every counted port has a listener (the service is up).
+    pub listening: bool,
     pub host_established: u64,
     pub method: Method,
     pub health: HealthState,
@@ -72,11 +74,12 @@ pub fn spawn_sampler(
                     Ok(s) => {
                         let mut st = lock(&status);
                         let before = st.health;
-                        st.health = st.health.next(s.connections, cap, hysteresis);
+                        st.health = st.health.next(s.connections, s.listening, cap, hysteresis);
                         if st.health != before {
-                            tracing::info!(connections = s.connections, cap, from = ?before, to = ?st.health, "health changed");
+                            tracing::info!(connections = s.connections, listening = s.listening, cap, from = ?before, to = ?st.health, "health changed");
                         }
                         st.connections = s.connections;
+                        st.listening = s.listening;
                         st.host_established = s.host_established;
                         st.method = s.method;
                         st.samples += 1;
@@ -259,9 +262,10 @@ pub async fn run(cfg: AgentConfig, stdout_sink: bool) -> anyhow::Result<()> {
     tracing::info!(ports = ?cfg.ports, method = counter.method().as_str(), sink = %sink.describe(), cap = cfg.health.cap, "agent starting");
     let status: Shared = Arc::new(Mutex::new(Status {
         connections: 0,
+        listening: false,
         host_established: 0,
         method: counter.method(),
-        health: HealthState::Ok,
+        health: HealthState::NoListener,
         cap: cfg.health.cap,
         samples: 0,
         sample_errors: 0,

@@ -106,7 +106,12 @@ async fn back_in_service(cfg: &AgentConfig, status: &Shared, task: tokio::task::
         tracing::error!(error = %e, "cannot restart the service after the warm-pool return");
     }
     let mut st = lock(status);
-    st.health = HealthState::Ok.next(st.connections, cfg.health.cap, cfg.health.hysteresis);
+    st.health = HealthState::Ok.next(
+        st.connections,
+        st.listening,
+        cfg.health.cap,
+        cfg.health.hysteresis,
+    );
     tracing::info!(health = ?st.health, "instance is in service again: drain state left");
 }
 
