@@ -249,12 +249,12 @@ pub async fn build_sink(cfg: &AgentConfig, stdout_default: bool) -> Result<Sink,
 
 /// Runs the agent until SIGTERM / Ctrl-C.
 pub async fn run(cfg: AgentConfig, stdout_sink: bool) -> anyhow::Result<()> {
-    let nofile = connscale_common::limits::raise_nofile();
-    if let Some(w) =
-        connscale_common::limits::cap_warning("configured health.cap", cfg.health.cap, nofile)
-    {
-        tracing::warn!("{w} (the service on this host needs LimitNOFILE above the cap too)");
-    }
+    // No open-file check here. The agent holds no client connections, so its own RLIMIT_NOFILE
+    // says nothing about reaching health.cap. The limit that matters is the listening service's,
+    // and the agent cannot find that process without privileges its unit lacks: the socket's
+    // inode maps to a PID only by reading the service's /proc/PID/fd, which needs
+    // CAP_SYS_PTRACE across DynamicUser uids. The service checks its own limit (chat-node warns
+    // when max_connections exceeds it).
     let counter = Counter::new(cfg.ports.clone(), cfg.netns.as_deref(), cfg.force_proc);
     let sink = build_sink(&cfg, stdout_sink)
         .await
