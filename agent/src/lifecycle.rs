@@ -356,7 +356,7 @@ async fn tell_service(d: &DrainConfig) -> Result<(), String> {
                 .ok_or("drain.method = \"http\" needs drain.drain_url")?;
             let mut req = reqwest::Client::new().post(url);
             if let Some(t) = &d.drain_token {
-                req = req.bearer_auth(t);
+                req = req.bearer_auth(t.expose());
             }
             let r = req.send().await.map_err(|e| format!("POST {url}: {e}"))?;
             if !r.status().is_success() {

@@ -304,7 +304,16 @@ async fn warm_pool_return_drains_completes_and_serves_again() {
 /// active: heartbeats and the completion fail then, and are retried until they land.
 #[tokio::test]
 async fn lifecycle_calls_are_retried_until_the_hook_is_active() {
-    let mut r = rig("InService", false, 3, &[]).await;
+    let token = "s3cr3t-token";
+    let creds = tempfile::tempdir().expect("tmp");
+    std::fs::write(creds.path().join("api-token"), format!("{token}\n")).expect("write token");
+    let mut r = rig(
+        "InService",
+        false,
+        3,
+        &[("CREDENTIALS_DIRECTORY", creds.path().display().to_string())],
+    )
+    .await;
     r.state.lock().expect("lock").lifecycle_state = "Terminated".into();
     let (code, _) = r.agent.wait_health(20, |code, _| code == 503).await;
     assert_eq!(
@@ -340,4 +349,14 @@ async fn lifecycle_calls_are_retried_until_the_hook_is_active() {
             .expect("lock")
             .accepted("CompleteLifecycleAction")[0],
     );
+    assert_eq!(
+        r.state.lock().expect("lock").drain_auth,
+        vec![format!("Bearer {token}")],
+        "the drain token comes from $CREDENTIALS_DIRECTORY/api-token"
+    );
+    // ServerProcess writes the agent's output to this file.
+    let log = std::env::temp_dir().join(format!("connscale-test-agent-{}.log", std::process::id()));
+    let text = std::fs::read_to_string(&log).expect("agent log");
+    assert!(text.contains("lifecycle action completed"), "{text}");
+    assert!(!text.contains(token), "the token was logged: {text}");
 }
