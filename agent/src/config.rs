@@ -9,6 +9,32 @@ use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/connscale/agent.toml";
 
+/// The systemd credential (`LoadCredential=api-token:...`) read as `drain.drain_token` when that
+/// key is unset.
+pub const API_TOKEN_CREDENTIAL: &str = "api-token";
+
+/// A secret value: `Debug` never shows it, so no log line or error can carry it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
 /// Every key, with its default. See `agent/agent.example.toml` for the documented file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -85,7 +111,8 @@ pub struct DrainConfig {
     pub enabled: bool,
     pub method: DrainMethod,
     pub drain_url: Option<String>,
-    pub drain_token: Option<String>,
+    /// Bearer token for `drain_url`; unset: `$CREDENTIALS_DIRECTORY/api-token` if present.
+    pub drain_token: Option<Secret>,
     pub pid_file: Option<PathBuf>,
     pub unit: Option<String>,
     /// Complete the lifecycle action once connections fall below this...
@@ -246,10 +273,37 @@ pub fn check(c: &AgentConfig) -> Result<(), String> {
 
 /// Loads `path` (or the default path, which may be absent) with env overrides, then checks it.
 pub fn load_config(path: Option<&Path>) -> Result<AgentConfig, String> {
-    let c: AgentConfig =
+    let mut c: AgentConfig =
         load(path, DEFAULT_PATH, OVERRIDES).map_err(|e: ConfigError| e.to_string())?;
     check(&c)?;
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    apply_credentials(&mut c, creds.as_deref())?;
     Ok(c)
+}
+
+/// Fills `drain.drain_token` from the systemd credential `api-token` in `dir` (systemd's
+/// `$CREDENTIALS_DIRECTORY`) when the config leaves it unset; the content is trimmed.
+pub fn apply_credentials(c: &mut AgentConfig, dir: Option<&Path>) -> Result<(), String> {
+    let Some(dir) = dir else { return Ok(()) };
+    if c.drain.drain_token.is_some() {
+        return Ok(());
+    }
+    let path = dir.join(API_TOKEN_CREDENTIAL);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().is_empty() => Err(format!(
+            "the credential {} is empty: put chat-node's API token in it, or remove it",
+            path.display()
+        )),
+        Ok(text) => {
+            c.drain.drain_token = Some(Secret::new(text.trim()));
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!(
+            "cannot read the credential {}: {e}",
+            path.display()
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +316,29 @@ mod tests {
         let c: AgentConfig = toml::from_str(text).unwrap();
         check(&c).unwrap();
         assert_eq!(c.health.cap, 28_000);
+    }
+
+    #[test]
+    fn drain_token_comes_from_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = AgentConfig::default();
+        apply_credentials(&mut c, Some(dir.path())).unwrap();
+        assert_eq!(c.drain.drain_token, None, "no credential, no token");
+        std::fs::write(dir.path().join(API_TOKEN_CREDENTIAL), "  tok-123\n").unwrap();
+        apply_credentials(&mut c, Some(dir.path())).unwrap();
+        assert_eq!(c.drain.drain_token, Some(Secret::new("tok-123")));
+        assert!(
+            !format!("{c:?}").contains("tok-123"),
+            "Debug shows the token"
+        );
+        // A token in the config wins.
+        c.drain.drain_token = Some(Secret::new("from-config"));
+        apply_credentials(&mut c, Some(dir.path())).unwrap();
+        assert_eq!(c.drain.drain_token, Some(Secret::new("from-config")));
+        std::fs::write(dir.path().join(API_TOKEN_CREDENTIAL), "\n").unwrap();
+        let mut c = AgentConfig::default();
+        let e = apply_credentials(&mut c, Some(dir.path())).unwrap_err();
+        assert!(e.contains("api-token") && e.contains("empty"), "{e}");
     }
 
     #[test]

@@ -106,7 +106,12 @@ async fn back_in_service(cfg: &AgentConfig, status: &Shared, task: tokio::task::
         tracing::error!(error = %e, "cannot restart the service after the warm-pool return");
     }
     let mut st = lock(status);
-    st.health = HealthState::Ok.next(st.connections, cfg.health.cap, cfg.health.hysteresis);
+    st.health = HealthState::Ok.next(
+        st.connections,
+        st.listening,
+        cfg.health.cap,
+        cfg.health.hysteresis,
+    );
     tracing::info!(health = ?st.health, "instance is in service again: drain state left");
 }
 
@@ -233,7 +238,7 @@ impl Retry {
     /// false once `budget` has passed without a success.
     pub fn failed(&mut self, error: &str) -> bool {
         if self.last_ok.elapsed() >= self.budget {
-            tracing::error!(%error, budget = ?self.budget, "giving up on the lifecycle hook: no call succeeded within drain.hook_heartbeat_timeout (AWS applies the hook's default result)");
+            tracing::error!(%error, budget = ?self.budget, "giving up on the lifecycle hook: no call succeeded within the bound (drain.hook_heartbeat_timeout while draining; AWS applies the hook's default result)");
             return false;
         }
         self.backoff = (self.backoff * 2).clamp(Duration::from_secs(1), self.cap);
@@ -351,7 +356,7 @@ async fn tell_service(d: &DrainConfig) -> Result<(), String> {
                 .ok_or("drain.method = \"http\" needs drain.drain_url")?;
             let mut req = reqwest::Client::new().post(url);
             if let Some(t) = &d.drain_token {
-                req = req.bearer_auth(t);
+                req = req.bearer_auth(t.expose());
             }
             let r = req.send().await.map_err(|e| format!("POST {url}: {e}"))?;
             if !r.status().is_success() {
