@@ -87,6 +87,19 @@ resource "aws_autoscaling_group" "fleet" {
     heartbeat_timeout    = var.drain_timeout
   }
 
+  # The warm pool is a block of the group (the provider has no aws_autoscaling_warm_pool).
+  dynamic "warm_pool" {
+    for_each = var.warm_pool == null ? [] : [var.warm_pool]
+    content {
+      pool_state                  = warm_pool.value.pool_state
+      min_size                    = warm_pool.value.min_size
+      max_group_prepared_capacity = warm_pool.value.max_group_prepared_capacity
+      instance_reuse_policy {
+        reuse_on_scale_in = warm_pool.value.reuse_on_scale_in
+      }
+    }
+  }
+
   enabled_metrics = ["GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances", "GroupTerminatingInstances"]
 
   dynamic "tag" {
@@ -101,17 +114,5 @@ resource "aws_autoscaling_group" "fleet" {
   lifecycle {
     # The controller (or the alarms) own desired capacity.
     ignore_changes = [desired_capacity]
-  }
-}
-
-resource "aws_autoscaling_warm_pool" "this" {
-  count                       = var.warm_pool == null ? 0 : 1
-  autoscaling_group_name      = aws_autoscaling_group.fleet.name
-  pool_state                  = var.warm_pool.pool_state
-  min_size                    = var.warm_pool.min_size
-  max_group_prepared_capacity = var.warm_pool.max_group_prepared_capacity
-
-  instance_reuse_policy {
-    reuse_on_scale_in = var.warm_pool.reuse_on_scale_in
   }
 }

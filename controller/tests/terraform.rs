@@ -1,7 +1,8 @@
 //! The terraform module matches the policy file: `connscale export terraform` writes only
 //! variables the module declares, with matching types; every reference in the module resolves;
 //! checkov passes with the listed skips (each with its reason in terraform/.checkov.yaml); and
-//! `terraform fmt -check` passes where a terraform binary exists.
+//! `terraform fmt -check` passes where a terraform binary exists; and every resource type,
+//! argument and nested block is in the hashicorp/aws provider's schema (npm @cdktf/provider-aws).
 
 use connscale_common::policy::Policy;
 use connscale_test_support::{find_tool, workspace_root};
@@ -208,4 +209,106 @@ fn the_controller_policy_grants_every_action_the_controller_calls() {
         missing.is_empty(),
         "terraform/iam.tf's controller policy lacks {missing:?}"
     );
+}
+
+/// The pinned @cdktf/provider-aws version the module is checked against.
+fn provider_schema_version() -> String {
+    std::fs::read_to_string(workspace_root().join("terraform/tests/provider-aws.version"))
+        .expect("read terraform/tests/provider-aws.version")
+        .trim()
+        .to_string()
+}
+
+/// Runs provider_schema.py on `module`: (passed, output).
+fn schema_check(module: &std::path::Path) -> (bool, String) {
+    let pkg = workspace_root().join("target/provider-schema/node_modules/@cdktf/provider-aws");
+    let installed = std::fs::read_to_string(pkg.join("package.json")).unwrap_or_default();
+    let pin = provider_schema_version();
+    assert!(
+        installed.contains(&format!("\"version\": \"{pin}\"")),
+        "@cdktf/provider-aws {pin} is not in {}: run scripts/test (it installs it)",
+        pkg.display()
+    );
+    let out = Command::new(venv_python())
+        .arg(workspace_root().join("terraform/tests/provider_schema.py"))
+        .arg(&pkg)
+        .arg(module)
+        .output()
+        .expect("run provider_schema.py");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn every_resource_argument_and_block_is_in_the_provider_schema() {
+    let (ok, out) = schema_check(&workspace_root().join("terraform"));
+    println!("{out}");
+    assert!(ok, "{out}");
+    assert!(out.contains("against hashicorp/aws 6.25.0"), "{out}");
+}
+
+#[test]
+fn the_schema_check_catches_unknown_types_arguments_and_nested_blocks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("fleet.tf"),
+        r#"
+resource "aws_autoscaling_warm_pool" "this" {
+  autoscaling_group_name = "x"
+}
+resource "aws_autoscaling_group" "fleet" {
+  count    = 1
+  min_size = 1
+  max_sise = 2
+  warm_pool {
+    pool_state = "Stopped"
+    instance_reuse_policy {
+      reuse_on_scale_inn = true
+    }
+  }
+  dynamic "initial_lifecycle_hook" {
+    for_each = {}
+    content {
+      name      = "x"
+      heartbeat = 30
+    }
+  }
+  dynamic "tagz" {
+    for_each = {}
+    content {}
+  }
+  lifecycle {
+    ignore_changes = [desired_capacity]
+  }
+}
+data "aws_regionn" "current" {}
+"#,
+    )
+    .expect("write");
+    std::fs::create_dir_all(dir.path().join("examples/x")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("examples/x/main.tf"),
+        "provider \"aws\" {\n  regoin = \"eu-west-1\"\n}\n",
+    )
+    .expect("write");
+    let (ok, out) = schema_check(dir.path());
+    assert!(!ok, "{out}");
+    for want in [
+        "fleet.tf: aws_autoscaling_warm_pool.this: unknown resource type 'aws_autoscaling_warm_pool'",
+        "fleet.tf: aws_autoscaling_group.fleet: unknown argument or block 'max_sise'",
+        "fleet.tf: aws_autoscaling_group.fleet.warm_pool.instance_reuse_policy: unknown argument or block 'reuse_on_scale_inn'",
+        "fleet.tf: aws_autoscaling_group.fleet.initial_lifecycle_hook: unknown argument or block 'heartbeat'",
+        "fleet.tf: aws_autoscaling_group.fleet: unknown block 'tagz'",
+        "fleet.tf: data.aws_regionn.current: unknown data source 'aws_regionn'",
+        "examples/x/main.tf: provider.aws: unknown argument or block 'regoin'",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert_eq!(out.matches(": unknown").count(), 7, "{out}");
 }
