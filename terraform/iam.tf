@@ -26,7 +26,8 @@ data "aws_iam_policy_document" "node" {
     }
   }
   statement {
-    sid       = "DrainOwnGroupOnly"
+    # The launch hook (boot script) and the termination hook (drain) of this group only.
+    sid       = "LifecycleOwnGroupOnly"
     actions   = ["autoscaling:RecordLifecycleActionHeartbeat", "autoscaling:CompleteLifecycleAction"]
     resources = [local.group_arn]
   }

@@ -5,9 +5,18 @@
 //! argument and nested block is in the hashicorp/aws provider's schema (npm @cdktf/provider-aws).
 
 use connscale_common::policy::Policy;
-use connscale_test_support::{find_tool, workspace_root};
+use connscale_test_support::find_tool;
 use std::path::PathBuf;
 use std::process::Command;
+
+/// This checkout's root, from this test's own crate (test-support's `workspace_root` is baked
+/// in where test-support was compiled, which a build directory shared by worktrees may not be).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .expect("controller/ has a parent")
+}
 
 fn venv_python() -> PathBuf {
     find_tool(
@@ -311,4 +320,139 @@ data "aws_regionn" "current" {}
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
     assert_eq!(out.matches(": unknown").count(), 7, "{out}");
+}
+
+/// Runs `terraform plan` on a copy of the module's variables.tf (no resources, so no provider
+/// is needed) with `name` and `redis_auth_token` set: the validation errors, or "" if it passed.
+fn validation_errors(
+    tf: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    token: &str,
+) -> String {
+    let base = serde_json::json!({
+        "vpc_id": "vpc-1", "subnet_ids": ["a", "b"], "public_subnet_ids": ["a", "b"],
+        "ami_id": "ami-1", "release_url": "https://example.com/r.tgz", "api_token": "t",
+        "min_size": 1, "max_size": 2, "node_cap": 10, "scale_out_threshold": 5,
+        "scale_out_period": 10, "scale_out_evaluation_periods": 1,
+        "scale_out_steps": [{"lower": 5, "adjustment": 1}], "instance_warmup": 60,
+        "scale_in_threshold": 2, "scale_in_period": 60, "scale_in_evaluation_periods": 3,
+        "scale_in_adjustment": 1, "scale_in_cooldown": 60,
+        "name": name, "redis_auth_token": token,
+    });
+    std::fs::write(dir.join("case.tfvars.json"), base.to_string()).expect("write");
+    let out = Command::new(tf)
+        .current_dir(dir)
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .args([
+            "plan",
+            "-input=false",
+            "-no-color",
+            "-var-file=case.tfvars.json",
+        ])
+        .output()
+        .expect("terraform plan");
+    if out.status.success() {
+        String::new()
+    } else {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+#[test]
+fn name_and_auth_token_validations_admit_what_aws_admits_where_terraform_exists() {
+    let Ok(tf) = find_tool("terraform", &[], "") else {
+        eprintln!("terraform not on PATH: validation check skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::copy(
+        workspace_root().join("terraform/variables.tf"),
+        dir.path().join("variables.tf"),
+    )
+    .expect("copy variables.tf");
+    let init = Command::new(&tf)
+        .current_dir(dir.path())
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .args(["init", "-input=false", "-no-color"])
+        .output()
+        .expect("terraform init");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let good = "Abc-def!&#$^<>123";
+    let name_rule = "must not end with a dash or contain two dashes";
+    let token_rule = "only ! & # $ ^ < > -";
+    for (name, token, want) in [
+        ("chat", good, ""),
+        ("chat-eu-1", &"a".repeat(16), ""),
+        ("chat", &"Z9".repeat(64), ""),
+        ("chat-", good, name_rule),
+        ("ch--at", good, name_rule),
+        ("internal-chat", good, "must not start with"),
+        ("chat", &"a".repeat(15), token_rule),
+        ("chat", &"a".repeat(129), token_rule),
+        ("chat", "abcdefghijklmnop@", token_rule),
+        ("chat", "abcdefghijklmnop/", token_rule),
+        ("chat", "abcdefghijklmnop\"", token_rule),
+        ("chat", "abcdefghijklmnop%", token_rule),
+        ("chat", "abcdefghijklmnop q", token_rule),
+        ("chat", "abcdefghijklmnopé", token_rule),
+    ] {
+        let errors = validation_errors(&tf, dir.path(), name, token);
+        if want.is_empty() {
+            assert!(errors.is_empty(), "{name:?} / {token:?} refused:\n{errors}");
+        } else {
+            // terraform wraps long messages: compare with whitespace folded.
+            let folded = errors.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                folded.contains(want),
+                "{name:?} / {token:?}: want {want:?} in:\n{errors}"
+            );
+        }
+    }
+}
+
+/// The module's text with comments and whitespace runs folded, for structural assertions.
+fn module_text(file: &str) -> String {
+    std::fs::read_to_string(workspace_root().join("terraform").join(file))
+        .expect("read")
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or_default().trim())
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn the_group_waits_for_installs_and_the_alb_outlasts_the_drain() {
+    let fleet = module_text("fleet.tf");
+    for want in [
+        "name = local.launch_hook\nlifecycle_transition = \"autoscaling:EC2_INSTANCE_LAUNCHING\"\ndefault_result = \"ABANDON\"\nheartbeat_timeout = var.install_timeout",
+        "launch_hook = \"connscale-launch\"",
+        "deregistration_delay = var.drain_timeout + var.deregistration_margin",
+        "dynamic \"warm_pool\" {",
+    ] {
+        assert!(fleet.contains(want), "fleet.tf lacks {want:?}:\n{fleet}");
+    }
+    let network = module_text("network.tf");
+    assert!(
+        network.contains("deregistration_delay = local.deregistration_delay"),
+        "{network}"
+    );
+    let iam = module_text("iam.tf");
+    assert!(
+        iam.contains("actions = [\"autoscaling:RecordLifecycleActionHeartbeat\", \"autoscaling:CompleteLifecycleAction\"]\nresources = [local.group_arn]"),
+        "{iam}"
+    );
 }
