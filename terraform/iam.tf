@@ -103,6 +103,17 @@ data "aws_iam_policy_document" "controller" {
     }
   }
   statement {
+    # The run loop's heartbeat (ControllerHeartbeat), which stands the fallback alarms down.
+    sid       = "Heartbeat"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData has no resource ARNs; the namespace condition scopes it.
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [var.metric_namespace]
+    }
+  }
+  statement {
     sid       = "OwnAlarms"
     actions   = ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"]
     resources = ["arn:aws:cloudwatch:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:alarm:${var.name}-*"]

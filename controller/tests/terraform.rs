@@ -456,3 +456,48 @@ fn the_group_waits_for_installs_and_the_alb_outlasts_the_drain() {
         "{iam}"
     );
 }
+
+#[test]
+fn the_module_and_apply_create_the_same_heartbeat_fallback_alarms() {
+    use connscale::aws::plan;
+    let scaling = module_text("scaling.tf");
+    let tf_expr = format!(
+        "expression = \"{}\"",
+        plan::fallback_expression(12345.0).replace("12345", "${each.value.never}")
+    );
+    // Rust prints the never-values as terraform does (-1, threshold + 1 without ".0").
+    assert_eq!(
+        plan::fallback_expression(plan::never_breaching(
+            "GreaterThanOrEqualToThreshold",
+            700.0
+        )),
+        "IF(FILL(hb, 0) == 0, conns, -1)"
+    );
+    assert_eq!(
+        plan::fallback_expression(plan::never_breaching("LessThanOrEqualToThreshold", 400.0)),
+        "IF(FILL(hb, 0) == 0, conns, 401)"
+    );
+    for want in [
+        tf_expr.as_str(),
+        "never = -1",
+        "never = var.scale_in_threshold + 1",
+        &format!("heartbeat_metric = \"{}\"", plan::HEARTBEAT_METRIC),
+        &format!("id = \"{}\"\nreturn_data = false", plan::CONNS_ID),
+        &format!("id = \"{}\"\nreturn_data = false", plan::HEARTBEAT_ID),
+        &format!("id = \"{}\"", plan::FALLBACK_ID),
+        "comparison = \"GreaterThanOrEqualToThreshold\"",
+        "comparison = \"LessThanOrEqualToThreshold\"",
+        "missing = \"missing\"",
+        "missing = \"notBreaching\"",
+    ] {
+        assert!(
+            scaling.contains(want),
+            "scaling.tf lacks {want:?}:\n{scaling}"
+        );
+    }
+    let iam = module_text("iam.tf");
+    assert!(
+        iam.contains("sid = \"Heartbeat\"\nactions = [\"cloudwatch:PutMetricData\"]"),
+        "{iam}"
+    );
+}
