@@ -53,6 +53,19 @@ resource "aws_launch_template" "node" {
 
 locals {
   drain_hook = "connscale-drain"
+  # The boot script runs `connscale-agent complete-lifecycle --hook connscale-launch` once the
+  # services are up: a warm-pool instance is stopped only after its install finished.
+  launch_hook = "connscale-launch"
+
+  # The order of a scale-in behind the ALB (AWS user guide, "How lifecycle hooks work"): the
+  # group first deregisters the victim from the target group and waits out the deregistration
+  # delay; only then does the termination hook pause it in Terminating:Wait. The agent sees the
+  # Terminated target state at once and drains during that delay, for at most
+  # agent_drain_timeout (the user data's `drain_timeout - 30`). The delay must outlast the
+  # drain, or the ALB cuts the remaining clients off: drain_timeout + deregistration_margin.
+  # The delay ends early once the target has no connections, so a quick drain costs nothing.
+  agent_drain_timeout  = var.drain_timeout - 30
+  deregistration_delay = var.drain_timeout + var.deregistration_margin
 }
 
 resource "aws_autoscaling_group" "fleet" {
@@ -79,12 +92,36 @@ resource "aws_autoscaling_group" "fleet" {
     max_healthy_percentage = 150
   }
 
-  # Scale-in drain: the agent sees Terminated in IMDS, drains chat-node, then CONTINUEs.
+  # Scale-in drain: the agent sees Terminated in IMDS, drains chat-node, then CONTINUEs. The
+  # hook is active only after the deregistration delay (see local.deregistration_delay).
   initial_lifecycle_hook {
     name                 = local.drain_hook
     lifecycle_transition = "autoscaling:EC2_INSTANCE_TERMINATING"
     default_result       = "CONTINUE"
     heartbeat_timeout    = var.drain_timeout
+  }
+
+  # The warm pool is a block of the group (the provider has no aws_autoscaling_warm_pool).
+  dynamic "warm_pool" {
+    for_each = var.warm_pool == null ? [] : [var.warm_pool]
+    content {
+      pool_state                  = warm_pool.value.pool_state
+      min_size                    = warm_pool.value.min_size
+      max_group_prepared_capacity = warm_pool.value.max_group_prepared_capacity
+      instance_reuse_policy {
+        reuse_on_scale_in = warm_pool.value.reuse_on_scale_in
+      }
+    }
+  }
+
+  # Launch: the instance waits in Pending:Wait (or Warmed:Pending:Wait) until its boot script
+  # says the services are up; an install that fails or hangs is ABANDONed and replaced, never
+  # put in service or into the pool half-installed.
+  initial_lifecycle_hook {
+    name                 = local.launch_hook
+    lifecycle_transition = "autoscaling:EC2_INSTANCE_LAUNCHING"
+    default_result       = "ABANDON"
+    heartbeat_timeout    = var.install_timeout
   }
 
   enabled_metrics = ["GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances", "GroupTerminatingInstances"]
@@ -101,17 +138,5 @@ resource "aws_autoscaling_group" "fleet" {
   lifecycle {
     # The controller (or the alarms) own desired capacity.
     ignore_changes = [desired_capacity]
-  }
-}
-
-resource "aws_autoscaling_warm_pool" "this" {
-  count                       = var.warm_pool == null ? 0 : 1
-  autoscaling_group_name      = aws_autoscaling_group.fleet.name
-  pool_state                  = var.warm_pool.pool_state
-  min_size                    = var.warm_pool.min_size
-  max_group_prepared_capacity = var.warm_pool.max_group_prepared_capacity
-
-  instance_reuse_policy {
-    reuse_on_scale_in = var.warm_pool.reuse_on_scale_in
   }
 }

@@ -26,7 +26,8 @@ data "aws_iam_policy_document" "node" {
     }
   }
   statement {
-    sid       = "DrainOwnGroupOnly"
+    # The launch hook (boot script) and the termination hook (drain) of this group only.
+    sid       = "LifecycleOwnGroupOnly"
     actions   = ["autoscaling:RecordLifecycleActionHeartbeat", "autoscaling:CompleteLifecycleAction"]
     resources = [local.group_arn]
   }
@@ -96,6 +97,17 @@ data "aws_iam_policy_document" "controller" {
     sid       = "LeaseTable"
     actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:DescribeTable", "dynamodb:CreateTable"]
     resources = [aws_dynamodb_table.lease.arn]
+  }
+  statement {
+    # The run loop's heartbeat (ControllerHeartbeat), which stands the fallback alarms down.
+    sid       = "Heartbeat"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData has no resource ARNs; the namespace condition scopes it.
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [var.metric_namespace]
+    }
   }
   statement {
     sid       = "OwnAlarms"

@@ -82,7 +82,7 @@ resource "aws_lb_target_group" "chat" {
   protocol                      = "HTTP"
   vpc_id                        = var.vpc_id
   load_balancing_algorithm_type = var.load_balancing_algorithm
-  deregistration_delay          = var.deregistration_delay
+  deregistration_delay          = local.deregistration_delay # drain_timeout + margin: see fleet.tf
   tags                          = local.tags
 
   # The polling transport makes several HTTP requests per session: keep them on one node.

@@ -1,5 +1,5 @@
 # The policy file's scale-out steps and slow scale-in, as CloudWatch alarms and Auto Scaling
-# policies, for teams that run without the connscale controller (or as its safety net).
+# policies: the fallback that scales while no connscale controller runs.
 
 resource "aws_autoscaling_policy" "scale_out" {
   name                      = "${var.name}-scale-out"
@@ -28,38 +28,82 @@ resource "aws_autoscaling_policy" "scale_in" {
   cooldown               = var.scale_in_cooldown
 }
 
-resource "aws_cloudwatch_metric_alarm" "high" {
-  alarm_name          = "${var.name}-connections-high"
-  alarm_description   = "Average established connections per instance at or above the scale-out threshold"
-  namespace           = var.metric_namespace
-  metric_name         = var.metric_name
-  dimensions          = { AutoScalingGroupName = aws_autoscaling_group.fleet.name }
-  statistic           = "Average"
-  period              = var.scale_out_period
-  evaluation_periods  = var.scale_out_evaluation_periods
-  datapoints_to_alarm = var.scale_out_evaluation_periods
-  threshold           = var.scale_out_threshold
-  comparison_operator = "GreaterThanOrEqualToThreshold"
-  treat_missing_data  = "missing"
-  alarm_actions       = [aws_autoscaling_policy.scale_out.arn]
-  tags                = local.tags
+# Exactly one actor scales: `connscale run` publishes ControllerHeartbeat {AutoScalingGroupName}
+# for every 10 s period until its lease expires. Each alarm compares
+# IF(FILL(hb, 0) == 0, conns, <never>): the group average while no heartbeat is seen in the
+# period, else a value on the never-breaching side of the threshold (-1 for scale-out,
+# threshold + 1 for scale-in). So the alarms act only while no controller holds the lease;
+# `connscale apply` creates the same alarms (controller/src/aws/plan.rs). See the README's
+# "Scale-in" section for the handover in each direction.
+locals {
+  heartbeat_metric = "ControllerHeartbeat"
+  alarms = {
+    high = {
+      name        = "${var.name}-connections-high"
+      description = "Fallback scale-out: group average at or above the threshold while no connscale controller heartbeat is seen"
+      period      = var.scale_out_period
+      evaluations = var.scale_out_evaluation_periods
+      threshold   = var.scale_out_threshold
+      comparison  = "GreaterThanOrEqualToThreshold"
+      never       = -1
+      missing     = "missing"
+      action      = aws_autoscaling_policy.scale_out.arn
+    }
+    low = {
+      name        = "${var.name}-connections-low"
+      description = "Fallback scale-in: group average at or below the threshold while no connscale controller heartbeat is seen"
+      period      = var.scale_in_period
+      evaluations = var.scale_in_evaluation_periods
+      threshold   = var.scale_in_threshold
+      comparison  = "LessThanOrEqualToThreshold"
+      never       = var.scale_in_threshold + 1
+      missing     = "notBreaching"
+      action      = aws_autoscaling_policy.scale_in.arn
+    }
+  }
 }
 
-resource "aws_cloudwatch_metric_alarm" "low" {
-  alarm_name          = "${var.name}-connections-low"
-  alarm_description   = "Average established connections per instance at or below the scale-in threshold"
-  namespace           = var.metric_namespace
-  metric_name         = var.metric_name
-  dimensions          = { AutoScalingGroupName = aws_autoscaling_group.fleet.name }
-  statistic           = "Average"
-  period              = var.scale_in_period
-  evaluation_periods  = var.scale_in_evaluation_periods
-  datapoints_to_alarm = var.scale_in_evaluation_periods
-  threshold           = var.scale_in_threshold
-  comparison_operator = "LessThanOrEqualToThreshold"
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = [aws_autoscaling_policy.scale_in.arn]
+resource "aws_cloudwatch_metric_alarm" "fallback" {
+  for_each            = local.alarms
+  alarm_name          = each.value.name
+  alarm_description   = each.value.description
+  evaluation_periods  = each.value.evaluations
+  datapoints_to_alarm = each.value.evaluations
+  threshold           = each.value.threshold
+  comparison_operator = each.value.comparison
+  treat_missing_data  = each.value.missing
+  alarm_actions       = [each.value.action]
   tags                = local.tags
+
+  metric_query {
+    id          = "conns"
+    return_data = false
+    metric {
+      namespace   = var.metric_namespace
+      metric_name = var.metric_name
+      dimensions  = { AutoScalingGroupName = aws_autoscaling_group.fleet.name }
+      stat        = "Average"
+      period      = each.value.period
+    }
+  }
+
+  metric_query {
+    id          = "hb"
+    return_data = false
+    metric {
+      namespace   = var.metric_namespace
+      metric_name = local.heartbeat_metric
+      dimensions  = { AutoScalingGroupName = aws_autoscaling_group.fleet.name }
+      stat        = "Sum"
+      period      = each.value.period
+    }
+  }
+
+  metric_query {
+    id          = "fallback"
+    expression  = "IF(FILL(hb, 0) == 0, conns, ${each.value.never})"
+    return_data = true
+  }
 }
 
 resource "aws_autoscaling_schedule" "start" {

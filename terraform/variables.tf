@@ -3,11 +3,20 @@
 # ---------------------------------------------------------------------------------------------
 
 variable "name" {
-  description = "Name prefix for every resource (the Auto Scaling group is named after it)."
+  description = "Name prefix for every resource (the Auto Scaling group, ALB, target group and Redis replication group are named after it)."
   type        = string
   validation {
     condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.name))
     error_message = "name must be 2-31 lowercase letters, digits or dashes, starting with a letter."
+  }
+  # The ALB, target group and ElastiCache replication group refuse these names.
+  validation {
+    condition     = !endswith(var.name, "-") && !strcontains(var.name, "--")
+    error_message = "name must not end with a dash or contain two dashes in a row (the ALB, target group and Redis replication group names refuse them)."
+  }
+  validation {
+    condition     = !startswith(var.name, "internal-")
+    error_message = "name must not start with \"internal-\" (ALB names refuse it)."
   }
 }
 
@@ -88,19 +97,33 @@ variable "load_balancing_algorithm" {
   }
 }
 
-variable "deregistration_delay" {
-  description = "Seconds the load balancer keeps a deregistering target's connections (it ends early once they are gone)."
-  type        = number
-  default     = 60
-}
-
 variable "drain_timeout" {
-  description = "Seconds a terminating instance may spend draining in the lifecycle hook (30-7200)."
+  description = "Seconds a scale-in victim may take to drain: the agent's drain gets drain_timeout - 30, the ALB's deregistration delay drain_timeout + deregistration_margin, the termination hook's heartbeat timeout drain_timeout."
   type        = number
   default     = 300
   validation {
-    condition     = var.drain_timeout >= 30 && var.drain_timeout <= 7200
-    error_message = "drain_timeout must be between 30 and 7200 seconds (the lifecycle hook's heartbeat range)."
+    condition     = var.drain_timeout >= 60 && var.drain_timeout <= 3000
+    error_message = "drain_timeout must be between 60 and 3000 seconds (the agent gets drain_timeout - 30; the ALB's deregistration delay, drain_timeout + deregistration_margin, may not pass 3600)."
+  }
+}
+
+variable "deregistration_margin" {
+  description = "Seconds the ALB's deregistration delay exceeds drain_timeout, so the ALB never cuts a drain short (it ends early once the target has no connections)."
+  type        = number
+  default     = 60
+  validation {
+    condition     = var.deregistration_margin >= 30 && var.deregistration_margin <= 600
+    error_message = "deregistration_margin must be between 30 and 600 seconds."
+  }
+}
+
+variable "install_timeout" {
+  description = "Seconds a launching instance may take to install and start its services before the launch hook ABANDONs it (30-7200)."
+  type        = number
+  default     = 900
+  validation {
+    condition     = var.install_timeout >= 30 && var.install_timeout <= 7200
+    error_message = "install_timeout must be between 30 and 7200 seconds (the lifecycle hook's heartbeat range)."
   }
 }
 
@@ -111,12 +134,14 @@ variable "redis_node_type" {
 }
 
 variable "redis_auth_token" {
-  description = "Redis AUTH token (16-128 printable characters). Keep it in a secret store."
+  description = "Redis AUTH token: 16-128 characters, letters, digits and only these others: ! & # $ ^ < > - (ElastiCache's rule). Keep it in a secret store."
   type        = string
   sensitive   = true
   validation {
-    condition     = length(var.redis_auth_token) >= 16 && length(var.redis_auth_token) <= 128
-    error_message = "redis_auth_token must be 16 to 128 characters."
+    # ElastiCache CreateReplicationGroup AuthToken: printable ASCII, 16-128 characters, "the only
+    # permitted printable special characters are !, &, #, $, ^, <, >, and -".
+    condition     = can(regex("^[A-Za-z0-9!&#$^<>-]{16,128}$", var.redis_auth_token))
+    error_message = "redis_auth_token must be 16 to 128 characters: letters, digits and only ! & # $ ^ < > - (ElastiCache refuses any other character)."
   }
 }
 

@@ -3,7 +3,7 @@ terraform {
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 5.0"
+      version = "~> 6.25" # the schema tests/provider_schema.py checks against: 6.25.0
     }
   }
 }

@@ -201,6 +201,11 @@ async fn one_turn(
             }
         }
     }
+    if !opts.dry_run {
+        // Before acting: the alarms stand down while this heartbeat is present. A failed
+        // publish fails the turn, so the loop never acts while the alarms may act too.
+        publish_heartbeat(p, &engine.policy.metric.namespace, epoch(), ttl).await?;
+    }
     let t = control::turn(p, engine, state, epoch(), opts.dry_run).await?;
     if opts.json {
         println!("{}", serde_json::to_string(&t).unwrap_or_default());
@@ -227,9 +232,72 @@ async fn one_turn(
     Ok(())
 }
 
+/// Resolution of the heartbeat's datapoints: the shortest alarm period the module allows.
+const HEARTBEAT_STEP: i64 = 10;
+
+/// Timestamps of the heartbeat datapoints one turn publishes: every `HEARTBEAT_STEP` from `now`
+/// (rounded down) to the lease's expiry. The heartbeat says "a controller holds the lease until
+/// then", so each alarm period up to the expiry sees it however long the turns are apart, and
+/// the alarms take over when the lease would have expired.
+pub fn heartbeat_timestamps(now: i64, ttl: Duration) -> Vec<i64> {
+    let start = now - now.rem_euclid(HEARTBEAT_STEP);
+    let end = now + ttl.as_secs() as i64;
+    (0..)
+        .map(|i| start + i * HEARTBEAT_STEP)
+        .take_while(|t| *t < end)
+        .collect()
+}
+
+/// Publishes `ControllerHeartbeat` {AutoScalingGroupName} = 1 (high resolution) until the lease
+/// expires; see [`plan::HEARTBEAT_METRIC`].
+async fn publish_heartbeat(
+    p: &AwsProvider,
+    namespace: &str,
+    now: i64,
+    ttl: Duration,
+) -> Result<(), crate::provider::ProviderError> {
+    use aws_sdk_cloudwatch::primitives::DateTime;
+    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
+    let data = heartbeat_timestamps(now, ttl)
+        .into_iter()
+        .map(|t| {
+            MetricDatum::builder()
+                .metric_name(plan::HEARTBEAT_METRIC)
+                .dimensions(
+                    Dimension::builder()
+                        .name(connscale_common::metric::DIM_GROUP)
+                        .value(p.group())
+                        .build(),
+                )
+                .timestamp(DateTime::from_secs(t))
+                .value(1.0)
+                .storage_resolution(1)
+                .build()
+        })
+        .collect();
+    p.cw.put_metric_data()
+        .namespace(namespace)
+        .set_metric_data(Some(data))
+        .send()
+        .await
+        .map_err(|e| crate::aws::sdk_error("cloudwatch:PutMetricData", e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heartbeat_covers_every_period_until_the_lease_expires() {
+        let ts = heartbeat_timestamps(1_000_007, Duration::from_secs(40));
+        assert_eq!(
+            ts,
+            vec![1_000_000, 1_000_010, 1_000_020, 1_000_030, 1_000_040]
+        );
+        assert!(ts.iter().all(|t| t % 10 == 0));
+        assert_eq!(heartbeat_timestamps(60, Duration::from_secs(10)), vec![60]);
+    }
 
     #[test]
     fn metric_periods_cloudwatch_serves() {

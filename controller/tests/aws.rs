@@ -358,7 +358,10 @@ async fn apply_writes_the_policy_and_a_second_apply_changes_nothing() {
     assert_eq!(th["chat-connections-high"], Some(700.0));
     assert_eq!(th["chat-connections-low"], Some(400.0));
     for a in alarms.metric_alarms() {
-        assert_eq!(a.metric_name(), Some("TCPconnections"));
+        // Metric math (the heartbeat fallback): the metric is in the `conns` query.
+        let conns = a.metrics().iter().find(|q| q.id() == Some("conns"));
+        let metric = conns.and_then(|q| q.metric_stat()).and_then(|m| m.metric());
+        assert_eq!(metric.and_then(|m| m.metric_name()), Some("TCPconnections"));
         assert_eq!(a.alarm_actions().len(), 1, "each alarm triggers its policy");
     }
 
@@ -732,5 +735,170 @@ async fn the_lease_table_is_planned_created_and_named_when_missing() {
             .iter()
             .any(|c| c["kind"] == "lease-table"),
         "{again:#}"
+    );
+}
+
+/// The heartbeat datapoints moto holds for the group: (timestamp, sum) per 10 s period.
+async fn heartbeats(cw: &Cw, from: i64, to: i64) -> Vec<(i64, f64)> {
+    use aws_sdk_cloudwatch::types::{Metric, MetricDataQuery, MetricStat};
+    let out = cw
+        .get_metric_data()
+        .metric_data_queries(
+            MetricDataQuery::builder()
+                .id("hb")
+                .metric_stat(
+                    MetricStat::builder()
+                        .metric(
+                            Metric::builder()
+                                .namespace("connscale")
+                                .metric_name("ControllerHeartbeat")
+                                .dimensions(
+                                    Dimension::builder()
+                                        .name("AutoScalingGroupName")
+                                        .value(GROUP)
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                        .period(10)
+                        .stat("Sum")
+                        .build(),
+                )
+                .build(),
+        )
+        .start_time(DateTime::from_secs(from - from.rem_euclid(10)))
+        .end_time(DateTime::from_secs(to))
+        .send()
+        .await
+        .expect("GetMetricData");
+    let r = &out.metric_data_results()[0];
+    let mut v: Vec<(i64, f64)> = r
+        .timestamps()
+        .iter()
+        .map(|t| t.secs())
+        .zip(r.values().iter().copied())
+        .collect();
+    v.sort_by_key(|(t, _)| *t);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_alarms_act_only_while_the_controller_heartbeat_is_missing() {
+    let env = Env::new().await;
+    env.cli_json(&["apply", "--json"]);
+    let alarms = env
+        .cw
+        .describe_alarms()
+        .alarm_names("chat-connections-high")
+        .alarm_names("chat-connections-low")
+        .send()
+        .await
+        .expect("DescribeAlarms");
+    assert_eq!(alarms.metric_alarms().len(), 2);
+    for a in alarms.metric_alarms() {
+        let name = a.alarm_name().unwrap_or_default();
+        let (period, stat_never, cmp, missing) = if name.ends_with("high") {
+            (10, "-1", "GreaterThanOrEqualToThreshold", "missing")
+        } else {
+            (60, "401", "LessThanOrEqualToThreshold", "notBreaching")
+        };
+        // No single metric at the top level: the alarm compares the expression.
+        assert_eq!(a.metric_name(), None, "{name}");
+        let q: Vec<_> = a
+            .metrics()
+            .iter()
+            .map(|q| {
+                let m = q.metric_stat();
+                (
+                    q.id().unwrap_or_default(),
+                    q.return_data(),
+                    q.expression(),
+                    m.and_then(|m| m.metric()).and_then(|m| m.metric_name()),
+                    m.and_then(|m| m.stat()),
+                    m.and_then(|m| m.period()),
+                    m.and_then(|m| m.metric()).map(|m| {
+                        m.dimensions()
+                            .iter()
+                            .map(|d| (d.name(), d.value()))
+                            .collect::<Vec<_>>()
+                    }),
+                )
+            })
+            .collect();
+        let dims = Some(vec![(Some("AutoScalingGroupName"), Some(GROUP))]);
+        let expr = format!("IF(FILL(hb, 0) == 0, conns, {stat_never})");
+        assert_eq!(
+            q,
+            vec![
+                (
+                    "conns",
+                    Some(false),
+                    None,
+                    Some("TCPconnections"),
+                    Some("Average"),
+                    Some(period),
+                    dims.clone()
+                ),
+                (
+                    "hb",
+                    Some(false),
+                    None,
+                    Some("ControllerHeartbeat"),
+                    Some("Sum"),
+                    Some(period),
+                    dims.clone()
+                ),
+                (
+                    "fallback",
+                    Some(true),
+                    Some(expr.as_str()),
+                    None,
+                    None,
+                    None,
+                    None
+                ),
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            a.comparison_operator().map(|c| c.as_str()),
+            Some(cmp),
+            "{name}"
+        );
+        assert_eq!(a.treat_missing_data(), Some(missing), "{name}");
+        assert_eq!(a.alarm_actions().len(), 1, "{name}");
+        // moto does not evaluate alarms (it shows a new alarm as OK): the state is read back,
+        // the expression's semantics are a unit test in aws::plan.
+        assert!(
+            a.state_value().is_some_and(|s| s.as_str() != "ALARM"),
+            "{name}: {:?}",
+            a.state_value()
+        );
+    }
+    // Read back, the metric-math alarms equal what the policy wants: nothing to plan.
+    assert_eq!(env.cli_json(&["plan", "--json"]), serde_json::json!([]));
+
+    env.publish_by_rank(|_| 500.0).await;
+    let t0 = now();
+    // A dry run never takes the lease and publishes no heartbeat: the alarms stay in charge.
+    env.cli_json(&["run", "--once", "--dry-run", "--json"]);
+    assert_eq!(
+        heartbeats(&env.cw, t0 - 20, t0 + 120).await,
+        vec![],
+        "dry run"
+    );
+    // A run holding the lease publishes the heartbeat for every 10 s period until its lease
+    // (interval 10 s x 3 + 10 s) would expire, so the alarms stand down until then.
+    env.cli_json(&["run", "--once", "--json"]);
+    let t1 = now();
+    let hb = heartbeats(&env.cw, t0 - 20, t1 + 120).await;
+    assert!(
+        (4..=6).contains(&hb.len()) && hb.iter().all(|(t, v)| t % 10 == 0 && *v >= 1.0),
+        "{hb:?}"
+    );
+    let last = hb.last().map(|(t, _)| *t).unwrap_or_default();
+    assert!(
+        last >= t1 + 20 && last < t1 + 50,
+        "last heartbeat {last} vs now {t1}: {hb:?}"
     );
 }

@@ -1,12 +1,22 @@
 //! The terraform module matches the policy file: `connscale export terraform` writes only
 //! variables the module declares, with matching types; every reference in the module resolves;
 //! checkov passes with the listed skips (each with its reason in terraform/.checkov.yaml); and
-//! `terraform fmt -check` passes where a terraform binary exists.
+//! `terraform fmt -check` passes where a terraform binary exists; and every resource type,
+//! argument and nested block is in the hashicorp/aws provider's schema (npm @cdktf/provider-aws).
 
 use connscale_common::policy::Policy;
-use connscale_test_support::{find_tool, workspace_root};
+use connscale_test_support::find_tool;
 use std::path::PathBuf;
 use std::process::Command;
+
+/// This checkout's root, from this test's own crate (test-support's `workspace_root` is baked
+/// in where test-support was compiled, which a build directory shared by worktrees may not be).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .expect("controller/ has a parent")
+}
 
 fn venv_python() -> PathBuf {
     find_tool(
@@ -207,5 +217,287 @@ fn the_controller_policy_grants_every_action_the_controller_calls() {
     assert!(
         missing.is_empty(),
         "terraform/iam.tf's controller policy lacks {missing:?}"
+    );
+}
+
+/// The pinned @cdktf/provider-aws version the module is checked against.
+fn provider_schema_version() -> String {
+    std::fs::read_to_string(workspace_root().join("terraform/tests/provider-aws.version"))
+        .expect("read terraform/tests/provider-aws.version")
+        .trim()
+        .to_string()
+}
+
+/// Runs provider_schema.py on `module`: (passed, output).
+fn schema_check(module: &std::path::Path) -> (bool, String) {
+    let pkg = workspace_root().join("target/provider-schema/node_modules/@cdktf/provider-aws");
+    let installed = std::fs::read_to_string(pkg.join("package.json")).unwrap_or_default();
+    let pin = provider_schema_version();
+    assert!(
+        installed.contains(&format!("\"version\": \"{pin}\"")),
+        "@cdktf/provider-aws {pin} is not in {}: run scripts/test (it installs it)",
+        pkg.display()
+    );
+    let out = Command::new(venv_python())
+        .arg(workspace_root().join("terraform/tests/provider_schema.py"))
+        .arg(&pkg)
+        .arg(module)
+        .output()
+        .expect("run provider_schema.py");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn every_resource_argument_and_block_is_in_the_provider_schema() {
+    let (ok, out) = schema_check(&workspace_root().join("terraform"));
+    println!("{out}");
+    assert!(ok, "{out}");
+    assert!(out.contains("against hashicorp/aws 6.25.0"), "{out}");
+}
+
+#[test]
+fn the_schema_check_catches_unknown_types_arguments_and_nested_blocks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("fleet.tf"),
+        r#"
+resource "aws_autoscaling_warm_pool" "this" {
+  autoscaling_group_name = "x"
+}
+resource "aws_autoscaling_group" "fleet" {
+  count    = 1
+  min_size = 1
+  max_sise = 2
+  warm_pool {
+    pool_state = "Stopped"
+    instance_reuse_policy {
+      reuse_on_scale_inn = true
+    }
+  }
+  dynamic "initial_lifecycle_hook" {
+    for_each = {}
+    content {
+      name      = "x"
+      heartbeat = 30
+    }
+  }
+  dynamic "tagz" {
+    for_each = {}
+    content {}
+  }
+  lifecycle {
+    ignore_changes = [desired_capacity]
+  }
+}
+data "aws_regionn" "current" {}
+"#,
+    )
+    .expect("write");
+    std::fs::create_dir_all(dir.path().join("examples/x")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("examples/x/main.tf"),
+        "provider \"aws\" {\n  regoin = \"eu-west-1\"\n}\n",
+    )
+    .expect("write");
+    let (ok, out) = schema_check(dir.path());
+    assert!(!ok, "{out}");
+    for want in [
+        "fleet.tf: aws_autoscaling_warm_pool.this: unknown resource type 'aws_autoscaling_warm_pool'",
+        "fleet.tf: aws_autoscaling_group.fleet: unknown argument or block 'max_sise'",
+        "fleet.tf: aws_autoscaling_group.fleet.warm_pool.instance_reuse_policy: unknown argument or block 'reuse_on_scale_inn'",
+        "fleet.tf: aws_autoscaling_group.fleet.initial_lifecycle_hook: unknown argument or block 'heartbeat'",
+        "fleet.tf: aws_autoscaling_group.fleet: unknown block 'tagz'",
+        "fleet.tf: data.aws_regionn.current: unknown data source 'aws_regionn'",
+        "examples/x/main.tf: provider.aws: unknown argument or block 'regoin'",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert_eq!(out.matches(": unknown").count(), 7, "{out}");
+}
+
+/// Runs `terraform plan` on a copy of the module's variables.tf (no resources, so no provider
+/// is needed) with `name` and `redis_auth_token` set: the validation errors, or "" if it passed.
+fn validation_errors(
+    tf: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    token: &str,
+) -> String {
+    let base = serde_json::json!({
+        "vpc_id": "vpc-1", "subnet_ids": ["a", "b"], "public_subnet_ids": ["a", "b"],
+        "ami_id": "ami-1", "release_url": "https://example.com/r.tgz", "api_token": "t",
+        "min_size": 1, "max_size": 2, "node_cap": 10, "scale_out_threshold": 5,
+        "scale_out_period": 10, "scale_out_evaluation_periods": 1,
+        "scale_out_steps": [{"lower": 5, "adjustment": 1}], "instance_warmup": 60,
+        "scale_in_threshold": 2, "scale_in_period": 60, "scale_in_evaluation_periods": 3,
+        "scale_in_adjustment": 1, "scale_in_cooldown": 60,
+        "name": name, "redis_auth_token": token,
+    });
+    std::fs::write(dir.join("case.tfvars.json"), base.to_string()).expect("write");
+    let out = Command::new(tf)
+        .current_dir(dir)
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .args([
+            "plan",
+            "-input=false",
+            "-no-color",
+            "-var-file=case.tfvars.json",
+        ])
+        .output()
+        .expect("terraform plan");
+    if out.status.success() {
+        String::new()
+    } else {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+#[test]
+fn name_and_auth_token_validations_admit_what_aws_admits_where_terraform_exists() {
+    let Ok(tf) = find_tool("terraform", &[], "") else {
+        eprintln!("terraform not on PATH: validation check skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::copy(
+        workspace_root().join("terraform/variables.tf"),
+        dir.path().join("variables.tf"),
+    )
+    .expect("copy variables.tf");
+    let init = Command::new(&tf)
+        .current_dir(dir.path())
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .args(["init", "-input=false", "-no-color"])
+        .output()
+        .expect("terraform init");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let good = "Abc-def!&#$^<>123";
+    let name_rule = "must not end with a dash or contain two dashes";
+    let token_rule = "only ! & # $ ^ < > -";
+    for (name, token, want) in [
+        ("chat", good, ""),
+        ("chat-eu-1", &"a".repeat(16), ""),
+        ("chat", &"Z9".repeat(64), ""),
+        ("chat-", good, name_rule),
+        ("ch--at", good, name_rule),
+        ("internal-chat", good, "must not start with"),
+        ("chat", &"a".repeat(15), token_rule),
+        ("chat", &"a".repeat(129), token_rule),
+        ("chat", "abcdefghijklmnop@", token_rule),
+        ("chat", "abcdefghijklmnop/", token_rule),
+        ("chat", "abcdefghijklmnop\"", token_rule),
+        ("chat", "abcdefghijklmnop%", token_rule),
+        ("chat", "abcdefghijklmnop q", token_rule),
+        ("chat", "abcdefghijklmnopé", token_rule),
+    ] {
+        let errors = validation_errors(&tf, dir.path(), name, token);
+        if want.is_empty() {
+            assert!(errors.is_empty(), "{name:?} / {token:?} refused:\n{errors}");
+        } else {
+            // terraform wraps long messages: compare with whitespace folded.
+            let folded = errors.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                folded.contains(want),
+                "{name:?} / {token:?}: want {want:?} in:\n{errors}"
+            );
+        }
+    }
+}
+
+/// The module's text with comments and whitespace runs folded, for structural assertions.
+fn module_text(file: &str) -> String {
+    std::fs::read_to_string(workspace_root().join("terraform").join(file))
+        .expect("read")
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or_default().trim())
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn the_group_waits_for_installs_and_the_alb_outlasts_the_drain() {
+    let fleet = module_text("fleet.tf");
+    for want in [
+        "name = local.launch_hook\nlifecycle_transition = \"autoscaling:EC2_INSTANCE_LAUNCHING\"\ndefault_result = \"ABANDON\"\nheartbeat_timeout = var.install_timeout",
+        "launch_hook = \"connscale-launch\"",
+        "deregistration_delay = var.drain_timeout + var.deregistration_margin",
+        "dynamic \"warm_pool\" {",
+    ] {
+        assert!(fleet.contains(want), "fleet.tf lacks {want:?}:\n{fleet}");
+    }
+    let network = module_text("network.tf");
+    assert!(
+        network.contains("deregistration_delay = local.deregistration_delay"),
+        "{network}"
+    );
+    let iam = module_text("iam.tf");
+    assert!(
+        iam.contains("actions = [\"autoscaling:RecordLifecycleActionHeartbeat\", \"autoscaling:CompleteLifecycleAction\"]\nresources = [local.group_arn]"),
+        "{iam}"
+    );
+}
+
+#[test]
+fn the_module_and_apply_create_the_same_heartbeat_fallback_alarms() {
+    use connscale::aws::plan;
+    let scaling = module_text("scaling.tf");
+    let tf_expr = format!(
+        "expression = \"{}\"",
+        plan::fallback_expression(12345.0).replace("12345", "${each.value.never}")
+    );
+    // Rust prints the never-values as terraform does (-1, threshold + 1 without ".0").
+    assert_eq!(
+        plan::fallback_expression(plan::never_breaching(
+            "GreaterThanOrEqualToThreshold",
+            700.0
+        )),
+        "IF(FILL(hb, 0) == 0, conns, -1)"
+    );
+    assert_eq!(
+        plan::fallback_expression(plan::never_breaching("LessThanOrEqualToThreshold", 400.0)),
+        "IF(FILL(hb, 0) == 0, conns, 401)"
+    );
+    for want in [
+        tf_expr.as_str(),
+        "never = -1",
+        "never = var.scale_in_threshold + 1",
+        &format!("heartbeat_metric = \"{}\"", plan::HEARTBEAT_METRIC),
+        &format!("id = \"{}\"\nreturn_data = false", plan::CONNS_ID),
+        &format!("id = \"{}\"\nreturn_data = false", plan::HEARTBEAT_ID),
+        &format!("id = \"{}\"", plan::FALLBACK_ID),
+        "comparison = \"GreaterThanOrEqualToThreshold\"",
+        "comparison = \"LessThanOrEqualToThreshold\"",
+        "missing = \"missing\"",
+        "missing = \"notBreaching\"",
+    ] {
+        assert!(
+            scaling.contains(want),
+            "scaling.tf lacks {want:?}:\n{scaling}"
+        );
+    }
+    let iam = module_text("iam.tf");
+    assert!(
+        iam.contains("sid = \"Heartbeat\"\nactions = [\"cloudwatch:PutMetricData\"]"),
+        "{iam}"
     );
 }

@@ -10,7 +10,9 @@
 use super::{AwsProvider, sdk_error};
 use crate::provider::{Provider, ProviderError};
 use aws_sdk_autoscaling::types::StepAdjustment;
-use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic};
+use aws_sdk_cloudwatch::types::{
+    ComparisonOperator, Dimension, Metric, MetricDataQuery, MetricStat, Statistic,
+};
 use connscale_common::metric::DIM_GROUP;
 use connscale_common::policy::{Policy, WarmPool};
 use serde::Serialize;
@@ -21,6 +23,30 @@ use std::collections::BTreeMap;
 pub const DRAIN_HOOK: &str = "connscale-drain";
 /// Seconds a draining instance may stay in the hook (terraform's `drain_timeout` default).
 pub const DRAIN_TIMEOUT: i32 = 300;
+
+/// The metric `connscale run` publishes while it holds the lease ({AutoScalingGroupName}, in the
+/// policy's namespace). The alarms act only while it is missing, so exactly one actor scales.
+pub const HEARTBEAT_METRIC: &str = "ControllerHeartbeat";
+/// Metric-math ids of the alarms' queries (terraform/scaling.tf uses the same).
+pub const CONNS_ID: &str = "conns";
+pub const HEARTBEAT_ID: &str = "hb";
+pub const FALLBACK_ID: &str = "fallback";
+
+/// The alarm's expression: the group average while no controller heartbeat is seen in the
+/// period, else `never`, a value on the never-breaching side of the threshold.
+pub fn fallback_expression(never: f64) -> String {
+    format!("IF(FILL({HEARTBEAT_ID}, 0) == 0, {CONNS_ID}, {never})")
+}
+
+/// The value the alarm sees while the controller runs: below zero for the scale-out alarm
+/// (connections never are), above the threshold for the scale-in alarm.
+pub fn never_breaching(comparison: &str, threshold: f64) -> f64 {
+    if comparison.starts_with("Greater") {
+        -1.0
+    } else {
+        threshold + 1.0
+    }
+}
 
 /// One piece of the group's scaling configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,6 +74,8 @@ pub enum Spec {
         threshold: f64,
         comparison: String,
         treat_missing: String,
+        /// The metric-math expression the alarm compares ([`fallback_expression`]).
+        expression: String,
         /// The scaling policy (by name) the alarm triggers.
         policy: Option<String>,
     },
@@ -142,6 +170,7 @@ pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
                  cmp: &str,
                  missing: &str,
                  policy: &str| Spec::Alarm {
+        expression: fallback_expression(never_breaching(cmp, f64::from(threshold))),
         namespace: v.metric_namespace.clone(),
         metric: v.metric_name.clone(),
         group: group.to_string(),
@@ -367,20 +396,43 @@ pub async fn observed(
                 .map_err(|e| sdk_error("cloudwatch:DescribeAlarms", e))?;
         for a in al.metric_alarms() {
             let Some(name) = a.alarm_name() else { continue };
-            let dim = a
-                .dimensions()
+            // A metric-math alarm keeps its metric in the `conns` query; an older single-metric
+            // one at the top level (it then differs in `expression` and is replaced).
+            let conns = a
+                .metrics()
+                .iter()
+                .find(|q| q.id() == Some(CONNS_ID))
+                .and_then(|q| q.metric_stat());
+            let metric = conns.and_then(|m| m.metric());
+            let dims = metric.map(|m| m.dimensions()).unwrap_or(a.dimensions());
+            let dim = dims
                 .iter()
                 .find(|d| d.name() == Some(DIM_GROUP))
                 .and_then(|d| d.value())
+                .unwrap_or_default();
+            let expression = a
+                .metrics()
+                .iter()
+                .find(|q| q.return_data() != Some(false) && q.expression().is_some())
+                .and_then(|q| q.expression())
                 .unwrap_or_default();
             insert(
                 &mut c,
                 name,
                 Spec::Alarm {
-                    namespace: a.namespace().unwrap_or_default().into(),
-                    metric: a.metric_name().unwrap_or_default().into(),
+                    namespace: metric
+                        .and_then(|m| m.namespace())
+                        .or(a.namespace())
+                        .unwrap_or_default()
+                        .into(),
+                    metric: metric
+                        .and_then(|m| m.metric_name())
+                        .or(a.metric_name())
+                        .unwrap_or_default()
+                        .into(),
                     group: dim.into(),
-                    period: a.period().unwrap_or(0),
+                    expression: expression.into(),
+                    period: conns.and_then(|m| m.period()).or(a.period()).unwrap_or(0),
                     evaluation_periods: a.evaluation_periods().unwrap_or(0),
                     threshold: a.threshold().unwrap_or(0.0),
                     comparison: a
@@ -553,6 +605,7 @@ async fn put(
             threshold,
             comparison,
             treat_missing,
+            expression,
             policy,
         } => {
             let action = policy.as_ref().and_then(|n| arns.get(n)).ok_or_else(|| {
@@ -561,14 +614,42 @@ async fn put(
                     format!("alarm {name}: scaling policy {policy:?} has no ARN yet"),
                 )
             })?;
+            let query = |id: &str, metric: &str, stat: Statistic| {
+                MetricDataQuery::builder()
+                    .id(id)
+                    .return_data(false)
+                    .metric_stat(
+                        MetricStat::builder()
+                            .metric(
+                                Metric::builder()
+                                    .namespace(namespace)
+                                    .metric_name(metric)
+                                    .dimensions(
+                                        Dimension::builder().name(DIM_GROUP).value(g).build(),
+                                    )
+                                    .build(),
+                            )
+                            .period(*period)
+                            .stat(stat.as_str())
+                            .build(),
+                    )
+                    .build()
+            };
             p.cw.put_metric_alarm()
                 .alarm_name(name)
-                .alarm_description("connscale: average established connections per instance")
-                .namespace(namespace)
-                .metric_name(metric)
-                .dimensions(Dimension::builder().name(DIM_GROUP).value(g).build())
-                .statistic(Statistic::Average)
-                .period(*period)
+                .alarm_description(
+                    "connscale fallback: average established connections per instance, \
+                     acting only while the connscale controller's heartbeat is missing",
+                )
+                .metrics(query(CONNS_ID, metric, Statistic::Average))
+                .metrics(query(HEARTBEAT_ID, HEARTBEAT_METRIC, Statistic::Sum))
+                .metrics(
+                    MetricDataQuery::builder()
+                        .id(FALLBACK_ID)
+                        .expression(expression)
+                        .return_data(true)
+                        .build(),
+                )
                 .evaluation_periods(*evaluation_periods)
                 .datapoints_to_alarm(*evaluation_periods)
                 .threshold(*threshold)
@@ -623,6 +704,61 @@ async fn put(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the alarm's expression yields at one period, read from its text exactly as
+    /// CloudWatch would: `hb` is the heartbeat sum (None: no datapoint), `conns` the average.
+    fn eval(expr: &str, hb: Option<f64>, conns: Option<f64>) -> Option<f64> {
+        let never: f64 = expr
+            .strip_prefix("IF(FILL(hb, 0) == 0, conns, ")
+            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected expression {expr}"));
+        if hb.unwrap_or(0.0) == 0.0 {
+            conns
+        } else {
+            Some(never)
+        }
+    }
+
+    #[test]
+    fn exactly_one_actor_the_alarms_breach_only_without_a_heartbeat() {
+        let c = wanted(&Policy::default_policy(), "chat").unwrap();
+        for name in alarm_names("chat") {
+            let Some(Spec::Alarm {
+                threshold,
+                comparison,
+                expression,
+                ..
+            }) = c.get(&("alarm".into(), name.clone()))
+            else {
+                panic!("no alarm {name}");
+            };
+            let breaches = |v: f64| {
+                if comparison.starts_with("Greater") {
+                    v >= *threshold
+                } else {
+                    v <= *threshold
+                }
+            };
+            for conns in [0.0, threshold - 1.0, *threshold, threshold + 1.0, 1e9] {
+                // The controller runs (any heartbeat sum > 0): the alarm never breaches.
+                for hb in [1.0, 3.0] {
+                    let v = eval(expression, Some(hb), Some(conns)).expect("a value");
+                    assert!(
+                        !breaches(v),
+                        "{name}: heartbeat {hb}, conns {conns}: {v} breaches"
+                    );
+                }
+                // The controller is gone: the alarm sees the plain average, as the classic
+                // alarm did.
+                for hb in [None, Some(0.0)] {
+                    assert_eq!(eval(expression, hb, Some(conns)), Some(conns), "{name}");
+                }
+            }
+            // No data at all: the expression is missing too, and treat_missing decides.
+            assert_eq!(eval(expression, None, None), None);
+        }
+    }
 
     #[test]
     fn default_policy_wants_the_terraform_names() {
