@@ -13,6 +13,10 @@ use std::path::PathBuf;
 /// CHAT_DRAIN_WINDOW, CHAT_RATE_PER_SEC, CHAT_RATE_BURST, CHAT_PING_INTERVAL, CHAT_PING_TIMEOUT,
 /// CHAT_MAX_QUEUED_BYTES, then
 /// by flags. See chat-node/chat-node.example.toml for every key.
+///
+/// Secrets as systemd credentials (LoadCredential=): $CREDENTIALS_DIRECTORY/api-token is the
+/// api_token when none is configured; $CREDENTIALS_DIRECTORY/redis-auth-token is the Redis AUTH
+/// password (set on the connection, not in the URL).
 #[derive(Debug, Parser)]
 #[command(name = "chat-node", version, max_term_width = 100)]
 pub struct Cli {
