@@ -70,10 +70,10 @@ pub enum Command {
     /// decrement (each drains through the lifecycle hook) instead of AWS's termination order.
     ///
     /// Only one loop acts on a group: the lease is an item in a DynamoDB table
-    /// (`--lease-table`), taken and renewed with conditional writes, released on exit, and
-    /// taken over by another loop once it expires (3 intervals + 10 s). Each scaling call first
-    /// proves the lease is still held with the same fencing token, so a loop that lost it
-    /// stands by instead of acting.
+    /// (`--lease-table`), taken and renewed with conditional writes, released on Ctrl-C or
+    /// SIGTERM (after the turn in progress), and taken over by another loop once it expires (3
+    /// intervals + 10 s). Each scaling call first proves the lease is still held with the same
+    /// fencing token, so a loop that lost it stands by instead of acting.
     Run {
         #[command(flatten)]
         aws: AwsArgs,
