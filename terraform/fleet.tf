@@ -44,7 +44,8 @@ resource "aws_launch_template" "node" {
     publish_period             = var.agent_publish_period
     hook_name                  = local.drain_hook
     launch_hook_name           = local.launch_hook
-    drain_timeout              = var.drain_timeout
+    agent_drain_timeout        = local.agent_drain_timeout
+    hook_heartbeat_timeout     = local.deregistration_delay + var.drain_timeout
     api_token_parameter        = aws_ssm_parameter.api_token.name
     redis_auth_token_parameter = aws_ssm_parameter.redis_auth_token.name
     aws_endpoint_url           = ""
