@@ -31,18 +31,23 @@ resource "aws_launch_template" "node" {
     }
   }
 
+  # No secret in here: only the names of the SSM parameters that hold them (secrets.tf).
   user_data = base64encode(templatefile("${path.module}/templates/user_data.sh.tftpl", {
-    release_url      = var.release_url
-    chat_port        = var.chat_port
-    health_port      = var.health_port
-    node_cap         = var.node_cap
-    redis_url        = "rediss://:${var.redis_auth_token}@${aws_elasticache_replication_group.redis.primary_endpoint_address}:6379"
-    api_token        = var.api_token
-    metric_namespace = var.metric_namespace
-    metric_name      = var.metric_name
-    publish_period   = var.agent_publish_period
-    hook_name        = local.drain_hook
-    drain_timeout    = var.drain_timeout
+    release_url                = var.release_url
+    release_sha256             = var.release_sha256
+    chat_port                  = var.chat_port
+    health_port                = var.health_port
+    node_cap                   = var.node_cap
+    redis_url                  = "rediss://${aws_elasticache_replication_group.redis.primary_endpoint_address}:6379"
+    metric_namespace           = var.metric_namespace
+    metric_name                = var.metric_name
+    publish_period             = var.agent_publish_period
+    hook_name                  = local.drain_hook
+    launch_hook_name           = local.launch_hook
+    drain_timeout              = var.drain_timeout
+    api_token_parameter        = aws_ssm_parameter.api_token.name
+    redis_auth_token_parameter = aws_ssm_parameter.redis_auth_token.name
+    aws_endpoint_url           = ""
   }))
 
   tag_specifications {
@@ -53,6 +58,9 @@ resource "aws_launch_template" "node" {
 
 locals {
   drain_hook = "connscale-drain"
+  # The boot script runs `connscale-agent complete-lifecycle --hook connscale-launch` once the
+  # services are up: a warm-pool instance is stopped only after its install finished.
+  launch_hook = "connscale-launch"
 }
 
 resource "aws_autoscaling_group" "fleet" {

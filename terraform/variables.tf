@@ -46,7 +46,7 @@ variable "instance_type" {
 }
 
 variable "release_url" {
-  description = "HTTPS URL of a tarball holding the chat-node and connscale-agent binaries for the AMI's architecture."
+  description = "HTTPS base URL where scripts/release's dist/ files (SHA256SUMS, the .debs, the tarball) are served, for the AMI's architecture."
   type        = string
   validation {
     condition     = startswith(var.release_url, "https://")

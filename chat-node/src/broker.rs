@@ -73,9 +73,16 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
     redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
-/// A Redis Cluster client builder over `seeds` with [`tcp_settings`].
-fn cluster_builder(seeds: &[String]) -> redis::cluster::ClusterClientBuilder {
-    redis::cluster::ClusterClientBuilder::new(seeds.to_vec()).tcp_settings(tcp_settings())
+/// A Redis Cluster client builder over `seeds` with [`tcp_settings`] and the AUTH password.
+fn cluster_builder(
+    seeds: &[String],
+    password: Option<&str>,
+) -> redis::cluster::ClusterClientBuilder {
+    let b = redis::cluster::ClusterClientBuilder::new(seeds.to_vec()).tcp_settings(tcp_settings());
+    match password {
+        Some(p) => b.password(p),
+        None => b,
+    }
 }
 
 /// The recovery stream of a room (`None`: broadcasts to everyone).
@@ -124,6 +131,7 @@ enum Backend {
     Cluster {
         client: redis::cluster::ClusterClient,
         seeds: Vec<String>,
+        password: Option<String>,
     },
 }
 
@@ -200,8 +208,10 @@ const RETRY_MS: u64 = 500;
 const PROBE_BUDGET_MS: u64 = 1_500;
 
 impl RedisBroker {
-    /// Validates the URL; connecting happens lazily and is retried for ever.
-    pub fn new(url: &str) -> Result<Self, String> {
+    /// Validates the URL; connecting happens lazily and is retried for ever. `password` is the
+    /// AUTH password (the `redis-auth-token` credential): set on the connection info, never
+    /// spliced into the URL, so any character is safe in it. It replaces one in the URL.
+    pub fn new(url: &str, password: Option<&str>) -> Result<Self, String> {
         if url.starts_with("rediss") {
             // Both ring and aws-lc-rs are linked, so rustls needs telling which to use (without
             // this, the first TLS connection panics). Err = one is installed already: fine.
@@ -221,12 +231,17 @@ impl RedisBroker {
                 ))));
             }
             Some(seeds) => Backend::Cluster {
-                client: cluster_builder(&seeds).build().map_err(invalid)?,
+                client: cluster_builder(&seeds, password).build().map_err(invalid)?,
                 seeds,
+                password: password.map(str::to_string),
             },
             None => {
                 use redis::IntoConnectionInfo;
-                let info = url.into_connection_info().map_err(invalid)?;
+                let mut info = url.into_connection_info().map_err(invalid)?;
+                if let Some(p) = password {
+                    let redis = info.redis_settings().clone().set_password(p);
+                    info = info.set_redis_settings(redis);
+                }
                 Backend::Single(
                     redis::Client::open(info.set_tcp_settings(tcp_settings())).map_err(invalid)?,
                 )
@@ -541,7 +556,12 @@ impl RedisBroker {
         loop {
             let ended = match &self.backend {
                 Backend::Single(client) => self.listen_single(client, &deliver).await,
-                Backend::Cluster { seeds, .. } => self.listen_cluster(seeds, &deliver).await,
+                Backend::Cluster {
+                    seeds, password, ..
+                } => {
+                    self.listen_cluster(seeds, password.as_deref(), &deliver)
+                        .await
+                }
             };
             match ended {
                 // It was subscribed: retry soon.
@@ -584,11 +604,12 @@ impl RedisBroker {
     async fn listen_cluster(
         &self,
         seeds: &[String],
+        password: Option<&str>,
         deliver: &impl Fn(u64, Envelope),
     ) -> Result<(), String> {
         use redis::{FromRedisValue, PushKind};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let client = cluster_builder(seeds)
+        let client = cluster_builder(seeds, password)
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(tx)
             .build()
@@ -652,8 +673,37 @@ mod tests {
             Some(vec!["rediss://c.example:6379".into()])
         );
         assert_eq!(cluster_seeds("redis://127.0.0.1:6379"), None);
-        assert!(RedisBroker::new("redis+cluster://").is_err());
-        assert!(RedisBroker::new("redis+cluster://127.0.0.1:7000,127.0.0.1:7001").is_ok());
+        assert!(RedisBroker::new("redis+cluster://", None).is_err());
+        assert!(RedisBroker::new("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", None).is_ok());
+    }
+
+    /// A Redis with `requirepass`: the password (with `#` and `@`, which a URL would break on)
+    /// goes on the connection info, so commands work; without it they fail (NOAUTH).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_auth_password_reaches_a_redis_that_requires_it() {
+        const PASSWORD: &str = "p#ss@w:rd/?x";
+        let redis = connscale_test_support::RedisServer::start();
+        let url = format!("redis://127.0.0.1:{}", redis.port());
+        let admin = redis::Client::open(url.as_str()).unwrap();
+        let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg(PASSWORD)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let rec = SessionRecord::default();
+        let with = RedisBroker::new(&url, Some(PASSWORD)).unwrap();
+        assert!(
+            with.save_session("p1", &rec, 60).await,
+            "saved with the password"
+        );
+        let without = RedisBroker::new(&url, None).unwrap();
+        assert!(
+            !without.save_session("p2", &rec, 60).await,
+            "refused without it"
+        );
     }
 
     /// A Redis that accepts connections and never answers: every attempt to use it costs the
@@ -672,7 +722,7 @@ mod tests {
                 held.push(c);
             }
         });
-        let b = std::sync::Arc::new(RedisBroker::new(&url).unwrap());
+        let b = std::sync::Arc::new(RedisBroker::new(&url, None).unwrap());
         let rec = SessionRecord::default();
         let calls: Vec<_> = (0..100)
             .map(|i| {
@@ -699,7 +749,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_publish_in_order_even_after_the_script_cache_empties() {
         let redis = connscale_test_support::RedisServer::start();
-        let b = RedisBroker::new(&format!("redis://127.0.0.1:{}", redis.port())).unwrap();
+        let b = RedisBroker::new(&format!("redis://127.0.0.1:{}", redis.port()), None).unwrap();
         let env = |i: u64| Envelope {
             o: "n1".into(),
             r: Some("r1".into()),

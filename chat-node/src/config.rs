@@ -44,6 +44,11 @@ pub struct ChatConfig {
     pub recovery_window: Duration,
     /// Most messages kept per room for recovery.
     pub recovery_max_len: u64,
+    /// Redis AUTH password: only from the `redis-auth-token` systemd credential (see
+    /// [`apply_credentials`]), never from the file, so it is never in a world-readable config
+    /// nor spliced into a URL.
+    #[serde(skip)]
+    pub redis_password: Option<String>,
 }
 
 impl Default for ChatConfig {
@@ -66,6 +71,7 @@ impl Default for ChatConfig {
             drain_window: Duration::from_secs(30),
             recovery_window: Duration::from_secs(120),
             recovery_max_len: 10_000,
+            redis_password: None,
         }
     }
 }
@@ -123,7 +129,7 @@ const OVERRIDES: &[EnvOverride] = &[
 
 /// Loads the file (default `/etc/connscale/chat-node.toml`, optional) with env overrides.
 pub fn load_config(path: Option<&Path>) -> Result<ChatConfig, String> {
-    let c: ChatConfig =
+    let mut c: ChatConfig =
         load(path, "/etc/connscale/chat-node.toml", OVERRIDES).map_err(|e| e.to_string())?;
     if c.max_message_bytes < 1024 {
         return Err(format!(
@@ -141,7 +147,53 @@ pub fn load_config(path: Option<&Path>) -> Result<ChatConfig, String> {
     if c.rate_per_sec <= 0.0 || c.rate_burst < 1.0 {
         return Err("`rate_per_sec` must be > 0 and `rate_burst` ≥ 1".into());
     }
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    apply_credentials(&mut c, dir.as_deref())?;
     Ok(c)
+}
+
+/// The systemd credential holding `api_token` (used when the file and env leave it unset).
+pub const API_TOKEN_CREDENTIAL: &str = "api-token";
+/// The systemd credential holding the Redis AUTH password.
+pub const REDIS_AUTH_CREDENTIAL: &str = "redis-auth-token";
+
+/// Takes the secrets from systemd credentials (`LoadCredential=` puts them in
+/// `$CREDENTIALS_DIRECTORY`, readable by this service only). A missing file is no error (a node
+/// without secrets); an empty or unreadable one is.
+pub fn apply_credentials(c: &mut ChatConfig, dir: Option<&Path>) -> Result<(), String> {
+    let Some(dir) = dir else { return Ok(()) };
+    if c.api_token.is_none() {
+        c.api_token = read_credential(dir, API_TOKEN_CREDENTIAL)?;
+    }
+    if let Some(p) = read_credential(dir, REDIS_AUTH_CREDENTIAL)? {
+        c.redis_password = Some(p);
+    }
+    Ok(())
+}
+
+/// One credential's value, without a trailing newline (files written by `echo` have one).
+fn read_credential(dir: &Path, name: &str) -> Result<Option<String>, String> {
+    let path = dir.join(name);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "cannot read credential {}: {e} (check the unit's LoadCredential={name}:...)",
+                path.display()
+            ));
+        }
+    };
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    let value = value.strip_suffix('\r').unwrap_or(value);
+    if value.is_empty() {
+        return Err(format!(
+            "credential {} is empty: the secret it comes from was not fetched (see \
+             connscale-credentials.service)",
+            path.display()
+        ));
+    }
+    Ok(Some(value.to_string()))
 }
 
 impl ChatConfig {
@@ -172,6 +224,53 @@ mod tests {
         let e = load_config(Some(&dir)).unwrap_err();
         let _ = std::fs::remove_file(&dir);
         assert!(e.contains("prot") && e.contains("line 1"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(d.path().join(name), text).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn credentials_fill_the_api_token_and_the_redis_password() {
+        let d = dir_with(&[
+            ("api-token", "tok#1@x\n"),
+            ("redis-auth-token", "p#ss@word"),
+        ]);
+        let mut c = ChatConfig::default();
+        apply_credentials(&mut c, Some(d.path())).unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("tok#1@x"));
+        assert_eq!(c.redis_password.as_deref(), Some("p#ss@word"));
+    }
+
+    #[test]
+    fn a_configured_api_token_wins_and_missing_credentials_are_fine() {
+        let d = dir_with(&[("api-token", "from-credential")]);
+        let mut c = ChatConfig {
+            api_token: Some("from-config".into()),
+            ..ChatConfig::default()
+        };
+        apply_credentials(&mut c, Some(d.path())).unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("from-config"));
+        assert_eq!(c.redis_password, None);
+        let mut none = ChatConfig::default();
+        apply_credentials(&mut none, None).unwrap();
+        assert_eq!((none.api_token, none.redis_password), (None, None));
+    }
+
+    #[test]
+    fn an_empty_credential_is_an_error_naming_it() {
+        let d = dir_with(&[("redis-auth-token", "\n")]);
+        let e = apply_credentials(&mut ChatConfig::default(), Some(d.path())).unwrap_err();
+        assert!(e.contains("redis-auth-token") && e.contains("empty"), "{e}");
     }
 }
 

@@ -85,7 +85,10 @@ fn now_us() -> u64 {
 impl Hub {
     pub fn new(cfg: ChatConfig) -> Result<Arc<Self>, String> {
         let broker = match &cfg.redis_url {
-            Some(url) => Some(Arc::new(RedisBroker::new(url)?)),
+            Some(url) => Some(Arc::new(RedisBroker::new(
+                url,
+                cfg.redis_password.as_deref(),
+            )?)),
             None => None,
         };
         let (outgoing, outgoing_rx) = match broker {

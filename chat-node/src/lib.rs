@@ -8,6 +8,7 @@
 pub mod api;
 pub mod broker;
 pub mod chat;
+pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod listener;

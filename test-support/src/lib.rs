@@ -43,6 +43,16 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf, MissingTool> {
         })
         .map(PathBuf::from)
         .unwrap_or_default();
+    // With a build directory apart from the target directory (cargo's `build.build-dir`), tests
+    // run from the build directory while binaries land in the target directory: look there first.
+    if let (Ok(target), Some(profile)) =
+        (std::env::var("CARGO_TARGET_DIR"), profile_dir.file_name())
+    {
+        let path = PathBuf::from(target).join(profile).join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
     let path = profile_dir.join(name);
     if path.is_file() {
         Ok(path)

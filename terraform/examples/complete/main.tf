@@ -20,6 +20,7 @@ module "connscale" {
   ami_id            = var.ami_id
   instance_type     = var.instance_type
   release_url       = var.release_url
+  release_sha256    = var.release_sha256
   certificate_arn   = var.certificate_arn
   redis_auth_token  = var.redis_auth_token
   api_token         = var.api_token
@@ -80,7 +81,12 @@ variable "instance_type" {
 }
 
 variable "release_url" {
-  description = "Release tarball URL."
+  description = "Base URL of scripts/release's dist/ files."
+  type        = string
+}
+
+variable "release_sha256" {
+  description = "sha256 of dist/SHA256SUMS (scripts/release prints it)."
   type        = string
 }
 
