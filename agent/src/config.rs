@@ -9,6 +9,32 @@ use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/connscale/agent.toml";
 
+/// The systemd credential (`LoadCredential=api-token:...`) read as `drain.drain_token` when that
+/// key is unset.
+pub const API_TOKEN_CREDENTIAL: &str = "api-token";
+
+/// A secret value: `Debug` never shows it, so no log line or error can carry it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
 /// Every key, with its default. See `agent/agent.example.toml` for the documented file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -65,16 +91,28 @@ pub struct IdentityConfig {
     pub imds_endpoint: Option<String>,
 }
 
+/// How the agent tells the service to drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainMethod {
+    /// POST `drain_url` (with `drain_token` as a bearer token).
+    Http,
+    /// SIGTERM to the PID in `pid_file`.
+    Signal,
+    /// `systemctl stop unit` (and `start` when the instance returns from the warm pool).
+    Systemd,
+}
+
+/// The scale-in drain (`[drain]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DrainConfig {
-    /// Watch the IMDS target lifecycle state and drain on Terminating:Wait.
+    /// Watch the IMDS target lifecycle state and drain on every scale-in path.
     pub enabled: bool,
-    /// How to tell the service: "http" (POST drain_url), "signal" (SIGTERM to pid_file's PID),
-    /// or "systemd" (systemctl stop unit).
-    pub method: String,
+    pub method: DrainMethod,
     pub drain_url: Option<String>,
-    pub drain_token: Option<String>,
+    /// Bearer token for `drain_url`; unset: `$CREDENTIALS_DIRECTORY/api-token` if present.
+    pub drain_token: Option<Secret>,
     pub pid_file: Option<PathBuf>,
     pub unit: Option<String>,
     /// Complete the lifecycle action once connections fall below this...
@@ -85,6 +123,13 @@ pub struct DrainConfig {
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     pub hook_name: String,
+    /// The hook's heartbeat timeout: lifecycle calls that keep failing (the hook is not active
+    /// yet during the ALB deregistration delay) are retried for this long since the last success.
+    #[serde(with = "humantime_serde")]
+    pub hook_heartbeat_timeout: Duration,
+    /// How often the target lifecycle state is read from IMDS.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
 }
 
 impl Default for AgentConfig {
@@ -128,7 +173,7 @@ impl Default for DrainConfig {
     fn default() -> Self {
         Self {
             enabled: false,
-            method: "http".into(),
+            method: DrainMethod::Http,
             drain_url: Some("http://127.0.0.1:3000/api/drain".into()),
             drain_token: None,
             pid_file: None,
@@ -137,6 +182,8 @@ impl Default for DrainConfig {
             timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(60),
             hook_name: "connscale-drain".into(),
+            hook_heartbeat_timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -215,21 +262,48 @@ pub fn check(c: &AgentConfig) -> Result<(), String> {
     if c.sample_interval.is_zero() {
         return Err("`sample_interval` must be above 0, e.g. \"1s\"".into());
     }
-    if !["http", "signal", "systemd"].contains(&c.drain.method.as_str()) {
-        return Err(format!(
-            "`drain.method` = {:?} must be \"http\", \"signal\" or \"systemd\"",
-            c.drain.method
-        ));
+    if c.drain.poll_interval.is_zero() || c.drain.heartbeat_interval.is_zero() {
+        return Err(
+            "`drain.poll_interval` and `drain.heartbeat_interval` must be above 0, e.g. \"5s\""
+                .into(),
+        );
     }
     Ok(())
 }
 
 /// Loads `path` (or the default path, which may be absent) with env overrides, then checks it.
 pub fn load_config(path: Option<&Path>) -> Result<AgentConfig, String> {
-    let c: AgentConfig =
+    let mut c: AgentConfig =
         load(path, DEFAULT_PATH, OVERRIDES).map_err(|e: ConfigError| e.to_string())?;
     check(&c)?;
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    apply_credentials(&mut c, creds.as_deref())?;
     Ok(c)
+}
+
+/// Fills `drain.drain_token` from the systemd credential `api-token` in `dir` (systemd's
+/// `$CREDENTIALS_DIRECTORY`) when the config leaves it unset; the content is trimmed.
+pub fn apply_credentials(c: &mut AgentConfig, dir: Option<&Path>) -> Result<(), String> {
+    let Some(dir) = dir else { return Ok(()) };
+    if c.drain.drain_token.is_some() {
+        return Ok(());
+    }
+    let path = dir.join(API_TOKEN_CREDENTIAL);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().is_empty() => Err(format!(
+            "the credential {} is empty: put chat-node's API token in it, or remove it",
+            path.display()
+        )),
+        Ok(text) => {
+            c.drain.drain_token = Some(Secret::new(text.trim()));
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!(
+            "cannot read the credential {}: {e}",
+            path.display()
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +316,29 @@ mod tests {
         let c: AgentConfig = toml::from_str(text).unwrap();
         check(&c).unwrap();
         assert_eq!(c.health.cap, 28_000);
+    }
+
+    #[test]
+    fn drain_token_comes_from_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = AgentConfig::default();
+        apply_credentials(&mut c, Some(dir.path())).unwrap();
+        assert_eq!(c.drain.drain_token, None, "no credential, no token");
+        std::fs::write(dir.path().join(API_TOKEN_CREDENTIAL), "  tok-123\n").unwrap();
+        apply_credentials(&mut c, Some(dir.path())).unwrap();
+        assert_eq!(c.drain.drain_token, Some(Secret::new("tok-123")));
+        assert!(
+            !format!("{c:?}").contains("tok-123"),
+            "Debug shows the token"
+        );
+        // A token in the config wins.
+        c.drain.drain_token = Some(Secret::new("from-config"));
+        apply_credentials(&mut c, Some(dir.path())).unwrap();
+        assert_eq!(c.drain.drain_token, Some(Secret::new("from-config")));
+        std::fs::write(dir.path().join(API_TOKEN_CREDENTIAL), "\n").unwrap();
+        let mut c = AgentConfig::default();
+        let e = apply_credentials(&mut c, Some(dir.path())).unwrap_err();
+        assert!(e.contains("api-token") && e.contains("empty"), "{e}");
     }
 
     #[test]

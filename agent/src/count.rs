@@ -39,11 +39,13 @@ pub struct NetlinkCounter {
     fd: OwnedFd,
     buf: Vec<u8>,
     seq: u32,
-    /// Per port: the families that have a listener, and when that was checked.
+    /// Per port: the families that have a listener (empty: none), and when that was checked.
     families: std::collections::HashMap<u16, (Vec<u8>, std::time::Instant)>,
 }
 
-/// How long the listener families of a port are trusted before being checked again.
+/// How long the listener families of a port are trusted before being checked again (so /health
+/// sees a service stop listening within this long). A port without a listener is checked on
+/// every sample: a service that starts is seen at once.
 const FAMILY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl NetlinkCounter {
@@ -94,24 +96,35 @@ impl NetlinkCounter {
         .map_err(|_| io::Error::other("namespace thread panicked"))?
     }
 
-    /// Established connections whose local port is one of `ports`.
+    /// Established connections whose local port is one of `ports`, and whether every one of
+    /// those ports has a listener.
     ///
     /// Each established dump walks the kernel's whole established-socket table, whatever the
     /// filter, so only the families that have a listener on the port are asked (a LISTEN-only
     /// dump skips that table and costs nearly nothing). With no listener (service restarting),
     /// both are asked, as lingering connections still count.
-    pub fn count(&mut self, ports: &[u16]) -> io::Result<u64> {
-        let mut total = 0;
+    pub fn count(&mut self, ports: &[u16]) -> io::Result<Counted> {
+        let mut c = Counted {
+            connections: 0,
+            listening: true,
+        };
         for &port in ports {
-            for family in self.listener_families(port)? {
-                total += self.dump(family, port, 1 << TCP_ESTABLISHED)?;
+            let mut families = self.listener_families(port)?;
+            if families.is_empty() {
+                c.listening = false;
+                families = vec![libc::AF_INET as u8, libc::AF_INET6 as u8];
+            }
+            for family in families {
+                c.connections += self.dump(family, port, 1 << TCP_ESTABLISHED)?;
             }
         }
-        Ok(total)
+        Ok(c)
     }
 
+    /// The families with a LISTEN socket on `port` (empty when none).
     fn listener_families(&mut self, port: u16) -> io::Result<Vec<u8>> {
         if let Some((f, at)) = self.families.get(&port)
+            && !f.is_empty()
             && at.elapsed() < FAMILY_TTL
         {
             return Ok(f.clone());
@@ -121,9 +134,6 @@ impl NetlinkCounter {
             if self.dump(family, port, 1 << TCP_LISTEN)? > 0 {
                 found.push(family);
             }
-        }
-        if found.is_empty() {
-            found = vec![libc::AF_INET as u8, libc::AF_INET6 as u8];
         }
         self.families
             .insert(port, (found.clone(), std::time::Instant::now()));
@@ -231,11 +241,19 @@ fn parse_replies(mut buf: &[u8], seq: u32) -> io::Result<Replies> {
     Ok(Replies::More(count))
 }
 
-/// Counts from /proc/net/tcp{,6} (of `proc_root`, e.g. `/proc` or `/proc/PID`): state 01 and a
-/// local port in `ports`. Not exact while connections churn (the kernel prints the table in
-/// pieces), which is why netlink is preferred.
-pub fn count_proc(proc_root: &Path, ports: &[u16]) -> io::Result<u64> {
+/// Established connections and whether every port has a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    pub connections: u64,
+    pub listening: bool,
+}
+
+/// Counts from /proc/net/tcp{,6} (of `proc_root`, e.g. `/proc` or `/proc/PID`): state 01 (and
+/// 0A, LISTEN, for the listener check) with a local port in `ports`. Not exact while connections
+/// churn (the kernel prints the table in pieces), which is why netlink is preferred.
+pub fn count_proc(proc_root: &Path, ports: &[u16]) -> io::Result<Counted> {
     let mut total = 0;
+    let mut listening = vec![false; ports.len()];
     let mut any = false;
     for file in ["net/tcp", "net/tcp6"] {
         let text = match std::fs::read_to_string(proc_root.join(file)) {
@@ -244,11 +262,16 @@ pub fn count_proc(proc_root: &Path, ports: &[u16]) -> io::Result<u64> {
             Err(e) => return Err(e),
         };
         any = true;
-        total += text
-            .lines()
-            .skip(1)
-            .filter(|l| proc_line_matches(l, ports))
-            .count() as u64;
+        for (port, state) in text.lines().skip(1).filter_map(proc_line) {
+            let Some(i) = ports.iter().position(|&p| p == port) else {
+                continue;
+            };
+            match state {
+                "01" => total += 1,
+                "0A" => listening[i] = true,
+                _ => {}
+            }
+        }
     }
     if !any {
         return Err(io::Error::new(
@@ -256,20 +279,23 @@ pub fn count_proc(proc_root: &Path, ports: &[u16]) -> io::Result<u64> {
             "no /proc/net/tcp or tcp6",
         ));
     }
-    Ok(total)
+    Ok(Counted {
+        connections: total,
+        listening: listening.iter().all(|&l| l),
+    })
 }
 
-fn proc_line_matches(line: &str, ports: &[u16]) -> bool {
+/// The local port and the state (hex, `01` established, `0A` listen) of one /proc/net/tcp line.
+fn proc_line(line: &str) -> Option<(u16, &str)> {
     let mut f = line.split_whitespace();
     let (Some(_), Some(local), Some(_), Some(state)) = (f.next(), f.next(), f.next(), f.next())
     else {
-        return false;
+        return None;
     };
-    state == "01"
-        && local
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-            .is_some_and(|p| ports.contains(&p))
+    let port = local
+        .rsplit_once(':')
+        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())?;
+    Some((port, state))
 }
 
 /// Host-wide established TCP connections (CurrEstab in /proc/net/snmp), all ports, both ends
@@ -291,10 +317,12 @@ pub fn host_established(proc_root: &Path) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CurrEstab in /proc/net/snmp"))
 }
 
-/// One sample: connections on the service ports, the host total, and how it was counted.
+/// One sample: connections on the service ports, whether each has a listener, the host total,
+/// and how it was counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Sample {
     pub connections: u64,
+    pub listening: bool,
     pub host_established: u64,
     pub method: Method,
 }
@@ -351,7 +379,7 @@ impl Counter {
     }
 
     pub fn sample(&mut self) -> io::Result<Sample> {
-        let connections = match self.netlink.as_mut().map(|n| n.count(&self.ports)) {
+        let counted = match self.netlink.as_mut().map(|n| n.count(&self.ports)) {
             Some(Ok(c)) => c,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "netlink count failed; falling back to /proc/net/tcp from now on");
@@ -361,7 +389,8 @@ impl Counter {
             None => count_proc(&self.proc_root, &self.ports)?,
         };
         Ok(Sample {
-            connections,
+            connections: counted.connections,
+            listening: counted.listening,
             host_established: host_established(&self.proc_root).unwrap_or(0),
             method: self.method(),
         })
@@ -427,10 +456,46 @@ mod tests {
     #[test]
     fn parses_proc_lines() {
         let line = "   0: 0100007F:1F90 0100007F:D2B4 01 00000000:00000000 00:00000000 00000000  1000        0 1 1 0";
-        assert!(proc_line_matches(line, &[8080]));
-        assert!(!proc_line_matches(line, &[8081]));
-        assert!(!proc_line_matches(&line.replace(" 01 ", " 0A "), &[8080]));
-        assert!(!proc_line_matches("garbage", &[8080]));
+        assert_eq!(proc_line(line), Some((8080, "01")));
+        assert_eq!(proc_line(&line.replace(" 01 ", " 0A ")), Some((8080, "0A")));
+        assert_eq!(proc_line("garbage"), None);
+    }
+
+    #[test]
+    fn listener_is_seen_by_netlink_and_proc() {
+        let port = connscale_test_support::free_port();
+        for force_proc in [false, true] {
+            let listening = || {
+                Counter::new(vec![port], None, force_proc)
+                    .sample()
+                    .unwrap()
+                    .listening
+            };
+            assert!(!listening(), "no listener yet (proc: {force_proc})");
+            let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+            assert!(listening(), "listening (proc: {force_proc})");
+            // A client still connected after the listener closed is counted, not listening.
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let a = l.accept().unwrap().0;
+            drop(l);
+            let s = Counter::new(vec![port], None, force_proc).sample().unwrap();
+            assert_eq!(
+                (s.connections, s.listening),
+                (1, false),
+                "proc: {force_proc}"
+            );
+            drop((c, a));
+        }
+        // Two ports: both must listen.
+        let other = connscale_test_support::free_port();
+        let _l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let mut c = Counter::new(vec![port, other], None, false);
+        assert!(!c.sample().unwrap().listening);
+        let _m = TcpListener::bind(("0.0.0.0", other)).unwrap();
+        assert!(
+            c.sample().unwrap().listening,
+            "a missing listener is re-checked every sample"
+        );
     }
 
     #[test]

@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone)]
 pub struct Status {
     pub connections: u64,
+    /// Every counted port has a listener (the service is up).
+    pub listening: bool,
     pub host_established: u64,
     pub method: Method,
     pub health: HealthState,
@@ -72,11 +74,12 @@ pub fn spawn_sampler(
                     Ok(s) => {
                         let mut st = lock(&status);
                         let before = st.health;
-                        st.health = st.health.next(s.connections, cap, hysteresis);
+                        st.health = st.health.next(s.connections, s.listening, cap, hysteresis);
                         if st.health != before {
-                            tracing::info!(connections = s.connections, cap, from = ?before, to = ?st.health, "health changed");
+                            tracing::info!(connections = s.connections, listening = s.listening, cap, from = ?before, to = ?st.health, "health changed");
                         }
                         st.connections = s.connections;
+                        st.listening = s.listening;
                         st.host_established = s.host_established;
                         st.method = s.method;
                         st.samples += 1;
@@ -246,12 +249,12 @@ pub async fn build_sink(cfg: &AgentConfig, stdout_default: bool) -> Result<Sink,
 
 /// Runs the agent until SIGTERM / Ctrl-C.
 pub async fn run(cfg: AgentConfig, stdout_sink: bool) -> anyhow::Result<()> {
-    let nofile = connscale_common::limits::raise_nofile();
-    if let Some(w) =
-        connscale_common::limits::cap_warning("configured health.cap", cfg.health.cap, nofile)
-    {
-        tracing::warn!("{w} (the service on this host needs LimitNOFILE above the cap too)");
-    }
+    // No open-file check here. The agent holds no client connections, so its own RLIMIT_NOFILE
+    // says nothing about reaching health.cap. The limit that matters is the listening service's,
+    // and the agent cannot find that process without privileges its unit lacks: the socket's
+    // inode maps to a PID only by reading the service's /proc/PID/fd, which needs
+    // CAP_SYS_PTRACE across DynamicUser uids. The service checks its own limit (chat-node warns
+    // when max_connections exceeds it).
     let counter = Counter::new(cfg.ports.clone(), cfg.netns.as_deref(), cfg.force_proc);
     let sink = build_sink(&cfg, stdout_sink)
         .await
@@ -259,9 +262,10 @@ pub async fn run(cfg: AgentConfig, stdout_sink: bool) -> anyhow::Result<()> {
     tracing::info!(ports = ?cfg.ports, method = counter.method().as_str(), sink = %sink.describe(), cap = cfg.health.cap, "agent starting");
     let status: Shared = Arc::new(Mutex::new(Status {
         connections: 0,
+        listening: false,
         host_established: 0,
         method: counter.method(),
-        health: HealthState::Ok,
+        health: HealthState::NoListener,
         cap: cfg.health.cap,
         samples: 0,
         sample_errors: 0,

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Counts established TCP connections on the service port(s) with netlink SOCK_DIAG, publishes
-/// them to CloudWatch as `TCPconnections` statistic sets, and serves /health (503 at the cap)
-/// and /metrics.
+/// them to CloudWatch as `TCPconnections` statistic sets, and serves /health (503 at the cap,
+/// while nothing listens on a counted port, and while draining) and /metrics.
 ///
 /// Config: TOML at /etc/connscale/agent.toml (or --config), overridden by environment
 /// variables (CONNSCALE_AGENT_PORTS, CONNSCALE_AGENT_CAP, CONNSCALE_AGENT_BIND,
@@ -81,10 +81,11 @@ fn main() -> ExitCode {
             }
             Ok(s) => {
                 println!(
-                    "{} established on port(s) {:?} ({}); host-wide {}",
+                    "{} established on port(s) {:?} ({}){}; host-wide {}",
                     s.connections,
                     cfg.ports,
                     s.method.as_str(),
+                    if s.listening { "" } else { ", no listener" },
                     s.host_established
                 );
                 ExitCode::SUCCESS

@@ -10,7 +10,8 @@ pub fn router(status: Shared) -> Router {
         .with_state(status)
 }
 
-/// 200 below the cap, 503 at it (until the hysteresis band) and while draining.
+/// 200 below the cap while the service listens; 503 at the cap (until the hysteresis band),
+/// while nothing listens on a counted port, and while draining.
 async fn health(State(s): State<Shared>) -> impl IntoResponse {
     let st = lock(&s).clone();
     let code = if st.health.is_healthy() {
@@ -22,6 +23,7 @@ async fn health(State(s): State<Shared>) -> impl IntoResponse {
         code,
         Json(serde_json::json!({
             "connections": st.connections,
+            "listening": st.listening,
             "cap": st.cap,
             "state": st.health,
             "method": st.method,
@@ -60,6 +62,12 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
         "1 when /health answers 200.",
         "gauge",
         u8::from(st.health.is_healthy()).to_string(),
+    );
+    g(
+        "connscale_listening",
+        "1 when every counted port has a listener (the service is up).",
+        "gauge",
+        u8::from(st.listening).to_string(),
     );
     g(
         "connscale_draining",

@@ -13,8 +13,7 @@ fn once(port: u16) -> serde_json::Value {
 }
 
 fn once_with(port: u16, extra: &[&str]) -> serde_json::Value {
-    let bin =
-        connscale_test_support::workspace_bin("connscale-agent").unwrap_or_else(|e| panic!("{e}"));
+    let bin = env!("CARGO_BIN_EXE_connscale-agent");
     let out = Command::new(bin)
         .args(["--once", "--json", "--port", &port.to_string()])
         .args(extra)
@@ -85,8 +84,7 @@ fn bad_config_is_one_clear_error_naming_the_key() {
     let dir = tempfile::tempdir().expect("tmp");
     let f = dir.path().join("agent.toml");
     std::fs::write(&f, "ports = [3000]\n[health]\ncapp = 5\n").expect("write");
-    let bin =
-        connscale_test_support::workspace_bin("connscale-agent").unwrap_or_else(|e| panic!("{e}"));
+    let bin = env!("CARGO_BIN_EXE_connscale-agent");
     let out = Command::new(bin)
         .args(["--once", "--config"])
         .arg(&f)

@@ -38,3 +38,39 @@ async fn health_follows_the_cap_with_hysteresis() {
     assert_eq!(agent.metric("connscale_connections").await, 189.0);
     assert_eq!(agent.metric("connscale_count_method_netlink").await, 1.0);
 }
+
+/// A node whose service is down must leave the load balancer: /health is 503 "no_listener" until
+/// something listens on the counted port, 200 while it does, and 503 again once it stops.
+#[tokio::test]
+async fn health_is_down_while_nothing_listens_on_the_port() {
+    let port = connscale_test_support::free_port();
+    let agent = start_agent(
+        &["--port", &port.to_string()],
+        &[("CONNSCALE_AGENT_CLOUDWATCH", "off".into())],
+    );
+    let state = || async {
+        let (code, body) = agent.get("/health").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        (code, v["state"].as_str().unwrap_or("").to_string())
+    };
+    agent.wait_health(10, |_, c| c == 0).await;
+    assert_eq!(
+        state().await,
+        (503, "no_listener".into()),
+        "before the service starts"
+    );
+    let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+    let (code, _) = agent.wait_health(10, |code, _| code == 200).await;
+    assert_eq!(code, 200);
+    assert_eq!(state().await, (200, "ok".into()));
+    assert_eq!(agent.metric("connscale_listening").await, 1.0);
+    drop(l); // the service dies
+    let (code, _) = agent.wait_health(20, |code, _| code == 503).await;
+    assert_eq!(code, 503);
+    assert_eq!(
+        state().await,
+        (503, "no_listener".into()),
+        "after the service stopped"
+    );
+    assert_eq!(agent.metric("connscale_listening").await, 0.0);
+}

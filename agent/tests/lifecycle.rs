@@ -3,12 +3,15 @@
 //! agent against a small local stand-in that serves exactly what the agent calls: the IMDSv2
 //! token and metadata paths, and those two Auto Scaling query-protocol actions, answered with
 //! the responses AWS documents (an empty `<...Result/>` and a request id). The stand-in records
-//! every request so the test can check what the agent sent.
+//! every request so the test can check what the agent sent. Like AWS behind an ALB, the hook can
+//! be inactive (during the deregistration delay): lifecycle calls then fail with the
+//! ValidationError AWS returns, and a completed action is no longer active.
 
 mod common;
 use axum::{
     Router,
     extract::State,
+    http::{HeaderMap, StatusCode},
     routing::{get, post, put},
 };
 use common::start_agent;
@@ -18,46 +21,110 @@ use std::time::Duration;
 #[derive(Default)]
 struct Stand {
     lifecycle_state: String,
+    /// Whether the lifecycle action is active (calls succeed).
+    active: bool,
     drains: u32,
-    calls: Vec<String>,
+    /// Authorization headers of the drain requests.
+    drain_auth: Vec<String>,
+    /// Every Auto Scaling request body, and whether it was accepted.
+    calls: Vec<(String, bool)>,
 }
 type S = Arc<Mutex<Stand>>;
+
+impl Stand {
+    fn accepted(&self, action: &str) -> Vec<String> {
+        self.calls
+            .iter()
+            .filter(|(c, ok)| *ok && c.contains(&format!("Action={action}")))
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+    fn rejected(&self, action: &str) -> usize {
+        self.calls
+            .iter()
+            .filter(|(c, ok)| !*ok && c.contains(&format!("Action={action}")))
+            .count()
+    }
+}
+
+/// One Auto Scaling query-protocol call, answered as AWS does.
+fn autoscaling(s: &S, body: String) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let action = body
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("Action="))
+        .unwrap_or("")
+        .to_string();
+    let mut st = s.lock().expect("lock");
+    let ok = st.active;
+    st.calls.push((body, ok));
+    if !ok {
+        let xml = r#"<ErrorResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><Error><Type>Sender</Type><Code>ValidationError</Code><Message>No active Lifecycle Action found with instance ID i-0abc</Message></Error><RequestId>7c6e177f-f082-11e1-ac58-3714bEXAMPLE</RequestId></ErrorResponse>"#;
+        return (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "text/xml")],
+            xml.into(),
+        );
+    }
+    if action == "CompleteLifecycleAction" {
+        st.active = false; // AWS: the action is over
+    }
+    let xml = format!(
+        r#"<{action}Response xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><{action}Result/><ResponseMetadata><RequestId>7c6e177f-f082-11e1-ac58-3714bEXAMPLE</RequestId></ResponseMetadata></{action}Response>"#
+    );
+    (StatusCode::OK, [("content-type", "text/xml")], xml)
+}
 
 fn stand_in(s: S) -> Router {
     Router::new()
         .route("/latest/api/token", put(|| async { "token" }))
         .route("/latest/meta-data/instance-id", get(|| async { "i-0abc" }))
-        .route("/latest/meta-data/placement/region", get(|| async { "us-east-1" }))
-        .route("/latest/meta-data/tags/instance/aws:autoscaling:groupName", get(|| async { "chat" }))
+        .route(
+            "/latest/meta-data/placement/region",
+            get(|| async { "us-east-1" }),
+        )
+        .route(
+            "/latest/meta-data/tags/instance/aws:autoscaling:groupName",
+            get(|| async { "chat" }),
+        )
         .route(
             "/latest/meta-data/autoscaling/target-lifecycle-state",
-            get(|State(s): State<S>| async move { s.lock().expect("lock").lifecycle_state.clone() }),
+            get(
+                |State(s): State<S>| async move { s.lock().expect("lock").lifecycle_state.clone() },
+            ),
         )
         .route(
             "/drain",
-            post(|State(s): State<S>| async move {
-                s.lock().expect("lock").drains += 1;
+            post(|State(s): State<S>, headers: HeaderMap| async move {
+                let mut st = s.lock().expect("lock");
+                st.drains += 1;
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                st.drain_auth.push(auth.to_string());
                 "draining"
             }),
         )
         .route(
             "/",
-            post(|State(s): State<S>, body: String| async move {
-                let action = body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_string();
-                s.lock().expect("lock").calls.push(body.clone());
-                let xml = format!(
-                    r#"<{action}Response xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><{action}Result/><ResponseMetadata><RequestId>7c6e177f-f082-11e1-ac58-3714bEXAMPLE</RequestId></ResponseMetadata></{action}Response>"#
-                );
-                ([("content-type", "text/xml")], xml)
-            }),
+            post(|State(s): State<S>, body: String| async move { autoscaling(&s, body) }),
         )
         .with_state(s)
 }
 
-#[tokio::test]
-async fn terminating_instance_drains_heartbeats_and_continues() {
+/// The stand-in, a service with `held` clients, and the agent with the drain enabled.
+struct Rig {
+    state: S,
+    agent: common::Agent,
+    held: Vec<std::net::TcpStream>,
+    _svc: std::net::TcpListener,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig(first_state: &str, active: bool, held: usize, extra_env: &[(&str, String)]) -> Rig {
     let state: S = Arc::new(Mutex::new(Stand {
-        lifecycle_state: "InService".into(),
+        lifecycle_state: first_state.into(),
+        active,
         ..Default::default()
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -68,21 +135,21 @@ async fn terminating_instance_drains_heartbeats_and_continues() {
 
     let port = connscale_test_support::free_port();
     let svc = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind service");
-    let mut held = Vec::new();
-    for _ in 0..5 {
-        held.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
-        held.push(svc.accept().expect("accept").0);
+    let mut streams = Vec::new();
+    for _ in 0..held {
+        streams.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+        streams.push(svc.accept().expect("accept").0);
     }
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("agent.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[drain]\nenabled = true\nmethod = \"http\"\ndrain_url = \"{base}/drain\"\nthreshold = 1\ntimeout = \"60s\"\nheartbeat_interval = \"1s\"\nhook_name = \"connscale-drain\"\n"
+            "[drain]\nenabled = true\nmethod = \"http\"\ndrain_url = \"{base}/drain\"\nthreshold = 1\ntimeout = \"60s\"\nheartbeat_interval = \"1s\"\nhook_name = \"connscale-drain\"\nhook_heartbeat_timeout = \"60s\"\npoll_interval = \"300ms\"\n"
         ),
     )
     .expect("write config");
-    let env = vec![
+    let mut env = vec![
         ("CONNSCALE_IMDS_ENDPOINT", base.clone()),
         ("CONNSCALE_AGENT_CLOUDWATCH", "off".into()),
         ("AWS_ENDPOINT_URL", base.clone()),
@@ -91,6 +158,7 @@ async fn terminating_instance_drains_heartbeats_and_continues() {
         ("AWS_SECRET_ACCESS_KEY", "testing".into()),
         ("AWS_MAX_ATTEMPTS", "1".into()),
     ];
+    env.extend(extra_env.iter().cloned());
     let agent = start_agent(
         &[
             "--config",
@@ -100,59 +168,29 @@ async fn terminating_instance_drains_heartbeats_and_continues() {
         ],
         &env,
     );
-    agent.wait_health(10, |code, c| code == 200 && c == 5).await;
+    let n = held as u64;
+    agent.wait_health(10, |code, c| code == 200 && c == n).await;
+    Rig {
+        state,
+        agent,
+        held: streams,
+        _svc: svc,
+        _dir: dir,
+    }
+}
 
-    state.lock().expect("lock").lifecycle_state = "Terminated".into();
-    let (code, _) = agent.wait_health(20, |code, _| code == 503).await;
-    assert_eq!(code, 503);
-    let (_, body) = agent.get("/health").await;
-    assert!(body.contains("draining"), "{body}");
-    for _ in 0..100 {
-        if state.lock().expect("lock").drains > 0
-            && state
-                .lock()
-                .expect("lock")
-                .calls
-                .iter()
-                .any(|c| c.contains("RecordLifecycleActionHeartbeat"))
-        {
-            break;
+/// Polls the stand-in until `pred` holds (up to `secs`); false if it never did.
+async fn until(s: &S, secs: u64, pred: impl Fn(&Stand) -> bool) -> bool {
+    for _ in 0..secs * 10 {
+        if pred(&s.lock().expect("lock")) {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    {
-        let s = state.lock().expect("lock");
-        assert_eq!(s.drains, 1, "the service was asked to drain once");
-        assert!(
-            s.calls
-                .iter()
-                .any(|c| c.contains("Action=RecordLifecycleActionHeartbeat")),
-            "{:?}",
-            s.calls
-        );
-        assert!(
-            !s.calls
-                .iter()
-                .any(|c| c.contains("CompleteLifecycleAction")),
-            "completed while connections remain"
-        );
-    }
-    held.clear(); // the clients leave
-    let mut complete = None;
-    for _ in 0..100 {
-        complete = state
-            .lock()
-            .expect("lock")
-            .calls
-            .iter()
-            .find(|c| c.contains("Action=CompleteLifecycleAction"))
-            .cloned();
-        if complete.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let c = complete.expect("CompleteLifecycleAction was called");
+    false
+}
+
+fn assert_continue(c: &str) {
     for part in [
         "LifecycleActionResult=CONTINUE",
         "InstanceId=i-0abc",
@@ -161,9 +199,164 @@ async fn terminating_instance_drains_heartbeats_and_continues() {
     ] {
         assert!(c.contains(part), "{part} missing from {c}");
     }
+}
+
+#[tokio::test]
+async fn terminating_instance_drains_heartbeats_and_continues() {
+    let mut r = rig("InService", true, 5, &[]).await;
+    r.state.lock().expect("lock").lifecycle_state = "Terminated".into();
+    let (code, _) = r.agent.wait_health(20, |code, _| code == 503).await;
+    assert_eq!(code, 503);
+    let (_, body) = r.agent.get("/health").await;
+    assert!(body.contains("draining"), "{body}");
+    let beat = until(&r.state, 10, |s| {
+        s.drains > 0 && !s.accepted("RecordLifecycleActionHeartbeat").is_empty()
+    })
+    .await;
+    {
+        let s = r.state.lock().expect("lock");
+        assert!(beat, "no heartbeat: {:?}", s.calls);
+        assert_eq!(s.drains, 1, "the service was asked to drain once");
+        assert!(
+            s.calls
+                .iter()
+                .all(|(c, _)| !c.contains("CompleteLifecycleAction")),
+            "completed while connections remain"
+        );
+    }
+    r.held.clear(); // the clients leave
+    assert!(
+        until(&r.state, 10, |s| !s
+            .accepted("CompleteLifecycleAction")
+            .is_empty())
+        .await,
+        "CompleteLifecycleAction was not called"
+    );
+    assert_continue(
+        &r.state
+            .lock()
+            .expect("lock")
+            .accepted("CompleteLifecycleAction")[0],
+    );
     assert_eq!(
-        agent.get("/health").await.0,
+        r.agent.get("/health").await.0,
         503,
         "stays out of service after the drain"
     );
+}
+
+/// Scale-in with ReuseOnScaleIn into a Running pool: the target reads Warmed:Running, the node
+/// drains and completes; when the group takes it back, /health is healthy again.
+#[tokio::test]
+async fn warm_pool_return_drains_completes_and_serves_again() {
+    let mut r = rig("InService", true, 3, &[]).await;
+    r.state.lock().expect("lock").lifecycle_state = "Warmed:Running".into();
+    let (code, _) = r.agent.wait_health(20, |code, _| code == 503).await;
+    assert_eq!(code, 503, "a warm-pool return drains");
+    assert!(
+        until(&r.state, 10, |s| s.drains == 1).await,
+        "the service was not told"
+    );
+    r.held.clear();
+    assert!(
+        until(&r.state, 10, |s| !s
+            .accepted("CompleteLifecycleAction")
+            .is_empty())
+        .await,
+        "CompleteLifecycleAction was not called: {:?}",
+        r.state.lock().expect("lock").calls
+    );
+    assert_continue(
+        &r.state
+            .lock()
+            .expect("lock")
+            .accepted("CompleteLifecycleAction")[0],
+    );
+    assert_eq!(
+        r.agent.get("/health").await.0,
+        503,
+        "still out while in the pool"
+    );
+
+    // Scale-out takes the instance back from the pool.
+    r.state.lock().expect("lock").lifecycle_state = "InService".into();
+    let (code, _) = r.agent.wait_health(20, |code, _| code == 200).await;
+    assert_eq!(code, 200, "healthy again in service");
+    let (_, body) = r.agent.get("/health").await;
+    assert!(body.contains("\"ok\""), "{body}");
+    assert_eq!(r.state.lock().expect("lock").drains, 1, "drained once");
+
+    // And a later scale-in drains again: the watcher kept running.
+    r.state.lock().expect("lock").active = true;
+    r.state.lock().expect("lock").lifecycle_state = "Terminated".into();
+    assert!(
+        until(&r.state, 20, |s| s
+            .accepted("CompleteLifecycleAction")
+            .len()
+            == 2)
+        .await,
+        "the second scale-in was not drained"
+    );
+    assert_eq!(r.state.lock().expect("lock").drains, 2);
+}
+
+/// Behind an ALB the target reads Terminated during the deregistration delay, before the hook is
+/// active: heartbeats and the completion fail then, and are retried until they land.
+#[tokio::test]
+async fn lifecycle_calls_are_retried_until_the_hook_is_active() {
+    let token = "s3cr3t-token";
+    let creds = tempfile::tempdir().expect("tmp");
+    std::fs::write(creds.path().join("api-token"), format!("{token}\n")).expect("write token");
+    let mut r = rig(
+        "InService",
+        false,
+        3,
+        &[("CREDENTIALS_DIRECTORY", creds.path().display().to_string())],
+    )
+    .await;
+    r.state.lock().expect("lock").lifecycle_state = "Terminated".into();
+    let (code, _) = r.agent.wait_health(20, |code, _| code == 503).await;
+    assert_eq!(
+        code, 503,
+        "draining starts at once, before the hook is active"
+    );
+    assert!(
+        until(&r.state, 20, |s| s
+            .rejected("RecordLifecycleActionHeartbeat")
+            >= 2)
+        .await,
+        "failed heartbeats are not retried: {:?}",
+        r.state.lock().expect("lock").calls
+    );
+    // The clients leave during the delay: the completion fails too, and is retried.
+    r.held.clear();
+    assert!(
+        until(&r.state, 20, |s| s.rejected("CompleteLifecycleAction") >= 2).await,
+        "a failed completion is not retried: {:?}",
+        r.state.lock().expect("lock").calls
+    );
+    r.state.lock().expect("lock").active = true; // the deregistration delay is over
+    assert!(
+        until(&r.state, 30, |s| !s
+            .accepted("CompleteLifecycleAction")
+            .is_empty())
+        .await,
+        "the completion never landed"
+    );
+    assert_continue(
+        &r.state
+            .lock()
+            .expect("lock")
+            .accepted("CompleteLifecycleAction")[0],
+    );
+    assert_eq!(
+        r.state.lock().expect("lock").drain_auth,
+        vec![format!("Bearer {token}")],
+        "the drain token comes from $CREDENTIALS_DIRECTORY/api-token"
+    );
+    // ServerProcess writes the agent's output to this file.
+    let log = std::env::temp_dir().join(format!("connscale-test-agent-{}.log", std::process::id()));
+    let text = std::fs::read_to_string(&log).expect("agent log");
+    assert!(text.contains("lifecycle action completed"), "{text}");
+    assert!(!text.contains(token), "the token was logged: {text}");
 }

@@ -1,7 +1,7 @@
 //! Helpers shared by the agent's integration tests: the agent binary, held connections.
 #![allow(dead_code)]
 
-use connscale_test_support::{ServerProcess, free_port, wait_for_port, workspace_bin};
+use connscale_test_support::{ServerProcess, free_port, wait_for_port};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -14,7 +14,9 @@ pub struct Agent {
 }
 
 pub fn start_agent(args: &[&str], env: &[(&str, String)]) -> Agent {
-    let bin = workspace_bin("connscale-agent").unwrap_or_else(|e| panic!("{e}"));
+    // Cargo's own path to this package's binary: `workspace_bin` looks next to the test
+    // executable, which with a separate build dir (CARGO_BUILD_BUILD_DIR) is another tree's.
+    let bin = env!("CARGO_BIN_EXE_connscale-agent");
     let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut cmd = Command::new(bin);
     cmd.args(["--bind", &health.to_string(), "--quiet"])
