@@ -116,6 +116,8 @@ fn packages(dist: &Path) -> String {
     let out = Command::new(root.join("scripts/release"))
         .arg("--prebuilt")
         .arg(profile_dir())
+        .arg("--out")
+        .arg(dist)
         .current_dir(&root)
         .output()
         .expect("run scripts/release");
@@ -125,16 +127,10 @@ fn packages(dist: &Path) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let made = root.join("dist");
-    for e in std::fs::read_dir(&made)
-        .expect("scripts/release made dist/")
-        .flatten()
-    {
-        std::fs::copy(e.path(), dist.join(e.file_name())).expect("copy dist file");
-    }
     assert!(
         dist.join("SHA256SUMS").is_file(),
-        "scripts/release made no dist/SHA256SUMS"
+        "scripts/release --out {} made no SHA256SUMS",
+        dist.display()
     );
     "SHA256SUMS".into()
 }
