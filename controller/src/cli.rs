@@ -70,8 +70,9 @@ pub enum Command {
     /// decrement (each drains through the lifecycle hook) instead of AWS's termination order.
     ///
     /// Only one loop acts on a group: the lease is the group's `connscale:lease` tag
-    /// ("<holder> <expires-unix>"), renewed every turn, released on Ctrl-C, and taken over by
-    /// another loop once it expires (3 intervals + 10 s).
+    /// ("<holder> <expires-unix>"), renewed every turn, released on Ctrl-C or SIGTERM (after
+    /// the turn in progress), and taken over by another loop once it expires (3 intervals +
+    /// 10 s).
     Run {
         #[command(flatten)]
         aws: AwsArgs,

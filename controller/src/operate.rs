@@ -105,7 +105,8 @@ pub struct RunOptions {
 ///
 /// Each turn renews the lease (a tag on the group), observes, decides and acts. Transient errors
 /// (throttling, network) back off exponentially; permanent ones (permissions, a missing group)
-/// end the loop with the error. Ctrl-C releases the lease.
+/// end the loop with the error. Ctrl-C or SIGTERM (systemd's stop) ends the loop after the turn
+/// in progress and releases the lease, so a standby takes over at once.
 pub async fn run(settings: AwsSettings, policy: Policy, opts: RunOptions) -> anyhow::Result<()> {
     let mut p = AwsProvider::connect(settings).await;
     let engine = Engine::new(policy);
@@ -113,6 +114,9 @@ pub async fn run(settings: AwsSettings, policy: Policy, opts: RunOptions) -> any
     let holder = lease::holder_name();
     let ttl = opts.interval * 3 + Duration::from_secs(10);
     let mut failures = 0u32;
+    // Registered once, before the first turn: a signal that arrives mid-turn is kept and ends
+    // the loop once that turn is done (a turn's AWS calls are never cut off half-way).
+    let mut stop = StopSignals::new();
     let result = loop {
         let wait = match one_turn(&mut p, &engine, &mut state, &holder, ttl, &opts).await {
             Ok(()) => {
@@ -132,7 +136,10 @@ pub async fn run(settings: AwsSettings, policy: Policy, opts: RunOptions) -> any
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            name = stop.recv() => {
+                tracing::info!(signal = name, "stopping: releasing the lease");
+                break Ok(());
+            }
         }
     };
     if !opts.dry_run
@@ -141,6 +148,43 @@ pub async fn run(settings: AwsSettings, policy: Policy, opts: RunOptions) -> any
         tracing::warn!(error = %e, "could not release the lease; it expires on its own");
     }
     result
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, as one stream.
+struct StopSignals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind, name| {
+            signal(kind)
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for {name}"))
+                .ok()
+        };
+        Self {
+            int: listen(SignalKind::interrupt(), "SIGINT"),
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    /// The name of the next stop signal (never returns if neither could be listened for).
+    async fn recv(&mut self) -> &'static str {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = one(&mut self.int) => "SIGINT",
+            _ = one(&mut self.term) => "SIGTERM",
+        }
+    }
 }
 
 async fn one_turn(

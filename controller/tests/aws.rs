@@ -138,6 +138,11 @@ impl Env {
 
     /// Runs the `connscale` binary against the emulator.
     fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run connscale")
+    }
+
+    /// The `connscale` command against the emulator, not yet started.
+    fn command(&self, args: &[&str]) -> Command {
         let bin = workspace_bin("connscale").unwrap_or_else(|e| panic!("{e}"));
         let mut cmd = Command::new(bin);
         cmd.args(args);
@@ -151,7 +156,7 @@ impl Env {
         for (k, v) in self.moto.env() {
             cmd.env(k, v);
         }
-        cmd.output().expect("run connscale")
+        cmd
     }
 
     fn cli_json(&self, args: &[&str]) -> serde_json::Value {
@@ -500,6 +505,60 @@ async fn run_once_acts_under_the_lease_and_stands_by_when_another_loop_holds_it(
     assert!(
         with_counts >= 2,
         "the two original instances have counts: {s:#}"
+    );
+}
+
+/// systemd stops the controller with SIGTERM: the loop finishes its turn, gives the lease back
+/// (a standby need not wait for it to expire) and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_the_loop_and_releases_the_lease() {
+    use std::io::BufRead;
+    let env = Env::new().await;
+    env.publish_by_rank(|_| 500.0).await;
+    /// Kills the loop if the test fails before it exits on its own.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(
+        env.command(&["run", "--json", "--interval", "1s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start connscale run"),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    // The first turn's line: by then the loop holds the lease.
+    let first = tokio::task::block_in_place(|| lines.next())
+        .expect("a turn's line")
+        .expect("read stdout");
+    let turn: serde_json::Value = serde_json::from_str(&first).expect("a JSON turn");
+    assert!(
+        turn.get("decision").is_some(),
+        "a turn, not a standby: {turn:#}"
+    );
+    let p = env.provider().await;
+    let held = lease::read(&p)
+        .await
+        .expect("read lease")
+        .expect("lease held");
+    assert!(held.holder.contains(':'), "{held:?}");
+
+    // SAFETY: kill sends a signal to the child we started; it has no memory effects here.
+    let rc = unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0, "SIGTERM sent");
+    let status = tokio::task::block_in_place(|| child.0.wait()).expect("wait for connscale run");
+    assert!(
+        status.success(),
+        "connscale run exits 0 on SIGTERM: {status}"
+    );
+    assert_eq!(
+        lease::read(&p).await.expect("read lease"),
+        None,
+        "lease released"
     );
 }
 
