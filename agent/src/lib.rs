@@ -5,6 +5,7 @@
 //! for the network), the publisher (retries and backfills; never blocks sampling), and the
 //! HTTP server. A fourth, optional loop drains the node on scale-in ([`lifecycle`]).
 
+pub mod boot;
 pub mod config;
 pub mod count;
 pub mod health;
@@ -180,15 +181,7 @@ pub async fn resolve_identity(
     cfg: &AgentConfig,
 ) -> (Option<String>, Option<String>, Option<String>) {
     let imds = imds::Imds::new(cfg.identity.imds_endpoint.as_deref());
-    let region = match cfg
-        .identity
-        .region
-        .clone()
-        .or_else(|| std::env::var("AWS_REGION").ok())
-    {
-        Some(r) => Some(r),
-        None => imds.region().await.ok(),
-    };
+    let region = resolve_region(cfg).await;
     let instance = match &cfg.identity.instance_id {
         Some(i) => Some(i.clone()),
         None => imds.instance_id().await.ok(),
@@ -198,6 +191,22 @@ pub async fn resolve_identity(
         None => imds.group().await.ok(),
     };
     (region, instance, group)
+}
+
+/// The region: `identity.region`, then AWS_REGION, then IMDSv2.
+pub async fn resolve_region(cfg: &AgentConfig) -> Option<String> {
+    match cfg
+        .identity
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+    {
+        Some(r) => Some(r),
+        None => imds::Imds::new(cfg.identity.imds_endpoint.as_deref())
+            .region()
+            .await
+            .ok(),
+    }
 }
 
 /// Builds the sink the config asks for; "auto" publishes only when identity is complete.

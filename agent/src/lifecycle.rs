@@ -238,7 +238,7 @@ impl Retry {
     /// false once `budget` has passed without a success.
     pub fn failed(&mut self, error: &str) -> bool {
         if self.last_ok.elapsed() >= self.budget {
-            tracing::error!(%error, budget = ?self.budget, "giving up on the lifecycle hook: no call succeeded within drain.hook_heartbeat_timeout (AWS applies the hook's default result)");
+            tracing::error!(%error, budget = ?self.budget, "giving up on the lifecycle hook: no call succeeded within the bound (drain.hook_heartbeat_timeout while draining; AWS applies the hook's default result)");
             return false;
         }
         self.backoff = (self.backoff * 2).clamp(Duration::from_secs(1), self.cap);

@@ -1,7 +1,7 @@
 //! `connscale-agent`: see `connscale-agent --help`. The work is in the library.
 
 use clap::Parser;
-use connscale_agent::{config, count::Counter};
+use connscale_agent::{boot, config, count::Counter};
 use connscale_common::telemetry::{self, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,17 +10,49 @@ use std::process::ExitCode;
 /// them to CloudWatch as `TCPconnections` statistic sets, and serves /health (503 at the cap,
 /// while nothing listens on a counted port, and while draining) and /metrics.
 ///
-/// Config: TOML at /etc/connscale/agent.toml (or --config), overridden by environment
-/// variables (CONNSCALE_AGENT_PORTS, CONNSCALE_AGENT_CAP, CONNSCALE_AGENT_BIND,
-/// CONNSCALE_AGENT_CLOUDWATCH=auto|on|off, CONNSCALE_AGENT_PERIOD, CONNSCALE_AGENT_SPOOL,
-/// CONNSCALE_INSTANCE_ID, CONNSCALE_GROUP, AWS_REGION), then by flags.
-/// Without AWS identity the agent publishes to stdout and /metrics only.
+/// Without a subcommand it runs the agent. Config: TOML at /etc/connscale/agent.toml (or
+/// --config), overridden by environment variables (CONNSCALE_AGENT_PORTS, CONNSCALE_AGENT_CAP,
+/// CONNSCALE_AGENT_BIND, CONNSCALE_AGENT_CLOUDWATCH=auto|on|off, CONNSCALE_AGENT_PERIOD,
+/// CONNSCALE_AGENT_SPOOL, CONNSCALE_INSTANCE_ID, CONNSCALE_GROUP, AWS_REGION), then by flags.
+/// Without AWS identity the agent publishes to stdout and /metrics only. With drain.drain_token
+/// unset, the systemd credential api-token ($CREDENTIALS_DIRECTORY/api-token) is the drain token.
 #[derive(Debug, Parser)]
-#[command(name = "connscale-agent", version, max_term_width = 100)]
+#[command(
+    name = "connscale-agent",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Config file (default /etc/connscale/agent.toml if present).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "CONNSCALE_LOG_FORMAT", global = true)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// The first-boot one-shots (the agent itself runs without a subcommand).
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Completes a lifecycle action of this instance (CompleteLifecycleAction), e.g. the launch
+    /// hook once the services are up: `complete-lifecycle --hook connscale-launch`. Instance and
+    /// group come from the config or IMDS, as for the agent. Calls fail until the hook is active
+    /// and are retried with backoff up to --timeout. Exit 0 once completed, 1 with the reason.
+    CompleteLifecycle(boot::CompleteArgs),
+    /// Reads SSM SecureString parameters (GetParameter with decryption, default credential
+    /// chain: the instance role on EC2) and writes each to DIR/NAME, mode 0600 in a 0700
+    /// directory, atomically; transient errors are retried up to --timeout. Values are never
+    /// printed. The units then load them with LoadCredential=NAME:DIR/NAME.
+    FetchCredentials(boot::FetchArgs),
+}
+
+/// Flags of the agent itself.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
     /// Service port(s) to count (repeatable; overrides `ports`).
     #[arg(long = "port", short)]
     ports: Vec<u16>,
@@ -42,8 +74,6 @@ struct Cli {
     /// Do not print points to stdout when there is no CloudWatch sink.
     #[arg(long)]
     quiet: bool,
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "CONNSCALE_LOG_FORMAT")]
-    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
@@ -56,26 +86,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !cli.ports.is_empty() {
-        cfg.ports = cli.ports.clone();
+    if let Some(cmd) = &cli.command {
+        return one_shot(cmd, &cfg);
     }
-    if let Some(b) = cli.bind {
+    if !cli.run.ports.is_empty() {
+        cfg.ports = cli.run.ports.clone();
+    }
+    if let Some(b) = cli.run.bind {
         cfg.health.bind = b;
     }
-    if let Some(c) = cli.cap {
+    if let Some(c) = cli.run.cap {
         cfg.health.cap = c;
     }
-    if let Some(ns) = &cli.netns {
+    if let Some(ns) = &cli.run.netns {
         cfg.netns = Some(if ns.chars().all(|c| c.is_ascii_digit()) {
             PathBuf::from(format!("/proc/{ns}/ns/net"))
         } else {
             PathBuf::from(ns)
         });
     }
-    if cli.once {
+    if cli.run.once {
         let mut counter = Counter::new(cfg.ports.clone(), cfg.netns.as_deref(), cfg.force_proc);
         return match counter.sample() {
-            Ok(s) if cli.json => {
+            Ok(s) if cli.run.json => {
                 println!("{}", serde_json::to_string(&s).unwrap_or_default());
                 ExitCode::SUCCESS
             }
@@ -96,21 +129,46 @@ fn main() -> ExitCode {
             }
         };
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("connscale-agent: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
-    match rt.block_on(connscale_agent::run(cfg, !cli.quiet)) {
+    match rt.block_on(connscale_agent::run(cfg, !cli.run.quiet)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("connscale-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("connscale-agent: cannot start runtime: {e}"))
+        .ok()
+}
+
+/// Runs a subcommand to its end.
+fn one_shot(cmd: &Command, cfg: &config::AgentConfig) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let (what, result) = match cmd {
+        Command::CompleteLifecycle(a) => (
+            "complete-lifecycle",
+            rt.block_on(boot::complete_lifecycle(cfg, a)),
+        ),
+        Command::FetchCredentials(a) => (
+            "fetch-credentials",
+            rt.block_on(boot::fetch_credentials(cfg, a)),
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("connscale-agent {what}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -121,7 +121,8 @@ struct Rig {
     _dir: tempfile::TempDir,
 }
 
-async fn rig(first_state: &str, active: bool, held: usize, extra_env: &[(&str, String)]) -> Rig {
+/// The stand-in on a free port: its state and its base URL (IMDS and Auto Scaling alike).
+async fn stand(first_state: &str, active: bool) -> (S, String) {
     let state: S = Arc::new(Mutex::new(Stand {
         lifecycle_state: first_state.into(),
         active,
@@ -132,6 +133,22 @@ async fn rig(first_state: &str, active: bool, held: usize, extra_env: &[(&str, S
         .expect("bind stand-in");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(axum::serve(listener, stand_in(state.clone())).into_future());
+    (state, base)
+}
+
+/// The environment that points the agent's IMDS and SDK calls at the stand-in.
+fn stand_env(base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CONNSCALE_IMDS_ENDPOINT", base.to_string()),
+        ("AWS_ENDPOINT_URL", base.to_string()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_MAX_ATTEMPTS", "1".into()),
+    ]
+}
+
+async fn rig(first_state: &str, active: bool, held: usize, extra_env: &[(&str, String)]) -> Rig {
+    let (state, base) = stand(first_state, active).await;
 
     let port = connscale_test_support::free_port();
     let svc = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind service");
@@ -359,4 +376,81 @@ async fn lifecycle_calls_are_retried_until_the_hook_is_active() {
     let text = std::fs::read_to_string(&log).expect("agent log");
     assert!(text.contains("lifecycle action completed"), "{text}");
     assert!(!text.contains(token), "the token was logged: {text}");
+}
+
+/// Runs `connscale-agent complete-lifecycle ARGS` against the stand-in (no region set: it comes
+/// from IMDS, like the instance and the group); returns (exit code, stderr).
+async fn complete_lifecycle(base: &str, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_connscale-agent"))
+        .arg("complete-lifecycle")
+        .args(args)
+        .envs(stand_env(base))
+        .env_remove("AWS_REGION")
+        .env("CONNSCALE_AGENT_CLOUDWATCH", "off")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run complete-lifecycle");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The first boot completes the launch hook after the services are up; calls made before the
+/// hook is active fail and are retried until the completion lands.
+#[tokio::test]
+async fn complete_lifecycle_retries_until_the_launch_hook_is_active() {
+    let (state, base) = stand("Warmed:Pending:Wait", false).await;
+    let run = tokio::spawn({
+        let base = base.clone();
+        async move { complete_lifecycle(&base, &["--hook", "connscale-launch"]).await }
+    });
+    assert!(
+        until(&state, 20, |s| s.rejected("CompleteLifecycleAction") >= 2).await,
+        "a failed completion is not retried"
+    );
+    state.lock().expect("lock").active = true;
+    let (code, err) = run.await.expect("join");
+    assert_eq!(code, 0, "{err}");
+    let done = state
+        .lock()
+        .expect("lock")
+        .accepted("CompleteLifecycleAction");
+    assert_eq!(done.len(), 1);
+    for part in [
+        "LifecycleActionResult=CONTINUE",
+        "LifecycleHookName=connscale-launch",
+        "InstanceId=i-0abc",
+        "AutoScalingGroupName=chat",
+    ] {
+        assert!(done[0].contains(part), "{part} missing from {}", done[0]);
+    }
+
+    // ABANDON, and a hook that never becomes active: a non-zero exit that says why.
+    let (code, err) = complete_lifecycle(
+        &base,
+        &[
+            "--hook",
+            "connscale-launch",
+            "--result",
+            "abandon",
+            "--timeout",
+            "3s",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("connscale-launch") && err.contains("No active Lifecycle Action"),
+        "{err}"
+    );
+    assert!(
+        state
+            .lock()
+            .expect("lock")
+            .calls
+            .iter()
+            .any(|(c, _)| c.contains("LifecycleActionResult=ABANDON")),
+    );
 }
