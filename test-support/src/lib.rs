@@ -4,11 +4,13 @@
 //! panicking test still cleans up) and asks the kernel to kill it if the test process dies first
 //! (`PR_SET_PDEATHSIG`). A missing binary is a [`MissingTool`] naming the install command.
 
+mod instance;
 mod moto;
 mod process;
 mod redis_cluster;
 mod redis_server;
 
+pub use instance::{InstanceIdentity, InstanceStub, LifecycleAction, LifecycleCall};
 pub use moto::MotoServer;
 pub use process::{MissingTool, ServerProcess, find_tool, free_port, pid_alive, wait_for_port};
 pub use redis_cluster::RedisCluster;
