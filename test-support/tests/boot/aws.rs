@@ -140,20 +140,3 @@ pub async fn latest_datapoint(
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))?;
     Some((max, res.values().len() as f64))
 }
-
-/// The group's `connscale:lease` tag value, if set.
-pub async fn lease_tag(moto: &MotoServer, group: &str) -> Option<String> {
-    let asg = aws_sdk_autoscaling::Client::new(&moto.sdk_config().await);
-    let r = asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(group)
-        .send()
-        .await
-        .expect("moto DescribeAutoScalingGroups");
-    r.auto_scaling_groups()
-        .first()?
-        .tags()
-        .iter()
-        .find(|t: &&aws_sdk_autoscaling::types::TagDescription| t.key() == Some("connscale:lease"))
-        .and_then(|t| t.value().map(str::to_string))
-}

@@ -109,6 +109,8 @@ fn template_value(key: &str, d: &Deployment) -> Value {
         "hook_name" | "drain_hook" => json!(DRAIN_HOOK),
         "launch_hook" | "launch_hook_name" => json!(LAUNCH_HOOK),
         "drain_timeout" => json!(60),
+        "agent_drain_timeout" => json!(30),
+        "hook_heartbeat_timeout" => json!(120),
         "region" | "aws_region" => json!(d.stub.identity().region),
         "group_name" | "name" => json!(d.group.name),
         "api_token_parameter" | "api_token_param" => json!(API_TOKEN_PARAM),
@@ -423,19 +425,9 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     });
     t.done("chat-node stop drained, clients recovered");
 
-    // --- Stopping the controller releases its lease ---------------------------------------------
-    let held = wait_for(60, "the controller to hold its lease", || {
-        rt.block_on(aws::lease_tag(&moto, &group.name))
-            .filter(|v| !v.is_empty())
-    });
-    println!("lease held: {held}");
-    m.sh("systemctl stop connscale-controller.service");
-    let after = rt.block_on(aws::lease_tag(&moto, &group.name));
-    assert!(
-        after.as_deref().is_none_or(str::is_empty),
-        "the lease is still held after the controller stopped: {after:?}"
-    );
-    t.done("controller stop released the lease");
+    // The controller's own machine (controller.tf's one-instance group) is not booted here yet:
+    // its unit, score and lease release are covered by docgen's unit test and
+    // controller/tests/aws.rs (SIGTERM releases the lease), not under systemd.
 
     // --- Scale-in: the agent drains and completes the lifecycle action --------------------------
     stub.await_hook(Some(DRAIN_HOOK));
