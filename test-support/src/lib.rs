@@ -9,12 +9,14 @@ mod moto;
 mod process;
 mod redis_cluster;
 mod redis_server;
+mod sio_driver;
 
 pub use instance::{InstanceIdentity, InstanceStub, LifecycleAction, LifecycleCall};
 pub use moto::MotoServer;
 pub use process::{MissingTool, ServerProcess, find_tool, free_port, pid_alive, wait_for_port};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
+pub use sio_driver::Driver;
 
 use std::path::PathBuf;
 

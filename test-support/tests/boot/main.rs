@@ -10,7 +10,6 @@
 //! Needs root (systemd-nspawn, nsenter). Prints the time of each phase.
 
 mod aws;
-mod driver;
 mod machine;
 mod release;
 mod render;
@@ -353,7 +352,7 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
 
     // --- Chat from the host with the official socket.io-client ---------------------------------
     let url = format!("http://127.0.0.1:{chat_port}");
-    let mut js = driver::Driver::start();
+    let mut js = connscale_test_support::Driver::start();
     for id in ["alice", "bob"] {
         js.connect(id, &url, json!({"transports": ["websocket"]}));
         js.emit(id, "add user", json!([id]));

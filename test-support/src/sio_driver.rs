@@ -1,19 +1,19 @@
-//! The official socket.io-client on the host, remote-controlled over JSON lines
-//! (chat-node/tests/js/driver.js, the same driver chat-node's own tests use).
+//! The official socket.io-client (npm), remote-controlled over JSON lines by
+//! chat-node/tests/js/driver.js: chat-node's own tests and the boot test drive it the same way.
 
-use connscale_test_support::{find_tool, workspace_root};
+use crate::{find_tool, workspace_root};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A node process running socket.io-client instances; killed on drop.
+/// The official socket.io-client, driven over JSON lines.
 pub struct Driver {
     child: Child,
     stdin: ChildStdin,
     events: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
+    pub seen: Vec<Value>,
 }
 
 impl Driver {
@@ -60,7 +60,7 @@ impl Driver {
         d
     }
 
-    fn send(&mut self, cmd: Value) {
+    pub fn send(&mut self, cmd: Value) {
         writeln!(self.stdin, "{cmd}").expect("write to driver");
     }
 
@@ -96,11 +96,30 @@ impl Driver {
                 Ok(e) if pred(&e) => return e,
                 Ok(e) => self.seen.push(e),
                 Err(_) => panic!(
-                    "timed out after {secs} s waiting for {what}; last events: {:#?}",
+                    "timed out waiting for {what}; seen: {:#?}",
                     self.seen.iter().rev().take(12).collect::<Vec<_>>()
                 ),
             }
         }
+    }
+
+    /// Collects events for `ms` milliseconds.
+    pub fn drain_events(&mut self, ms: u64) {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        while let Ok(e) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(e);
+        }
+    }
+
+    pub fn events_named(&self, id: &str, name: &str) -> Vec<Value> {
+        self.seen
+            .iter()
+            .filter(|e| e["ev"] == "event" && e["id"] == id && e["name"] == name)
+            .cloned()
+            .collect()
     }
 }
 
