@@ -517,7 +517,7 @@ fn demo(
             report.scale_outs,
             report.scale_ins,
             report.rejected_connections,
-            report.lifecycle.scale_ins_completed_by_agent,
+            report.lifecycle.completed_by_agent,
             report.lifecycle.lifecycle_timeouts,
             report.lifecycle.warm_pool_returns,
             report.lifecycle.warm_pool_launches,

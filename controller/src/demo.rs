@@ -7,7 +7,7 @@
 use crate::control;
 use crate::engine::{Direction, Engine, EngineState};
 use crate::local::balancer::Balancer;
-use crate::local::{FleetSettings, LocalFleet};
+use crate::local::{FleetSettings, LocalFleet, ScaleInCounts};
 use crate::provider::Provider;
 use crate::sim::plot::{Series, line_chart};
 use connscale_common::policy::Policy;
@@ -56,21 +56,10 @@ pub struct DemoReport {
     pub counts_match: bool,
     pub counts_checked: Vec<(String, Option<u64>, usize)>,
     pub processes_left: usize,
-    /// Instances scaled in (drains started), whatever the action that named them.
-    pub drains: usize,
     /// How the scale-ins ended: `scale_ins_completed_by_agent` equals `drains` and
     /// `lifecycle_timeouts` is 0 in a good run.
     #[serde(flatten)]
-    pub lifecycle: ScaleInReport,
-}
-
-/// The lifecycle side of the demo's scale-ins, flattened into its JSON.
-#[derive(Debug, Serialize)]
-pub struct ScaleInReport {
-    pub scale_ins_completed_by_agent: usize,
-    pub lifecycle_timeouts: usize,
-    pub warm_pool_returns: usize,
-    pub warm_pool_launches: usize,
+    pub lifecycle: ScaleInCounts,
 }
 
 /// How long the demo may run past `--duration` to finish scale-in and the chat traffic.
@@ -422,13 +411,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
     };
     fleet.refresh().await;
     let final_instances = fleet.capacity();
-    let lifecycle = ScaleInReport {
-        scale_ins_completed_by_agent: fleet.counts.completed_by_agent,
-        lifecycle_timeouts: fleet.counts.lifecycle_timeouts,
-        warm_pool_returns: fleet.counts.warm_pool_returns,
-        warm_pool_launches: fleet.counts.warm_pool_launches,
-    };
-    let drains = fleet.counts.drains;
+    let lifecycle = fleet.counts;
     all_pids.extend(fleet.pids());
     all_pids.push(redis.0.id());
     drop(fleet);
@@ -482,7 +465,6 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         counts_match,
         counts_checked,
         processes_left,
-        drains,
         lifecycle,
     })
 }

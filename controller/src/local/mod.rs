@@ -12,7 +12,6 @@ pub mod balancer;
 mod provider;
 pub mod stand_in;
 
-use crate::engine::{InstanceView, Lifecycle, Observation};
 use connscale_common::policy::{PoolState, WarmPool};
 use stand_in::{Hook, StandIn};
 use std::path::PathBuf;
@@ -89,6 +88,7 @@ pub struct ScaleInCounts {
     /// Scale-ins started (instances handed to their drain hook).
     pub drains: usize,
     /// Scale-ins whose lifecycle action the instance's own agent completed.
+    #[serde(rename = "scale_ins_completed_by_agent")]
     pub completed_by_agent: usize,
     /// Scale-ins whose hook timed out (the default result applied).
     pub lifecycle_timeouts: usize,
@@ -450,31 +450,6 @@ impl LocalFleet {
     /// Instances waiting in the warm pool.
     pub fn warm_instances(&self) -> u32 {
         self.instances.iter().filter(|i| i.warmed).count() as u32
-    }
-
-    /// The engine's view of the fleet.
-    pub fn observation(&self, now: i64, desired: u32) -> Observation {
-        Observation {
-            now,
-            desired,
-            instances: self
-                .instances
-                .iter()
-                .filter(|i| !i.warmed)
-                .map(|i| InstanceView {
-                    id: i.id.clone(),
-                    lifecycle: if i.draining {
-                        Lifecycle::Draining
-                    } else if i.serving {
-                        Lifecycle::InService
-                    } else {
-                        Lifecycle::Pending
-                    },
-                    connections: i.connections,
-                    launched_at: i.launched_at,
-                })
-                .collect(),
-        }
     }
 
     /// PIDs of every process the fleet started (for leak checks).
