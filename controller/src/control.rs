@@ -1,12 +1,51 @@
-//! One turn of the control loop, for any [`Provider`]: observe, decide, act.
+//! The control loop: one for `connscale run` (AWS), the demo (the local fleet) and the
+//! simulator (a modelled fleet on simulated time).
 //!
-//! Idempotent and restart-safe: everything it acts on is read from the fleet at each turn; the
-//! engine's own memory only makes a fresh loop more cautious (no scale-in until the low average
-//! has been seen for the whole `sustain` again).
+//! In the manner of a kube-rs controller: a reconcile [`turn`] that reads everything it acts on
+//! from the fleet, so it is idempotent and safe to restart (the strategy's memory only makes a
+//! fresh loop more cautious), and an [`ErrorPolicy`] that decides what a failed turn leads to.
+//! [`Controller::step`] is one turn with the lease and the error policy around it;
+//! [`Controller::run`] repeats it until stopped and then releases the lease. The loop knows the
+//! fleet only through [`Provider`] and the decisions only through [`Strategy`].
 
-use crate::engine::{Decision, Engine, EngineState};
-use crate::provider::{FleetView, Provider, ProviderError};
+use crate::engine::{Decision, Engine, EngineState, Lifecycle, Observation};
+use crate::provider::{Claim, FleetView, Provider, ProviderError};
 use serde::Serialize;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Decides from what the fleet looks like what it should be: connscale's engine
+/// ([`Autoscaler`]) or one of the simulator's baselines.
+pub trait Strategy {
+    fn decide(&mut self, obs: &Observation) -> Decision;
+}
+
+impl<S: Strategy + ?Sized> Strategy for &mut S {
+    fn decide(&mut self, obs: &Observation) -> Decision {
+        (**self).decide(obs)
+    }
+}
+
+/// connscale's policy engine with its memory between turns.
+pub struct Autoscaler {
+    pub engine: Engine,
+    pub state: EngineState,
+}
+
+impl Autoscaler {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            state: EngineState::default(),
+        }
+    }
+}
+
+impl Strategy for Autoscaler {
+    fn decide(&mut self, obs: &Observation) -> Decision {
+        self.engine.evaluate(obs, &mut self.state)
+    }
+}
 
 /// What one turn saw and did.
 #[derive(Debug, Clone, Serialize)]
@@ -20,34 +59,46 @@ pub struct Turn {
     pub acted: bool,
 }
 
-/// Observes the fleet, evaluates the engine and (unless `dry_run`) acts: scale-in first
-/// terminates the chosen least-connected instances with decrement (each drains through the
-/// termination hook), then sets the desired capacity if it still differs. The decision is
-/// clamped to the group's own bounds as well as the policy's.
-pub async fn turn<P: Provider>(
+impl Turn {
+    /// One line for the operator's log: `desired 2 → 3 [acted] <reason> | in service 2 of 3`.
+    pub fn line(&self) -> String {
+        let f = &self.fleet;
+        let verb = match (self.changes, self.acted) {
+            (false, _) => "hold",
+            (true, true) => "acted",
+            (true, false) => "would act (dry run)",
+        };
+        let in_service = f
+            .members
+            .iter()
+            .filter(|m| m.lifecycle == Some(Lifecycle::InService))
+            .count();
+        format!(
+            "{}: desired {} → {} [{verb}] {} | in service {in_service} of {}",
+            f.name,
+            f.desired,
+            self.decision.desired,
+            self.decision.reason,
+            f.members.len()
+        )
+    }
+}
+
+/// One reconcile turn: observes the fleet, lets `strategy` decide, bounds the decision by the
+/// group's own min/max, and (unless `dry_run`) acts: scale-in first terminates the chosen
+/// instances with decrement (each drains through the termination hook), then sets the desired
+/// capacity if it still differs.
+pub async fn turn<P: Provider, S: Strategy + ?Sized>(
     provider: &mut P,
-    engine: &Engine,
-    state: &mut EngineState,
+    strategy: &mut S,
     now: i64,
     dry_run: bool,
 ) -> Result<Turn, ProviderError> {
     let fleet = provider.observe().await?;
     let obs = fleet.observation(now);
-    let mut decision = engine.evaluate(&obs, state);
-    let bounded = decision
-        .desired
-        .clamp(fleet.min_size, fleet.max_size.max(fleet.min_size));
-    if bounded != decision.desired {
-        decision.reason = format!(
-            "{} (bounded by the group's min {} / max {}: {bounded})",
-            decision.reason, fleet.min_size, fleet.max_size
-        );
-        // Never remove more instances than the group's bounds allow.
-        let removable = fleet.desired.saturating_sub(bounded) as usize;
-        decision.scale_in.truncate(removable);
-        decision.desired = bounded;
-        decision.settle(fleet.desired);
-    }
+    let mut decision = strategy.decide(&obs);
+    bound(&mut decision, &fleet);
+    decision.settle(fleet.desired);
     let changes = decision.changes(&obs);
     if changes && !dry_run {
         let mut desired = fleet.desired;
@@ -68,20 +119,393 @@ pub async fn turn<P: Provider>(
     })
 }
 
+/// Clamps the decision to the group's bounds, removing no more instances than they allow.
+fn bound(decision: &mut Decision, fleet: &FleetView) {
+    let bounded = decision
+        .desired
+        .clamp(fleet.min_size, fleet.max_size.max(fleet.min_size));
+    if bounded == decision.desired {
+        return;
+    }
+    decision.reason = format!(
+        "{} (bounded by the group's min {} / max {}: {bounded})",
+        decision.reason, fleet.min_size, fleet.max_size
+    );
+    let removable = fleet.desired.saturating_sub(bounded) as usize;
+    decision.scale_in.truncate(removable);
+    decision.desired = bounded;
+}
+
+/// What a failed turn leads to: a transient error (throttling, an unreachable endpoint, a lease
+/// lost to another loop) is retried after an exponential backoff; any other ends the loop,
+/// since retrying a missing permission or group only repeats the error.
+#[derive(Debug, Clone)]
+pub struct ErrorPolicy {
+    /// The longest wait between retries.
+    pub max_backoff: Duration,
+    failures: u32,
+}
+
+impl ErrorPolicy {
+    pub fn new(max_backoff: Duration) -> Self {
+        Self {
+            max_backoff,
+            failures: 0,
+        }
+    }
+
+    /// After a turn that worked: the next failure starts the backoff afresh.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// After a failed turn: how long to wait before the next, or `None` to stop.
+    pub fn failed(&mut self, e: &ProviderError) -> Option<Duration> {
+        if !e.transient() {
+            return None;
+        }
+        let wait = backoff(self.failures, self.max_backoff);
+        self.failures = self.failures.saturating_add(1);
+        Some(wait)
+    }
+}
+
 /// Exponential backoff for a loop that keeps failing: 1 s, 2 s, 4 s ... capped at `max`.
-pub fn backoff(failures: u32, max: std::time::Duration) -> std::time::Duration {
-    std::time::Duration::from_secs(1u64 << failures.min(16)).min(max)
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    Duration::from_secs(1u64 << failures.min(16)).min(max)
+}
+
+/// Settings of a control loop.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    /// Time between turns.
+    pub interval: Duration,
+    /// Decide and report, never act (and never claim the lease).
+    pub dry_run: bool,
+    /// The longest wait after repeated transient failures.
+    pub max_backoff: Duration,
+}
+
+/// What one step of the loop came to.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// The turn ran (and acted, unless a dry run or nothing changes).
+    Turned(Box<Turn>),
+    /// Another loop holds the lease: this one changed nothing (the holder, in words).
+    StandBy(String),
+    /// The turn failed with a transient error; the next step retries.
+    Failed(ProviderError),
+}
+
+/// A control loop: a strategy, its options and its error policy.
+pub struct Controller<S> {
+    pub strategy: S,
+    pub opts: LoopOptions,
+    errors: ErrorPolicy,
+}
+
+impl<S: Strategy> Controller<S> {
+    pub fn new(strategy: S, opts: LoopOptions) -> Self {
+        let errors = ErrorPolicy::new(opts.max_backoff);
+        Self {
+            strategy,
+            opts,
+            errors,
+        }
+    }
+
+    /// How long a claim lasts: three turns and a margin, so one slow turn does not lose it.
+    pub fn lease_ttl(&self) -> Duration {
+        self.opts.interval * 3 + Duration::from_secs(10)
+    }
+
+    /// One step at `now`: claims the right to act (unless a dry run), runs a turn, and applies
+    /// the error policy. Returns what happened and when the next step is due; `Err` only for an
+    /// error the policy says ends the loop.
+    pub async fn step<P: Provider>(
+        &mut self,
+        p: &mut P,
+        now: i64,
+    ) -> Result<(Step, Duration), ProviderError> {
+        let result = self.claimed_turn(p, now).await;
+        match result {
+            Ok(step) => {
+                self.errors.succeeded();
+                Ok((step, self.opts.interval))
+            }
+            Err(e) => match self.errors.failed(&e) {
+                Some(wait) => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "turn failed; backing off");
+                    Ok((Step::Failed(e), wait))
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn claimed_turn<P: Provider>(
+        &mut self,
+        p: &mut P,
+        now: i64,
+    ) -> Result<Step, ProviderError> {
+        if !self.opts.dry_run
+            && let Claim::HeldBy(other) = p.claim(now, self.lease_ttl()).await?
+        {
+            return Ok(Step::StandBy(other));
+        }
+        let t = turn(p, &mut self.strategy, now, self.opts.dry_run).await?;
+        Ok(Step::Turned(Box::new(t)))
+    }
+
+    /// Steps on the wall clock until `stop` is cancelled (after the step in progress: a turn's
+    /// calls are never cut off half-way), after one step when `once`, or until an error the
+    /// policy says is permanent; then releases the lease so a standby takes over at once.
+    /// `report` sees every step.
+    pub async fn run<P: Provider>(
+        &mut self,
+        p: &mut P,
+        once: bool,
+        stop: &CancellationToken,
+        mut report: impl FnMut(&Step),
+    ) -> Result<(), ProviderError> {
+        let result = loop {
+            let (step, wait) = match self.step(p, epoch()).await {
+                Ok(s) => s,
+                Err(e) => break Err(e),
+            };
+            report(&step);
+            if once {
+                break match step {
+                    Step::Failed(e) => Err(e),
+                    _ => Ok(()),
+                };
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => break Ok(()),
+            }
+        };
+        if !self.opts.dry_run
+            && let Err(e) = p.release().await
+        {
+            tracing::warn!(error = %e, "could not release the lease; it expires on its own");
+        }
+        result
+    }
+}
+
+/// Unix seconds on the wall clock.
+pub fn epoch() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::{ErrorKind, Member};
 
     #[test]
     fn backoff_grows_and_caps() {
-        let max = std::time::Duration::from_secs(60);
+        let max = Duration::from_secs(60);
         assert_eq!(backoff(0, max).as_secs(), 1);
         assert_eq!(backoff(3, max).as_secs(), 8);
         assert_eq!(backoff(40, max), max);
+    }
+
+    fn error(kind: ErrorKind) -> ProviderError {
+        ProviderError {
+            action: "autoscaling:SetDesiredCapacity".into(),
+            kind,
+            message: "test".into(),
+        }
+    }
+
+    #[test]
+    fn the_error_policy_retries_transient_errors_with_backoff_and_stops_on_others() {
+        let mut p = ErrorPolicy::new(Duration::from_secs(4));
+        let throttled = error(ErrorKind::Throttled);
+        let waits: Vec<_> = (0..4).filter_map(|_| p.failed(&throttled)).collect();
+        assert_eq!(waits, [1, 2, 4, 4].map(Duration::from_secs));
+        p.succeeded();
+        assert_eq!(p.failed(&throttled), Some(Duration::from_secs(1)));
+        assert_eq!(p.failed(&error(ErrorKind::Denied)), None);
+        assert_eq!(p.failed(&error(ErrorKind::NotFound)), None);
+    }
+
+    /// A fleet in memory: records the calls the loop makes, fails `observe` on demand.
+    struct Recorder {
+        view: FleetView,
+        calls: Vec<String>,
+        fail_observe: Option<ErrorKind>,
+        claim: Claim,
+    }
+
+    impl Recorder {
+        fn new(desired: u32, min: u32, max: u32) -> Self {
+            let members = (0..desired)
+                .map(|i| Member {
+                    id: format!("i-{i}"),
+                    state: "InService".into(),
+                    lifecycle: Some(Lifecycle::InService),
+                    healthy: true,
+                    protected: false,
+                    launched_at: 0,
+                    connections: Some(10 * i as u64),
+                    address: None,
+                })
+                .collect();
+            Self {
+                view: FleetView {
+                    name: "g".into(),
+                    desired,
+                    min_size: min,
+                    max_size: max,
+                    members,
+                    warm_pool: None,
+                    warm_instances: 0,
+                },
+                calls: Vec::new(),
+                fail_observe: None,
+                claim: Claim::Held,
+            }
+        }
+    }
+
+    impl Provider for Recorder {
+        async fn observe(&mut self) -> Result<FleetView, ProviderError> {
+            match &self.fail_observe {
+                Some(kind) => Err(error(kind.clone())),
+                None => Ok(self.view.clone()),
+            }
+        }
+        async fn set_desired(&mut self, desired: u32) -> Result<(), ProviderError> {
+            self.calls.push(format!("set_desired {desired}"));
+            Ok(())
+        }
+        async fn terminate(&mut self, id: &str, decrement: bool) -> Result<(), ProviderError> {
+            self.calls.push(format!("terminate {id} {decrement}"));
+            Ok(())
+        }
+        async fn claim(&mut self, _: i64, _: Duration) -> Result<Claim, ProviderError> {
+            self.calls.push("claim".into());
+            Ok(self.claim.clone())
+        }
+        async fn release(&mut self) -> Result<(), ProviderError> {
+            self.calls.push("release".into());
+            Ok(())
+        }
+    }
+
+    /// Always wants `desired`, draining `victims`.
+    struct Wants(u32, Vec<&'static str>);
+
+    impl Strategy for Wants {
+        fn decide(&mut self, _: &Observation) -> Decision {
+            Decision {
+                desired: self.0,
+                scale_in: self.1.iter().map(|s| s.to_string()).collect(),
+                reason: "wanted".into(),
+                ..Decision::default()
+            }
+        }
+    }
+
+    fn controller(s: Wants, dry_run: bool) -> Controller<Wants> {
+        Controller::new(
+            s,
+            LoopOptions {
+                interval: Duration::from_secs(10),
+                dry_run,
+                max_backoff: Duration::from_secs(60),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_turn_is_bounded_by_the_group_and_drains_no_more_than_the_bounds_allow() {
+        let mut fleet = Recorder::new(3, 2, 5);
+        let mut c = controller(Wants(1, vec!["i-0", "i-1"]), false);
+        let (step, _) = c.step(&mut fleet, 0).await.expect("step");
+        let Step::Turned(t) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(t.decision.desired, 2, "{}", t.decision.reason);
+        assert!(t.decision.reason.contains("bounded by the group's min 2"));
+        assert_eq!(fleet.calls, ["claim", "terminate i-0 true"]);
+
+        let mut fleet = Recorder::new(3, 1, 4);
+        let mut c = controller(Wants(9, vec![]), false);
+        c.step(&mut fleet, 0).await.expect("step");
+        assert_eq!(fleet.calls, ["claim", "set_desired 4"]);
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_neither_claims_nor_acts_and_a_standby_changes_nothing() {
+        let mut fleet = Recorder::new(3, 1, 5);
+        let mut c = controller(Wants(5, vec![]), true);
+        let (step, _) = c.step(&mut fleet, 0).await.expect("step");
+        assert!(
+            matches!(&step, Step::Turned(t) if t.changes && !t.acted),
+            "{step:?}"
+        );
+        assert!(fleet.calls.is_empty(), "{:?}", fleet.calls);
+
+        let mut fleet = Recorder::new(3, 1, 5);
+        fleet.claim = Claim::HeldBy("other".into());
+        let mut c = controller(Wants(5, vec![]), false);
+        let (step, _) = c.step(&mut fleet, 0).await.expect("step");
+        assert!(
+            matches!(&step, Step::StandBy(o) if o == "other"),
+            "{step:?}"
+        );
+        assert_eq!(fleet.calls, ["claim"]);
+    }
+
+    #[tokio::test]
+    async fn a_step_backs_off_on_transient_errors_and_ends_on_permanent_ones() {
+        let mut fleet = Recorder::new(3, 1, 5);
+        fleet.fail_observe = Some(ErrorKind::Unreachable);
+        let mut c = controller(Wants(3, vec![]), false);
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            let (step, wait) = c.step(&mut fleet, 0).await.expect("transient");
+            assert!(matches!(step, Step::Failed(_)), "{step:?}");
+            waits.push(wait.as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4]);
+        fleet.fail_observe = None;
+        let (_, wait) = c.step(&mut fleet, 0).await.expect("recovered");
+        assert_eq!(wait, Duration::from_secs(10), "back to the interval");
+        fleet.fail_observe = Some(ErrorKind::Denied);
+        assert!(c.step(&mut fleet, 0).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn run_stops_when_cancelled_and_releases_the_lease() {
+        let mut fleet = Recorder::new(2, 1, 5);
+        let mut c = controller(Wants(2, vec![]), false);
+        let stop = CancellationToken::new();
+        let mut steps = 0;
+        c.run(&mut fleet, false, &stop, |_| {
+            steps += 1;
+            stop.cancel();
+        })
+        .await
+        .expect("run");
+        assert_eq!(steps, 1);
+        assert_eq!(fleet.calls, ["claim", "release"]);
+
+        // A permanent error ends the loop, and the lease is released all the same.
+        let mut fleet = Recorder::new(2, 1, 5);
+        fleet.fail_observe = Some(ErrorKind::Denied);
+        let err = c
+            .run(&mut fleet, false, &CancellationToken::new(), |_| {})
+            .await
+            .expect_err("denied");
+        assert_eq!(err.kind, ErrorKind::Denied);
+        assert_eq!(fleet.calls, ["claim", "release"]);
     }
 }

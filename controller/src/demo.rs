@@ -5,7 +5,7 @@
 //! counts match the balancer's) and an SVG timeline. Every process it starts, it stops.
 
 use crate::control;
-use crate::engine::{Direction, Engine, EngineState};
+use crate::engine::{Direction, Engine};
 use crate::local::balancer::Balancer;
 use crate::local::{FleetSettings, LocalFleet, ScaleInCounts};
 use crate::provider::Provider;
@@ -223,18 +223,19 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         warm_pool: policy.warm_pool.clone(),
     })
     .await?;
-    let engine = Engine::new(policy.clone());
-    let mut state = EngineState::default();
+    // The same loop as `connscale run`: a transient failure backs off, others end the demo.
+    let mut ctl = control::Controller::new(
+        control::Autoscaler::new(Engine::new(policy.clone())),
+        control::LoopOptions {
+            interval,
+            dry_run: false,
+            max_backoff: Duration::from_secs(8),
+        },
+    );
     let balancer = Balancer::start()
         .await
         .map_err(|e| format!("cannot start the balancer: {e}"))?;
     let start = Instant::now();
-    let epoch = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
-    };
     fleet
         .set_desired(policy.group.min_size)
         .await
@@ -341,19 +342,26 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
                 checked = true;
             }
         }
-        let turn = control::turn(&mut fleet, &engine, &mut state, epoch(), false)
+        let (step, next) = ctl
+            .step(&mut fleet, control::epoch())
             .await
             .map_err(|e| e.to_string())?;
-        if turn.changes {
-            let reason = turn.decision.reason;
-            say(format!("[{t:5.1}s] {reason}"));
-            actions.push(Action {
-                t,
-                direction: turn.decision.direction,
-                reason: reason.clone(),
-            });
-            markers.push((t, reason));
-            all_pids.extend(fleet.pids());
+        match step {
+            control::Step::Turned(turn) if turn.changes => {
+                let reason = turn.decision.reason;
+                say(format!("[{t:5.1}s] {reason}"));
+                actions.push(Action {
+                    t,
+                    direction: turn.decision.direction,
+                    reason: reason.clone(),
+                });
+                markers.push((t, reason));
+                all_pids.extend(fleet.pids());
+            }
+            control::Step::Failed(e) => {
+                say(format!("[{t:5.1}s] turn failed, retrying in {next:?}: {e}"))
+            }
+            _ => {}
         }
         let desired = fleet.desired;
         let running = fleet.instances.iter().filter(|i| !i.warmed).count();
@@ -397,7 +405,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
                 .join(" | ")
         ));
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {},
+            _ = tokio::time::sleep(next) => {},
             _ = &mut ctrl_c => { say("interrupted: stopping everything".into()); break; }
         }
     }

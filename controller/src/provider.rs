@@ -148,8 +148,18 @@ impl fmt::Display for ProviderError {
 
 impl std::error::Error for ProviderError {}
 
-/// A fleet that can be observed and changed. Every method is idempotent where the underlying
-/// API allows, so a restarted control loop may repeat its last action safely.
+/// Whether this loop may act this turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This loop holds the right to act until the claim's TTL runs out.
+    Held,
+    /// Another loop holds it (who and until when, in words): stand by.
+    HeldBy(String),
+}
+
+/// A fleet as the control loop sees it: observed, resized, and one instance removed at a time.
+/// Every method is idempotent where the underlying API allows, so a restarted loop may repeat
+/// its last action safely.
 #[allow(async_fn_in_trait)]
 pub trait Provider {
     /// The fleet with each instance's connection count.
@@ -159,15 +169,17 @@ pub trait Provider {
     /// Drains (through the termination lifecycle hook) and terminates one chosen instance,
     /// lowering the desired capacity by one when `decrement`.
     async fn terminate(&mut self, id: &str, decrement: bool) -> Result<(), ProviderError>;
-    /// Protects instances from (or exposes them to) the group's own scale-in.
-    async fn set_protection(&mut self, ids: &[String], protect: bool) -> Result<(), ProviderError>;
-    /// Creates, changes (`Some`) or deletes (`None`) the warm pool.
-    async fn set_warm_pool(&mut self, pool: Option<&WarmPool>) -> Result<(), ProviderError>;
-    /// Lets an instance paused in a lifecycle hook go on (`CONTINUE`) or abandon it.
-    async fn complete_lifecycle(
+    /// Takes or renews this loop's right to act for `ttl` before a turn acts. A fleet that only
+    /// one loop can drive (the local fleet, the simulator's) always grants it.
+    async fn claim(
         &mut self,
-        id: &str,
-        hook: &str,
-        proceed: bool,
-    ) -> Result<(), ProviderError>;
+        _now: i64,
+        _ttl: std::time::Duration,
+    ) -> Result<Claim, ProviderError> {
+        Ok(Claim::Held)
+    }
+    /// Gives the right to act up when the loop ends, so a standby need not wait for the TTL.
+    async fn release(&mut self) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }

@@ -11,7 +11,7 @@ use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use connscale::aws::{AwsProvider, AwsSettings, lease};
 use connscale::control;
-use connscale::engine::{Engine, EngineState};
+use connscale::engine::Engine;
 use connscale_common::policy::Policy;
 use connscale_test_support::{MotoServer, workspace_bin};
 use std::collections::BTreeMap;
@@ -400,12 +400,11 @@ async fn the_loop_scales_out_and_in_within_bounds_removing_the_least_connected()
     // dynamic steps, so its engine has no schedule.
     let mut policy = env.policy.clone();
     policy.schedules.clear();
-    let engine = Engine::new(policy);
-    let mut state = EngineState::default();
+    let mut scaler = control::Autoscaler::new(Engine::new(policy));
 
     // Both nodes near their caps: step +3 wants 5, the group's max is 4.
     env.publish_by_rank(|_| 950.0).await;
-    let t = control::turn(&mut p, &engine, &mut state, now(), false)
+    let t = control::turn(&mut p, &mut scaler, now(), false)
         .await
         .expect("turn");
     assert!(t.acted, "{t:?}");
@@ -427,7 +426,7 @@ async fn the_loop_scales_out_and_in_within_bounds_removing_the_least_connected()
         tokio::time::sleep(Duration::from_millis(1200)).await;
         // The last id gets the fewest connections.
         let counts = env.publish_by_rank(|n| (10 * (ids.len() - n)) as f64).await;
-        let t = control::turn(&mut p, &engine, &mut state, now(), false)
+        let t = control::turn(&mut p, &mut scaler, now(), false)
             .await
             .expect("turn");
         if !t.decision.scale_in.is_empty() {
@@ -455,7 +454,7 @@ async fn the_loop_scales_out_and_in_within_bounds_removing_the_least_connected()
     // At the minimum with no load, further turns hold.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     env.publish_by_rank(|_| 0.0).await;
-    let t = control::turn(&mut p, &engine, &mut state, now(), false)
+    let t = control::turn(&mut p, &mut scaler, now(), false)
         .await
         .expect("turn");
     assert!(!t.changes && t.decision.desired == 1, "{t:?}");
@@ -502,14 +501,15 @@ async fn a_silent_instance_is_not_drained_and_does_not_pull_the_average_down() {
     let (_, ids) = env.group().await;
     assert_eq!(ids.len(), 3, "{ids:?}");
     let silent = ids[2].clone();
-    let engine = Engine::new(Policy::parse(QUIET_POLICY, "quiet").expect("valid policy"));
-    let mut state = EngineState::default();
+    let mut scaler = control::Autoscaler::new(Engine::new(
+        Policy::parse(QUIET_POLICY, "quiet").expect("valid policy"),
+    ));
     let mut p = env.provider().await;
     // Enough turns for sustain and cooldown: read as zero, the silent node went at the second.
     for _ in 0..3 {
         env.publish(&ids[..2].iter().map(|id| (id.clone(), 800.0)).collect())
             .await;
-        let t = control::turn(&mut p, &engine, &mut state, now(), false)
+        let t = control::turn(&mut p, &mut scaler, now(), false)
             .await
             .expect("turn");
         let d = &t.decision;

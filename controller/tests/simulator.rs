@@ -2,9 +2,10 @@
 //! replays, and connscale's default policy against the baselines on the shared traces and on
 //! generated traces the policy was not tuned on.
 
+use connscale::control::Strategy;
 use connscale::engine::{InstanceView, Lifecycle, Observation};
 use connscale::sim::baselines::Classic;
-use connscale::sim::fleet::{FleetModel, Scaler};
+use connscale::sim::fleet::FleetModel;
 use connscale::sim::trace::Trace;
 use connscale::sim::trace::synthetic as generated;
 use connscale::sim::{SimConfig, simulate};

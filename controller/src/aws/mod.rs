@@ -4,12 +4,13 @@
 //! [`plan`] compares the policy with the group's alarms, scaling policies, schedules, warm pool and
 //! lifecycle hook; [`lease`] keeps two control loops from acting on one group at once.
 
+pub mod heartbeat;
 pub mod lease;
 pub mod plan;
 pub mod status;
 
 use crate::engine::Lifecycle;
-use crate::provider::{ErrorKind, FleetView, Member, Provider, ProviderError};
+use crate::provider::{Claim, ErrorKind, FleetView, Member, Provider, ProviderError};
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_autoscaling::types::{InstanceReusePolicy, WarmPoolState};
 use aws_sdk_cloudwatch::primitives::DateTime;
@@ -45,6 +46,8 @@ pub struct AwsProvider {
     pub ddb: aws_sdk_dynamodb::Client,
     /// Set while this loop holds the lease: every scaling call proves it first.
     pub fence: Option<lease::Fence>,
+    /// This loop's name in the lease ([`lease::holder_name`]).
+    pub holder: String,
 }
 
 /// Maps an SDK error to a [`ProviderError`] naming the IAM action.
@@ -131,6 +134,7 @@ impl AwsProvider {
             ec2: aws_sdk_ec2::Client::new(conf),
             ddb: aws_sdk_dynamodb::Client::new(conf),
             fence: None,
+            holder: lease::holder_name(),
             settings,
         }
     }
@@ -379,7 +383,45 @@ impl Provider for AwsProvider {
         Ok(())
     }
 
-    async fn set_protection(&mut self, ids: &[String], protect: bool) -> Result<(), ProviderError> {
+    async fn claim(&mut self, now: i64, ttl: std::time::Duration) -> Result<Claim, ProviderError> {
+        self.fence = None;
+        match lease::acquire(self, &self.holder, now, ttl).await? {
+            Ok(held) => {
+                self.fence = Some(lease::Fence {
+                    holder: held.holder,
+                    token: held.token,
+                    ttl,
+                });
+                // Before acting: the alarms stand down while this heartbeat is present. A
+                // failed publish fails the turn, so the loop never acts while they may act too.
+                heartbeat::publish(self, now, ttl).await?;
+                Ok(Claim::Held)
+            }
+            Err(other) => Ok(Claim::HeldBy(format!(
+                "standing by: {} holds the lease on {} until {} (token {}, table {})",
+                other.holder,
+                self.group(),
+                other.expires,
+                other.token,
+                self.settings.lease_table
+            ))),
+        }
+    }
+
+    async fn release(&mut self) -> Result<(), ProviderError> {
+        self.fence = None;
+        lease::release(self, &self.holder).await
+    }
+}
+
+/// What the operators' commands (`apply`, tests) do to the group besides the loop's calls.
+impl AwsProvider {
+    /// Protects instances from (or exposes them to) the group's own scale-in.
+    pub async fn set_protection(
+        &mut self,
+        ids: &[String],
+        protect: bool,
+    ) -> Result<(), ProviderError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -395,7 +437,8 @@ impl Provider for AwsProvider {
         Ok(())
     }
 
-    async fn set_warm_pool(&mut self, pool: Option<&WarmPool>) -> Result<(), ProviderError> {
+    /// Creates, changes (`Some`) or deletes (`None`) the warm pool.
+    pub async fn set_warm_pool(&mut self, pool: Option<&WarmPool>) -> Result<(), ProviderError> {
         self.fenced().await?;
         match pool {
             Some(w) => {
@@ -427,7 +470,8 @@ impl Provider for AwsProvider {
         Ok(())
     }
 
-    async fn complete_lifecycle(
+    /// Lets an instance paused in a lifecycle hook go on (`CONTINUE`) or abandon it.
+    pub async fn complete_lifecycle(
         &mut self,
         id: &str,
         hook: &str,

@@ -8,7 +8,7 @@
 //! (`[[schedule]]`), so ones it does not list are deleted.
 
 use super::{AwsProvider, sdk_error};
-use crate::provider::{Provider, ProviderError};
+use crate::provider::ProviderError;
 use aws_sdk_autoscaling::types::StepAdjustment;
 use aws_sdk_cloudwatch::types::{
     ComparisonOperator, Dimension, Metric, MetricDataQuery, MetricStat, Statistic,

@@ -6,7 +6,6 @@
 use super::LocalFleet;
 use crate::engine::Lifecycle;
 use crate::provider::{FleetView, Member, Provider, ProviderError};
-use connscale_common::policy::WarmPool;
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -109,20 +108,5 @@ impl Provider for LocalFleet {
             self.desired = self.desired.saturating_sub(1);
         }
         self.converge().await
-    }
-
-    async fn set_protection(&mut self, _: &[String], _: bool) -> Result<(), ProviderError> {
-        // Only the control loop removes local instances; there is no other scale-in to guard from.
-        Ok(())
-    }
-
-    async fn set_warm_pool(&mut self, pool: Option<&WarmPool>) -> Result<(), ProviderError> {
-        self.settings.warm_pool = pool.cloned();
-        Ok(())
-    }
-
-    async fn complete_lifecycle(&mut self, _: &str, _: &str, _: bool) -> Result<(), ProviderError> {
-        // The agents complete their own hooks through the stand-in's Auto Scaling endpoint.
-        Ok(())
     }
 }

@@ -2,14 +2,14 @@
 
 use super::fleet::Scaler;
 use super::trace::Trace;
-use crate::engine::{Decision, Engine, EngineState, InstanceView, Lifecycle, Observation};
+use crate::control::{Autoscaler, Strategy};
+use crate::engine::{Decision, Engine, InstanceView, Lifecycle, Observation};
 use connscale_common::policy::{Policy, WarmPool};
 use std::collections::VecDeque;
 
 /// connscale's policy engine, exactly as the control loop runs it.
 pub struct Connscale {
-    engine: Engine,
-    state: EngineState,
+    autoscaler: Autoscaler,
     interval: i64,
     last: Option<i64>,
 }
@@ -18,8 +18,7 @@ impl Connscale {
     pub fn new(policy: Policy) -> Self {
         let interval = policy.scale_out.interval.as_secs().max(1) as i64;
         Self {
-            engine: Engine::new(policy),
-            state: EngineState::default(),
+            autoscaler: Autoscaler::new(Engine::new(policy)),
             interval,
             last: None,
         }
@@ -31,16 +30,18 @@ impl Scaler for Connscale {
         "connscale".into()
     }
 
+    fn warm_pool(&self) -> Option<&WarmPool> {
+        self.autoscaler.engine.policy.warm_pool.as_ref()
+    }
+}
+
+impl Strategy for Connscale {
     fn decide(&mut self, obs: &Observation) -> Decision {
         if self.last.is_some_and(|t| obs.now - t < self.interval) {
             return hold(obs);
         }
         self.last = Some(obs.now);
-        self.engine.evaluate(obs, &mut self.state)
-    }
-
-    fn warm_pool(&self) -> Option<&WarmPool> {
-        self.engine.policy.warm_pool.as_ref()
+        self.autoscaler.decide(obs)
     }
 }
 
@@ -160,7 +161,9 @@ impl Scaler for Classic {
     fn name(&self) -> String {
         "classic".into()
     }
+}
 
+impl Strategy for Classic {
     fn decide(&mut self, obs: &Observation) -> Decision {
         let Some(dp) = self.datapoints.push(obs.now, group_average(obs)) else {
             return hold(obs);
@@ -256,7 +259,9 @@ impl Scaler for TargetTracking {
     fn name(&self) -> String {
         "target-tracking".into()
     }
+}
 
+impl Strategy for TargetTracking {
     fn decide(&mut self, obs: &Observation) -> Decision {
         let Some(dp) = self.datapoints.push(obs.now, group_average(obs)) else {
             return hold(obs);
@@ -316,7 +321,9 @@ impl Scaler for Static {
     fn name(&self) -> String {
         "static".into()
     }
+}
 
+impl Strategy for Static {
     fn decide(&mut self, obs: &Observation) -> Decision {
         Decision {
             desired: self.nodes,
@@ -345,7 +352,9 @@ impl Scaler for Oracle {
     fn name(&self) -> String {
         "oracle".into()
     }
+}
 
+impl Strategy for Oracle {
     fn decide(&mut self, obs: &Observation) -> Decision {
         let peak = self.trace.max_between(obs.now, obs.now + self.lead);
         let want = ((peak / self.cap).ceil() as u32).clamp(self.min, self.max);

@@ -8,16 +8,16 @@
 //! moves its connections to the rest (each one a forced reconnect).
 
 use super::trace::Trace;
-use crate::engine::{Decision, InstanceView, Lifecycle, Observation};
+use crate::control::{Controller, LoopOptions, Step, Strategy};
+use crate::engine::Lifecycle;
+use crate::provider::{FleetView, Member, Provider, ProviderError};
 use connscale_common::policy::{PoolState, WarmPool};
 use serde::Serialize;
 
-/// Anything that scales the simulated fleet: connscale's engine or a baseline.
-pub trait Scaler {
+/// Anything that scales the simulated fleet: connscale's engine or a baseline. The fleet's
+/// control loop ([`crate::control`]) asks it for decisions as it asks the engine in `run`.
+pub trait Scaler: Strategy {
     fn name(&self) -> String;
-    /// Called every tick with the fleet as it is; returns the desired capacity and any instances
-    /// to remove.
-    fn decide(&mut self, obs: &Observation) -> Decision;
     /// The warm pool this scaler keeps, if any.
     fn warm_pool(&self) -> Option<&WarmPool> {
         None
@@ -99,37 +99,180 @@ struct Node {
     ready_at: i64,
 }
 
-/// Replays `trace` through the model under `scaler`, starting with enough nodes for the initial
-/// demand at `initial_per_node` connections each.
+/// The modelled fleet as the control loop's [`Provider`], on simulated time: nodes, the desired
+/// capacity and the warm pool's prepared instances.
+struct SimFleet<'a> {
+    model: &'a FleetModel,
+    now: i64,
+    nodes: Vec<Node>,
+    desired: u32,
+    min_size: u32,
+    max_size: u32,
+    pool: Option<WarmPool>,
+    /// Warm-pool instances: the time at which each is prepared (ready to start).
+    pool_ready: Vec<i64>,
+    seq: u64,
+    /// Connections moved off removed nodes, so far.
+    forced_reconnects: f64,
+}
+
+impl SimFleet<'_> {
+    fn new_id(&mut self) -> String {
+        self.seq += 1;
+        format!("n{:05}", self.seq)
+    }
+
+    /// Launches (from the warm pool when one is prepared) or removes the newest until the
+    /// fleet matches the desired capacity.
+    fn converge(&mut self) {
+        while self.nodes.len() as u32 > self.desired {
+            if let Some(n) = self.nodes.pop() {
+                self.forced_reconnects += n.conns;
+            }
+        }
+        while (self.nodes.len() as u32) < self.desired {
+            let t = self.now;
+            let ready_at = match (&self.pool, self.pool_ready.iter().position(|&r| r <= t)) {
+                (Some(w), Some(i)) => {
+                    self.pool_ready.swap_remove(i);
+                    t + self.model.warm_delay(w.state)
+                }
+                _ => t + self.model.cold_launch,
+            };
+            let id = self.new_id();
+            self.nodes.push(Node {
+                id,
+                conns: 0.0,
+                ready_at,
+            });
+        }
+    }
+
+    /// AWS sizes the pool as max(min_size, max_prepared (default max_size) − desired): it
+    /// refills with cold launches and sheds the excess.
+    fn size_pool(&mut self, first: bool) {
+        let Some(w) = &self.pool else { return };
+        let target = w.min_size.max(
+            w.max_prepared
+                .unwrap_or(self.max_size)
+                .saturating_sub(self.desired),
+        ) as usize;
+        let prepared_at = if first {
+            self.now
+        } else {
+            self.now + self.model.cold_launch
+        };
+        while self.pool_ready.len() < target {
+            self.pool_ready.push(prepared_at);
+        }
+        self.pool_ready.sort_unstable();
+        self.pool_ready.truncate(target);
+    }
+}
+
+impl Provider for SimFleet<'_> {
+    async fn observe(&mut self) -> Result<FleetView, ProviderError> {
+        let t = self.now;
+        let members = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let serving = n.ready_at <= t;
+                Member {
+                    id: n.id.clone(),
+                    state: if serving { "InService" } else { "Pending" }.into(),
+                    lifecycle: Some(if serving {
+                        Lifecycle::InService
+                    } else {
+                        Lifecycle::Pending
+                    }),
+                    healthy: true,
+                    protected: false,
+                    // The engine's warmup counts from here: in the model, from serving.
+                    launched_at: n.ready_at.min(t),
+                    connections: Some(n.conns.round() as u64),
+                    address: None,
+                }
+            })
+            .collect();
+        Ok(FleetView {
+            name: "simulated".into(),
+            desired: self.desired,
+            min_size: self.min_size,
+            max_size: self.max_size,
+            members,
+            warm_pool: self.pool.clone(),
+            warm_instances: self.pool_ready.len() as u32,
+        })
+    }
+
+    async fn set_desired(&mut self, desired: u32) -> Result<(), ProviderError> {
+        self.desired = desired;
+        self.converge();
+        Ok(())
+    }
+
+    async fn terminate(&mut self, id: &str, decrement: bool) -> Result<(), ProviderError> {
+        if let Some(pos) = self.nodes.iter().position(|n| n.id == id) {
+            let n = self.nodes.swap_remove(pos);
+            self.forced_reconnects += n.conns;
+            if self.pool.as_ref().is_some_and(|w| w.reuse_on_scale_in) {
+                self.pool_ready
+                    .push(self.now + self.model.warm_delay_of(self.pool.as_ref()));
+            }
+        }
+        if decrement {
+            self.desired = self.desired.saturating_sub(1);
+        }
+        self.converge();
+        Ok(())
+    }
+}
+
+/// Replays `trace` through the model under `scaler`, starting with `initial_nodes` sharing the
+/// initial demand, in a group bounded by `min_size`..=`max_size`. Each tick is one step of the
+/// control loop that `run` and the demo use, on simulated time.
 pub fn run(
     trace: &Trace,
     model: &FleetModel,
     scaler: &mut dyn Scaler,
     initial_nodes: u32,
-    max_size: u32,
+    (min_size, max_size): (u32, u32),
     max_samples: usize,
 ) -> Outcome {
     let (start, end) = (trace.start(), trace.end());
     let cap = model.node_cap;
     let dt = model.tick;
     let mut out = Outcome::default();
-    let mut seq = 0u64;
-    let mut new_id = || {
-        seq += 1;
-        format!("n{seq:05}")
-    };
     let d0 = trace.at(start);
-    let mut nodes: Vec<Node> = (0..initial_nodes.max(1))
-        .map(|_| Node {
-            id: new_id(),
+    let mut fleet = SimFleet {
+        model,
+        now: start,
+        nodes: Vec::new(),
+        desired: initial_nodes.max(1),
+        min_size,
+        max_size,
+        pool: scaler.warm_pool().cloned(),
+        pool_ready: Vec::new(),
+        seq: 0,
+        forced_reconnects: 0.0,
+    };
+    for _ in 0..initial_nodes.max(1) {
+        let id = fleet.new_id();
+        fleet.nodes.push(Node {
+            id,
             conns: (d0 / initial_nodes.max(1) as f64).min(cap),
             ready_at: start - 3_600,
-        })
-        .collect();
-    let pool = scaler.warm_pool().cloned();
-    // Warm-pool instances: times at which each becomes ready to start (prepared).
-    let mut pool_ready: Vec<i64> = Vec::new();
-    let mut desired = nodes.len() as u32;
+        });
+    }
+    let mut ctl = Controller::new(
+        scaler as &mut dyn Strategy,
+        LoopOptions {
+            interval: std::time::Duration::from_secs(dt as u64),
+            dry_run: false,
+            max_backoff: std::time::Duration::from_secs(60),
+        },
+    );
     let sample_every = (((end - start) / dt) as usize / max_samples.max(1)).max(1);
     let churn = (dt as f64 / model.mean_session).min(1.0);
     let mut step = 0usize;
@@ -141,7 +284,9 @@ pub fn run(
     };
     let mut t = start;
     while t <= end {
+        fleet.now = t;
         let demand = trace.at(t);
+        let nodes = &mut fleet.nodes;
         // Departures, proportionally; then churn, which reconnects through the balancer.
         let held: f64 = nodes.iter().map(|n| n.conns).sum();
         let keep = if held > demand && held > 0.0 {
@@ -155,7 +300,7 @@ pub fn run(
         let held: f64 = nodes.iter().map(|n| n.conns).sum();
         let arrivals = (demand - held).max(0.0);
         // A fraction of a connection left over from proportional placement is not a client.
-        let rejected = Some(place(&mut nodes, arrivals, cap, t))
+        let rejected = Some(place(nodes, arrivals, cap, t))
             .filter(|r| *r >= 1.0)
             .unwrap_or(0.0);
         out.rejected_connection_minutes += rejected * dt as f64 / 60.0;
@@ -166,76 +311,20 @@ pub fn run(
             out.minutes_at_cap += dt as f64 / 60.0;
         }
 
-        let obs = Observation {
-            now: t,
-            desired,
-            instances: nodes
-                .iter()
-                .map(|n| InstanceView {
-                    id: n.id.clone(),
-                    lifecycle: if n.ready_at <= t {
-                        Lifecycle::InService
-                    } else {
-                        Lifecycle::Pending
-                    },
-                    connections: Some(n.conns.round() as u64),
-                    launched_at: n.ready_at.min(t),
-                })
-                .collect(),
-        };
-        let mut d = scaler.decide(&obs);
-        d.settle(obs.desired);
-        if d.changes(&obs) {
+        // The simulated fleet's calls never fail and never wait: the step completes at once.
+        if let Ok((Step::Turned(turn), _)) = futures::executor::block_on(ctl.step(&mut fleet, t))
+            && turn.changes
+        {
             out.scaling_actions += 1;
             if out.actions.len() < 10_000 {
-                out.actions.push((t, d.reason.clone()));
+                out.actions.push((t, turn.decision.reason));
             }
-            for id in &d.scale_in {
-                if let Some(pos) = nodes.iter().position(|n| &n.id == id) {
-                    let n = nodes.swap_remove(pos);
-                    out.forced_reconnects += n.conns;
-                    if pool.as_ref().is_some_and(|w| w.reuse_on_scale_in) {
-                        pool_ready.push(t + model.warm_delay_of(pool.as_ref()));
-                    }
-                }
-            }
-            // Scale-in without named instances (never from our scalers) removes the newest.
-            while nodes.len() as u32 > d.desired {
-                if let Some(n) = nodes.pop() {
-                    out.forced_reconnects += n.conns;
-                }
-            }
-            while (nodes.len() as u32) < d.desired {
-                let ready_at = match (&pool, pool_ready.iter().position(|&r| r <= t)) {
-                    (Some(w), Some(i)) => {
-                        pool_ready.swap_remove(i);
-                        t + model.warm_delay(w.state)
-                    }
-                    _ => t + model.cold_launch,
-                };
-                nodes.push(Node {
-                    id: new_id(),
-                    conns: 0.0,
-                    ready_at,
-                });
-            }
-            desired = d.desired;
         }
-        // AWS sizes the pool as max(min_size, max_prepared (default max_size) − desired):
-        // it refills with cold launches and sheds the excess.
-        if let Some(w) = &pool {
-            let target = w
-                .min_size
-                .max(w.max_prepared.unwrap_or(max_size).saturating_sub(desired))
-                as usize;
-            let prepared_at = if step == 0 { t } else { t + model.cold_launch };
-            while pool_ready.len() < target {
-                pool_ready.push(prepared_at);
-            }
-            pool_ready.sort_unstable();
-            pool_ready.truncate(target);
-            out.warm_pool_hours += pool_ready.len() as f64 * dt as f64 / 3_600.0;
+        fleet.size_pool(step == 0);
+        if fleet.pool.is_some() {
+            out.warm_pool_hours += fleet.pool_ready.len() as f64 * dt as f64 / 3_600.0;
         }
+        let nodes = &fleet.nodes;
         out.instance_hours += nodes.len() as f64 * dt as f64 / 3_600.0;
         out.peak_nodes = out.peak_nodes.max(nodes.len() as u32);
         // Each plotted point keeps its bucket's maxima, so short spikes stay visible.
@@ -254,6 +343,7 @@ pub fn run(
         step += 1;
         t += dt;
     }
+    out.forced_reconnects = fleet.forced_reconnects;
     out
 }
 

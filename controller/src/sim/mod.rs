@@ -100,7 +100,7 @@ pub fn simulate(raw: &Trace, cfg: &SimConfig) -> Result<Report, String> {
                 &cfg.model,
                 s.as_mut(),
                 first,
-                cfg.policy.group.max_size,
+                (cfg.policy.group.min_size, cfg.policy.group.max_size),
                 1500,
             ),
         );
