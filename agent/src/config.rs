@@ -91,16 +91,37 @@ pub struct IdentityConfig {
     pub imds_endpoint: Option<String>,
 }
 
-/// How the agent tells the service to drain.
+/// How the agent drains the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum DrainMethod {
-    /// POST `drain_url` (with `drain_token` as a bearer token).
+    /// POST `drain_url` (with `drain_token` as a bearer token): the service drains itself
+    /// (chat-node's `/api/drain`).
     Http,
-    /// SIGTERM to the PID in `pid_file`.
-    Signal,
-    /// `systemctl stop unit` (and `start` when the instance returns from the warm pool).
-    Systemd,
+    /// The agent closes the connections itself, needing nothing from the service: after
+    /// `grace` it resets the remaining established connections on the port with SOCK_DESTROY,
+    /// spread evenly over `window`, and clients reconnect through the load balancer. Needs
+    /// CAP_NET_ADMIN (the unit's close-drain drop-in).
+    Close,
+}
+
+impl TryFrom<String> for DrainMethod {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "http" => Ok(Self::Http),
+            "close" => Ok(Self::Close),
+            // Both needed privileges the shipped unit does not have (DynamicUser, no
+            // capabilities): signalling another user's process, or stopping a unit over D-Bus.
+            "signal" | "systemd" => Err(format!(
+                "drain.method = {s:?} was removed: the agent's unit cannot signal or stop another service. Use \"close\" (the agent closes the connections itself, spread over drain.window) or \"http\" (POST drain_url; the service drains itself)"
+            )),
+            other => Err(format!(
+                "drain.method = {other:?} is not a drain method: use \"http\" or \"close\""
+            )),
+        }
+    }
 }
 
 /// The scale-in drain (`[drain]`).
@@ -113,8 +134,12 @@ pub struct DrainConfig {
     pub drain_url: Option<String>,
     /// Bearer token for `drain_url`; unset: `$CREDENTIALS_DIRECTORY/api-token` if present.
     pub drain_token: Option<Secret>,
-    pub pid_file: Option<PathBuf>,
-    pub unit: Option<String>,
+    /// `close`: how long clients may leave by themselves before the agent closes any.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// `close`: the span over which the remaining connections are closed, evenly.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
     /// Complete the lifecycle action once connections fall below this...
     pub threshold: u64,
     /// ...or after this long.
@@ -176,8 +201,8 @@ impl Default for DrainConfig {
             method: DrainMethod::Http,
             drain_url: Some("http://127.0.0.1:3000/api/drain".into()),
             drain_token: None,
-            pid_file: None,
-            unit: None,
+            grace: Duration::from_secs(30),
+            window: Duration::from_secs(120),
             threshold: 10,
             timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(60),
@@ -268,6 +293,16 @@ pub fn check(c: &AgentConfig) -> Result<(), String> {
                 .into(),
         );
     }
+    let d = &c.drain;
+    if d.method == DrainMethod::Close && d.grace + d.window > d.timeout {
+        return Err(format!(
+            "`drain.grace` ({:?}) + `drain.window` ({:?}) exceed `drain.timeout` ({:?}): the lifecycle action would complete before every connection is closed; shorten them or raise drain.timeout",
+            d.grace, d.window, d.timeout
+        ));
+    }
+    if d.method == DrainMethod::Close && d.window.is_zero() {
+        return Err("`drain.window` must be above 0 for method = \"close\", e.g. \"120s\"".into());
+    }
     Ok(())
 }
 
@@ -349,5 +384,32 @@ mod tests {
         c = AgentConfig::default();
         c.health.hysteresis = 1.5;
         assert!(check(&c).unwrap_err().contains("health.hysteresis"));
+        c = AgentConfig::default();
+        c.drain.method = DrainMethod::Close;
+        c.drain.grace = Duration::from_secs(200);
+        let e = check(&c).unwrap_err();
+        assert!(
+            e.contains("drain.grace") && e.contains("drain.timeout"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn removed_drain_methods_say_what_to_use_instead() {
+        for old in ["signal", "systemd"] {
+            let e = toml::from_str::<AgentConfig>(&format!("[drain]\nmethod = \"{old}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("was removed") && e.contains("\"close\""), "{e}");
+        }
+        let e = toml::from_str::<AgentConfig>("[drain]\nmethod = \"kill\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"kill\"") && e.contains("\"http\" or \"close\""),
+            "{e}"
+        );
+        let c: AgentConfig = toml::from_str("[drain]\nmethod = \"close\"\n").expect("close");
+        assert_eq!(c.drain.method, DrainMethod::Close);
     }
 }

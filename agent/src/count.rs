@@ -1,4 +1,5 @@
-//! Counting established TCP connections by local port: netlink SOCK_DIAG, /proc fallback.
+//! Counting established TCP connections by local port: netlink SOCK_DIAG, /proc fallback; and
+//! closing them one by one with SOCK_DESTROY (the request `ss -K` sends), for the `close` drain.
 //!
 //! The netlink request carries the state filter (ESTABLISHED only) and the local port in its
 //! socket id, so the kernel skips every other socket and we only count the replies. Both
@@ -27,6 +28,7 @@ impl Method {
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const TCP_ESTABLISHED: u32 = 1;
@@ -141,8 +143,78 @@ impl NetlinkCounter {
     }
 
     fn dump(&mut self, family: u8, port: u16, states: u32) -> io::Result<u64> {
+        let mut count = 0;
+        self.dump_each(family, port, states, |_| count += 1)?;
+        Ok(count)
+    }
+
+    /// The established sockets whose local port is `port`, in both address families.
+    pub fn established(&mut self, port: u16) -> io::Result<Vec<SockId>> {
+        let mut out = Vec::new();
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            self.dump_each(family, port, 1 << TCP_ESTABLISHED, |msg| {
+                if let Some(id) = msg.get(4..4 + SOCKID_LEN) {
+                    let mut s = SockId {
+                        family,
+                        id: [0; SOCKID_LEN],
+                    };
+                    s.id.copy_from_slice(id);
+                    out.push(s);
+                }
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Destroys one socket (SOCK_DESTROY): the kernel closes it and its peer gets a reset at
+    /// once. `NotFound` when it is already gone. Needs CAP_NET_ADMIN (`PermissionDenied`) and a
+    /// kernel built with CONFIG_INET_DIAG_DESTROY (`Unsupported`).
+    pub fn destroy(&mut self, sock: &SockId) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut req = request(sock.family, 0, u32::MAX, self.seq);
+        req[4..6].copy_from_slice(&SOCK_DESTROY.to_ne_bytes());
+        req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+        req[NLMSG_HDRLEN + 8..NLMSG_HDRLEN + 8 + SOCKID_LEN].copy_from_slice(&sock.id);
+        self.send(&req)?;
+        self.replies(|_| {})
+    }
+
+    /// Whether [`Self::destroy`] can work here: this process has CAP_NET_ADMIN and the kernel
+    /// answers SOCK_DESTROY (asked about a socket that cannot exist, so nothing is closed).
+    /// The error says what is missing and how to grant it.
+    pub fn destroy_available(&mut self) -> Result<(), String> {
+        if !has_net_admin() {
+            return Err("the agent lacks CAP_NET_ADMIN: install the unit's close-drain drop-in (README, \"Bring your own service\")".into());
+        }
+        let nobody = SockId {
+            family: libc::AF_INET as u8,
+            id: [0; SOCKID_LEN],
+        };
+        match self.destroy(&nobody) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Err(
+                "this kernel cannot destroy sockets (built without CONFIG_INET_DIAG_DESTROY)"
+                    .into(),
+            ),
+            Err(e) => Err(format!("SOCK_DESTROY failed: {e}")),
+        }
+    }
+
+    fn dump_each(
+        &mut self,
+        family: u8,
+        port: u16,
+        states: u32,
+        each: impl FnMut(&[u8]),
+    ) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let req = request(family, port, states, self.seq);
+        self.send(&req)?;
+        self.replies(each)
+    }
+
+    fn send(&mut self, req: &[u8]) -> io::Result<()> {
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
         // SAFETY: sendto with a buffer and address we own, lengths correct.
@@ -159,7 +231,12 @@ impl NetlinkCounter {
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut count = 0;
+        Ok(())
+    }
+
+    /// Reads the replies to the last request until its end (NLMSG_DONE or an ack), passing each
+    /// SOCK_DIAG message's payload to `each`.
+    fn replies(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
         loop {
             // SAFETY: recv into our own buffer of the stated length.
             let n = unsafe {
@@ -177,12 +254,53 @@ impl NetlinkCounter {
                 }
                 return Err(e);
             }
-            match parse_replies(&self.buf[..n as usize], self.seq)? {
-                Replies::More(c) => count += c,
-                Replies::Done(c) => return Ok(count + c),
+            if let Replies::Done = parse_replies(&self.buf[..n as usize], self.seq, &mut each)? {
+                return Ok(());
             }
         }
     }
+}
+
+/// Length of `inet_diag_sockid`: ports, addresses, interface and cookie.
+const SOCKID_LEN: usize = 48;
+
+/// One TCP socket as the kernel names it (`inet_diag_sockid`, cookie included), so that
+/// [`NetlinkCounter::destroy`] closes exactly it and never a later socket on the same addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockId {
+    family: u8,
+    id: [u8; SOCKID_LEN],
+}
+
+impl SockId {
+    /// The remote end (the client), for logs.
+    pub fn peer(&self) -> std::net::SocketAddr {
+        let port = u16::from_be_bytes([self.id[2], self.id[3]]);
+        let addr = &self.id[20..36];
+        let ip: std::net::IpAddr = if self.family == libc::AF_INET as u8 {
+            std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into()
+        } else {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(addr);
+            std::net::Ipv6Addr::from(a).into()
+        };
+        (ip, port).into()
+    }
+}
+
+/// linux/capability.h (libc does not export the capability numbers).
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Whether CAP_NET_ADMIN is in this process's effective set (`CapEff` in /proc/self/status).
+fn has_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
 }
 
 /// An `inet_diag_req_v2` dump request: TCP sockets in `states` (a bitmask of 1 << state) with
@@ -204,13 +322,14 @@ fn request(family: u8, port: u16, states: u32, seq: u32) -> [u8; REQ_LEN] {
 }
 
 enum Replies {
-    More(u64),
-    Done(u64),
+    More,
+    Done,
 }
 
-/// Counts SOCK_DIAG replies in one datagram, with bounds checks on every header.
-fn parse_replies(mut buf: &[u8], seq: u32) -> io::Result<Replies> {
-    let mut count = 0;
+/// Walks the netlink messages of one datagram that answer request `seq`, with bounds checks on
+/// every header: each SOCK_DIAG payload goes to `each`; NLMSG_DONE or an ack (an error message
+/// with errno 0) ends the reply, any other error message is that errno.
+fn parse_replies(mut buf: &[u8], seq: u32, each: &mut impl FnMut(&[u8])) -> io::Result<Replies> {
     while buf.len() >= NLMSG_HDRLEN {
         let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         let kind = u16::from_ne_bytes([buf[4], buf[5]]);
@@ -223,22 +342,25 @@ fn parse_replies(mut buf: &[u8], seq: u32) -> io::Result<Replies> {
         }
         if msg_seq == seq {
             match kind {
-                NLMSG_DONE => return Ok(Replies::Done(count)),
+                NLMSG_DONE => return Ok(Replies::Done),
                 NLMSG_ERROR => {
                     let errno = buf
                         .get(16..20)
                         .map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
                         .unwrap_or(0);
+                    if errno == 0 {
+                        return Ok(Replies::Done);
+                    }
                     return Err(io::Error::from_raw_os_error(-errno));
                 }
-                SOCK_DIAG_BY_FAMILY => count += 1,
+                SOCK_DIAG_BY_FAMILY => each(&buf[NLMSG_HDRLEN..len]),
                 _ => {}
             }
         }
         let aligned = (len + 3) & !3;
         buf = buf.get(aligned..).unwrap_or(&[]);
     }
-    Ok(Replies::More(count))
+    Ok(Replies::More)
 }
 
 /// Established connections and whether every port has a listener.
@@ -499,9 +621,38 @@ mod tests {
     }
 
     #[test]
+    fn destroy_resets_exactly_the_named_connection() {
+        use std::io::Read;
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let mut a = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let b = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _served = (l.accept().expect("accept"), l.accept().expect("accept"));
+        let mut nl = NetlinkCounter::new().expect("netlink");
+        nl.destroy_available()
+            .expect("SOCK_DESTROY available (run as root: CAP_NET_ADMIN)");
+        let socks = nl.established(port).expect("list");
+        assert_eq!(socks.len(), 2, "{socks:?}");
+        let of_a = socks
+            .iter()
+            .find(|s| s.peer() == a.local_addr().expect("addr"))
+            .expect("a's server side is listed with a as its peer");
+        nl.destroy(of_a).expect("destroy");
+        let mut buf = [0u8; 1];
+        let e = a.read(&mut buf).expect_err("a is reset");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        let left = nl.established(port).expect("list");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].peer(), b.local_addr().expect("addr"));
+        // Already gone: NotFound, not some other socket.
+        let e = nl.destroy(of_a).expect_err("gone");
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    }
+
+    #[test]
     fn netlink_parser_rejects_truncation() {
         let mut m = vec![0u8; 20];
         m[0..4].copy_from_slice(&200u32.to_ne_bytes());
-        assert!(parse_replies(&m, 1).is_err());
+        assert!(parse_replies(&m, 1, &mut |_| {}).is_err());
     }
 }

@@ -39,6 +39,10 @@ pub struct Status {
     pub published_points: u64,
     pub publish_errors: u64,
     pub sink: String,
+    /// `drain.method = "close"`: whether this agent can close connections (checked at start).
+    pub close_available: Option<bool>,
+    /// The current or last drain.
+    pub drain: lifecycle::DrainProgress,
 }
 
 pub type Shared = Arc<Mutex<Status>>;
@@ -283,7 +287,17 @@ pub async fn run(cfg: AgentConfig, stdout_sink: bool) -> anyhow::Result<()> {
         published_points: 0,
         publish_errors: 0,
         sink: sink.describe(),
+        close_available: None,
+        drain: lifecycle::DrainProgress::default(),
     }));
+    if cfg.drain.enabled && cfg.drain.method == config::DrainMethod::Close {
+        // Said at start-up, not first at a scale-in: the fix (the drop-in) takes a restart.
+        let ok = lifecycle::Closer::open(&cfg).is_some();
+        if ok {
+            tracing::info!(grace = ?cfg.drain.grace, window = ?cfg.drain.window, "drain.method = \"close\": the agent can close connections (CAP_NET_ADMIN, SOCK_DESTROY)");
+        }
+        lock(&status).close_available = Some(ok);
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let _sampler = spawn_sampler(&cfg, counter, status.clone(), tx);
     let buffer = Buffer::new(

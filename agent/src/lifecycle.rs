@@ -1,8 +1,9 @@
 //! Scale-in drain. The agent polls the instance's target lifecycle state (IMDS) for as long as it
 //! runs. When it says the instance leaves service (terminated, or returned to the warm pool), the
-//! agent reports 503 at once, tells the service to drain, heartbeats the lifecycle hook while
-//! connections fall, then completes the lifecycle action with CONTINUE. When the instance comes
-//! back to `InService` (a return from a `Running` warm pool), /health is healthy again.
+//! agent reports 503 at once, drains the service (`http`: tells it to; `close`: closes the
+//! connections itself, spread over a window, see [`Closer`]), heartbeats the lifecycle hook
+//! while connections fall, then completes the lifecycle action with CONTINUE. When the instance
+//! comes back to `InService` (a return from a `Running` warm pool), /health is healthy again.
 //!
 //! Behind an ALB, AWS deregisters the instance and waits out the deregistration delay before the
 //! hook becomes active (`Terminating:Wait` / `Warmed:Pending:Wait`); the target state reads
@@ -12,6 +13,7 @@
 //! result by then).
 
 use crate::config::{AgentConfig, DrainConfig, DrainMethod};
+use crate::count::NetlinkCounter;
 use crate::health::HealthState;
 use crate::{Shared, lock};
 use std::time::{Duration, Instant};
@@ -99,12 +101,6 @@ async fn back_in_service(cfg: &AgentConfig, status: &Shared, task: tokio::task::
         tracing::warn!("back in service while the drain was still running: drain abandoned");
         task.abort();
     }
-    if let DrainMethod::Systemd = cfg.drain.method
-        && let Some(unit) = cfg.drain.unit.as_deref()
-        && let Err(e) = systemctl("start", unit).await
-    {
-        tracing::error!(error = %e, "cannot restart the service after the warm-pool return");
-    }
     let mut st = lock(status);
     st.health = HealthState::Ok.next(
         st.connections,
@@ -115,10 +111,18 @@ async fn back_in_service(cfg: &AgentConfig, status: &Shared, task: tokio::task::
     tracing::info!(health = ?st.health, "instance is in service again: drain state left");
 }
 
-/// One drain, start to finish: 503, tell the service, wait with heartbeats, complete. Errors are
-/// logged (the node stays out of service); the watcher keeps running either way.
+/// One drain, start to finish: 503, drain the service, wait with heartbeats, complete. Errors
+/// are logged (the node stays out of service); the watcher keeps running either way.
 async fn run_drain(cfg: &AgentConfig, status: &Shared) {
-    lock(status).health = HealthState::Draining;
+    let mut closer = match cfg.drain.method {
+        DrainMethod::Close => Closer::open(cfg),
+        DrainMethod::Http => None,
+    };
+    {
+        let mut st = lock(status);
+        st.health = HealthState::Draining;
+        st.drain = DrainProgress::default();
+    }
     let started = Instant::now();
     let mut told = tell_service(&cfg.drain).await;
     if let Err(e) = &told {
@@ -136,9 +140,22 @@ async fn run_drain(cfg: &AgentConfig, status: &Shared) {
         cfg.drain.heartbeat_interval,
     );
     loop {
+        if let Some(c) = closer.as_mut() {
+            let open = c.tick(started.elapsed(), status);
+            if open == Some(0) {
+                tracing::info!(closed = c.closed, "every connection closed");
+                break;
+            }
+        }
         let conns = lock(status).connections;
-        if conns < cfg.drain.threshold {
-            tracing::info!(conns, "drained below the threshold");
+        // The closer ends the drain itself, with nothing left open; waiting ends below the
+        // threshold (the last few go with the instance).
+        let drained = match closer {
+            Some(_) => conns == 0,
+            None => conns < cfg.drain.threshold,
+        };
+        if drained {
+            tracing::info!(conns, "drained");
             break;
         }
         if started.elapsed() >= cfg.drain.timeout {
@@ -160,6 +177,7 @@ async fn run_drain(cfg: &AgentConfig, status: &Shared) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    lock(status).drain.seconds = started.elapsed().as_secs_f64();
     match hook
         .complete_until(LifecycleResult::Continue, &mut calls)
         .await
@@ -169,6 +187,112 @@ async fn run_drain(cfg: &AgentConfig, status: &Shared) {
         }
         Err(e) => tracing::error!(error = %e, "lifecycle action not completed"),
     }
+}
+
+/// What the current (or last) drain did, for /metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DrainProgress {
+    /// Connections open when the agent began closing them (`close`, after the grace).
+    pub open_at_start: Option<u64>,
+    /// Connections the agent closed itself.
+    pub closed: u64,
+    /// From the scale-in signal to the end of the drain (0 while it runs).
+    pub seconds: f64,
+}
+
+/// The `close` drain: once `drain.grace` has passed, the established connections still open on
+/// the service ports are reset with SOCK_DESTROY on a schedule ([`allowed_open`]) that falls
+/// evenly to none at the end of `drain.window`, so the clients reconnect elsewhere a few at a
+/// time instead of all at once.
+pub struct Closer {
+    nl: NetlinkCounter,
+    ports: Vec<u16>,
+    grace: Duration,
+    window: Duration,
+    open_at_start: Option<usize>,
+    pub closed: u64,
+}
+
+impl Closer {
+    /// A closer in the counted namespace, or `None` (logged, with the fix) when this agent
+    /// cannot destroy sockets: the drain then only waits for clients to leave.
+    pub fn open(cfg: &AgentConfig) -> Option<Self> {
+        let nl = match cfg.netns.as_deref() {
+            Some(ns) => NetlinkCounter::in_namespace(ns),
+            None => NetlinkCounter::new(),
+        };
+        let mut nl = match nl {
+            Ok(nl) => nl,
+            Err(e) => {
+                tracing::error!(error = %e, "drain.method = \"close\": no netlink socket; waiting for clients to leave instead");
+                return None;
+            }
+        };
+        if let Err(why) = nl.destroy_available() {
+            tracing::error!(%why, "drain.method = \"close\" cannot close connections; waiting for clients to leave instead");
+            return None;
+        }
+        Some(Self {
+            nl,
+            ports: cfg.ports.clone(),
+            grace: cfg.drain.grace,
+            window: cfg.drain.window,
+            open_at_start: None,
+            closed: 0,
+        })
+    }
+
+    /// Closes what the schedule says should be closed `since` the drain began; returns how many
+    /// connections remain open (`None` during the grace or when listing failed).
+    fn tick(&mut self, since: Duration, status: &Shared) -> Option<usize> {
+        let into = since.checked_sub(self.grace)?;
+        let mut socks = Vec::new();
+        for &port in &self.ports {
+            match self.nl.established(port) {
+                Ok(s) => socks.extend(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, port, "cannot list the connections to close");
+                    return None;
+                }
+            }
+        }
+        let initial = *self.open_at_start.get_or_insert_with(|| {
+            tracing::info!(open = socks.len(), window = ?self.window, "grace over: closing the remaining connections over the window");
+            socks.len()
+        });
+        let excess = socks
+            .len()
+            .saturating_sub(allowed_open(initial, into, self.window));
+        let mut left = socks.len();
+        for s in socks.iter().take(excess) {
+            match self.nl.destroy(s) {
+                Ok(()) => {
+                    self.closed += 1;
+                    left -= 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => left -= 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, peer = %s.peer(), "cannot close a connection");
+                    break;
+                }
+            }
+        }
+        let mut st = lock(status);
+        st.drain.open_at_start = Some(initial as u64);
+        st.drain.closed = self.closed;
+        Some(left)
+    }
+}
+
+/// How many of the `initial` connections may still be open `into` the closing window: a line
+/// from all of them at its start to none at its end (rounded down, so closing never lags the
+/// line by a whole connection).
+pub fn allowed_open(initial: usize, into: Duration, window: Duration) -> usize {
+    if into >= window {
+        return 0;
+    }
+    let left = 1.0 - into.as_secs_f64() / window.as_secs_f64();
+    (initial as f64 * left).floor() as usize
 }
 
 /// The result of a lifecycle action.
@@ -332,21 +456,6 @@ impl Hook {
     }
 }
 
-async fn systemctl(verb: &str, unit: &str) -> Result<(), String> {
-    let out = tokio::process::Command::new("systemctl")
-        .args([verb, "--no-block", unit])
-        .output()
-        .await
-        .map_err(|e| format!("systemctl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "systemctl {verb} {unit}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
 async fn tell_service(d: &DrainConfig) -> Result<(), String> {
     match d.method {
         DrainMethod::Http => {
@@ -362,40 +471,41 @@ async fn tell_service(d: &DrainConfig) -> Result<(), String> {
             if !r.status().is_success() {
                 return Err(format!("POST {url} returned {}", r.status()));
             }
+            tracing::info!(url, "asked the service to drain");
         }
-        DrainMethod::Signal => {
-            let f = d
-                .pid_file
-                .as_ref()
-                .ok_or("drain.method = \"signal\" needs drain.pid_file")?;
-            let pid: i32 = std::fs::read_to_string(f)
-                .map_err(|e| format!("read {}: {e}", f.display()))?
-                .trim()
-                .parse()
-                .map_err(|_| format!("{} does not hold a PID", f.display()))?;
-            // SAFETY: kill(2) with a PID from the service's own pid file.
-            if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-                return Err(format!(
-                    "kill -TERM {pid}: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-        }
-        DrainMethod::Systemd => {
-            let unit = d
-                .unit
-                .as_deref()
-                .ok_or("drain.method = \"systemd\" needs drain.unit")?;
-            systemctl("stop", unit).await?;
-        }
+        // Nothing to tell: the closer does the work, and the failing /health turns new
+        // connections away.
+        DrainMethod::Close => {}
     }
-    tracing::info!(method = ?d.method, "asked the service to drain");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::Target::{self, *};
+    use super::allowed_open;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    proptest! {
+        /// The schedule falls from all to none, never rises, and never closes more than an even
+        /// share (plus one for rounding) in any second of the window.
+        #[test]
+        fn closing_is_spread_evenly_over_the_window(initial in 0usize..50_000, window in 1u64..600) {
+            let w = Duration::from_secs(window);
+            prop_assert_eq!(allowed_open(initial, Duration::ZERO, w), initial);
+            prop_assert_eq!(allowed_open(initial, w, w), 0);
+            let share = (initial as f64 / window as f64).ceil() as usize + 1;
+            let mut last = initial;
+            for ms in (0..=window * 1000).step_by(250) {
+                let now = allowed_open(initial, Duration::from_millis(ms), w);
+                prop_assert!(now <= last);
+                let a_second_ago = allowed_open(initial, Duration::from_millis(ms.saturating_sub(1000)), w);
+                prop_assert!(a_second_ago - now <= share, "{} closed in the second before {}ms", a_second_ago - now, ms);
+                last = now;
+            }
+        }
+    }
 
     #[test]
     fn target_states_are_interpreted() {

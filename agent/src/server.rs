@@ -117,5 +117,33 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
         "counter",
         st.publish_errors.to_string(),
     );
+    if let Some(ok) = st.close_available {
+        g(
+            "connscale_drain_close_available",
+            "drain.method = close: 1 when the agent can close connections (CAP_NET_ADMIN and SOCK_DESTROY).",
+            "gauge",
+            u8::from(ok).to_string(),
+        );
+    }
+    if let Some(n) = st.drain.open_at_start {
+        g(
+            "connscale_drain_open_at_close_start",
+            "Connections open when the last close drain began closing them.",
+            "gauge",
+            n.to_string(),
+        );
+    }
+    g(
+        "connscale_drain_closed_total",
+        "Connections the agent closed itself in the last drain (method close).",
+        "counter",
+        st.drain.closed.to_string(),
+    );
+    g(
+        "connscale_drain_seconds",
+        "Duration of the last finished drain, from the scale-in signal (0: none finished).",
+        "gauge",
+        st.drain.seconds.to_string(),
+    );
     ([("content-type", "text/plain; version=0.0.4")], out)
 }

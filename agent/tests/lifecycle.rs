@@ -14,7 +14,6 @@ use axum::{
     http::{HeaderMap, StatusCode},
     routing::{get, post, put},
 };
-use common::start_agent;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,7 +147,23 @@ fn stand_env(base: &str) -> Vec<(&'static str, String)> {
 }
 
 async fn rig(first_state: &str, active: bool, held: usize, extra_env: &[(&str, String)]) -> Rig {
+    let http =
+        "method = \"http\"\ndrain_url = \"{base}/drain\"\nthreshold = 1\ntimeout = \"60s\"\n";
+    rig_with(first_state, active, held, extra_env, http, &[]).await
+}
+
+/// A rig whose `[drain]` method lines are `method` (`{base}` is the stand-in's URL), with the
+/// agent started through `wrapper`.
+async fn rig_with(
+    first_state: &str,
+    active: bool,
+    held: usize,
+    extra_env: &[(&str, String)],
+    method: &str,
+    wrapper: &[&str],
+) -> Rig {
     let (state, base) = stand(first_state, active).await;
+    let method = method.replace("{base}", &base);
 
     let port = connscale_test_support::free_port();
     let svc = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind service");
@@ -162,7 +177,7 @@ async fn rig(first_state: &str, active: bool, held: usize, extra_env: &[(&str, S
     std::fs::write(
         &cfg,
         format!(
-            "[drain]\nenabled = true\nmethod = \"http\"\ndrain_url = \"{base}/drain\"\nthreshold = 1\ntimeout = \"60s\"\nheartbeat_interval = \"1s\"\nhook_name = \"connscale-drain\"\nhook_heartbeat_timeout = \"60s\"\npoll_interval = \"300ms\"\n"
+            "[drain]\nenabled = true\n{method}heartbeat_interval = \"1s\"\nhook_name = \"connscale-drain\"\nhook_heartbeat_timeout = \"60s\"\npoll_interval = \"300ms\"\n"
         ),
     )
     .expect("write config");
@@ -176,7 +191,8 @@ async fn rig(first_state: &str, active: bool, held: usize, extra_env: &[(&str, S
         ("AWS_MAX_ATTEMPTS", "1".into()),
     ];
     env.extend(extra_env.iter().cloned());
-    let agent = start_agent(
+    let agent = common::start_agent_under(
+        wrapper,
         &[
             "--config",
             cfg.to_str().expect("utf8"),
@@ -452,5 +468,151 @@ async fn complete_lifecycle_retries_until_the_launch_hook_is_active() {
             .calls
             .iter()
             .any(|(c, _)| c.contains("LifecycleActionResult=ABANDON")),
+    );
+}
+
+/// Watches each client connection on its own thread: when (since `t0`) and how it ended.
+fn watch_clients(
+    clients: Vec<std::net::TcpStream>,
+    t0: std::time::Instant,
+) -> Vec<std::thread::JoinHandle<(Duration, std::io::ErrorKind)>> {
+    clients
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buf = [0u8; 64];
+                let kind = loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => break std::io::ErrorKind::UnexpectedEof,
+                        Ok(_) => continue,
+                        Err(e) => break e.kind(),
+                    }
+                };
+                (t0.elapsed(), kind)
+            })
+        })
+        .collect()
+}
+
+const CLOSE: &str =
+    "method = \"close\"\ngrace = \"1s\"\nwindow = \"4s\"\nthreshold = 1\ntimeout = \"30s\"\n";
+
+/// `method = "close"` on a service that knows nothing of draining (a bare listener): after the
+/// grace the agent resets every client itself, spread over the window, then completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn close_drain_resets_every_client_spread_over_the_window_then_continues() {
+    const N: usize = 40;
+    let r = rig_with("InService", true, N, &[], CLOSE, &[]).await;
+    assert_eq!(r.agent.metric("connscale_drain_close_available").await, 1.0);
+    // The rig holds (client, served) pairs: the clients are the even ones.
+    let clients: Vec<_> = r
+        .held
+        .iter()
+        .step_by(2)
+        .map(|c| c.try_clone().expect("clone client"))
+        .collect();
+    let t0 = std::time::Instant::now();
+    let watchers = watch_clients(clients, t0);
+    r.state.lock().expect("lock").lifecycle_state = "Terminated".into();
+    assert!(
+        until(&r.state, 30, |s| !s
+            .accepted("CompleteLifecycleAction")
+            .is_empty())
+        .await,
+        "CompleteLifecycleAction was not called: {:?}",
+        r.state.lock().expect("lock").calls
+    );
+    let completed = t0.elapsed();
+    let ends: Vec<_> = watchers
+        .into_iter()
+        .map(|w| w.join().expect("watcher"))
+        .collect();
+    assert!(
+        ends.iter()
+            .all(|(_, k)| *k == std::io::ErrorKind::ConnectionReset),
+        "every client is reset: {ends:?}"
+    );
+    let mut at: Vec<Duration> = ends.iter().map(|(t, _)| *t).collect();
+    at.sort();
+    assert!(
+        at[N - 1] <= completed,
+        "completed before the last reset: {at:?}"
+    );
+    // Spread: an even schedule closes N/4 a second over the 4 s window; no second holds half.
+    let most = at
+        .iter()
+        .map(|t| {
+            at.iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most <= N / 2,
+        "{most} of {N} resets within one second: {at:?}"
+    );
+    assert!(
+        at[N - 1] - at[0] >= Duration::from_secs(2),
+        "resets spread over the window, not at once: {at:?}"
+    );
+    assert_eq!(
+        r.agent.metric("connscale_drain_closed_total").await,
+        N as f64
+    );
+    assert_eq!(
+        r.agent.metric("connscale_drain_open_at_close_start").await,
+        N as f64
+    );
+    assert!(r.agent.metric("connscale_drain_seconds").await > 0.0);
+    assert_continue(
+        &r.state
+            .lock()
+            .expect("lock")
+            .accepted("CompleteLifecycleAction")[0],
+    );
+}
+
+/// Without CAP_NET_ADMIN the close drain says so (a 0 gauge, an error at start-up) and falls
+/// back to waiting: no client is reset, and the action completes once they have left.
+#[tokio::test(flavor = "multi_thread")]
+async fn close_drain_without_the_capability_waits_instead_of_closing() {
+    let no_net_admin = [
+        "setpriv",
+        "--bounding-set",
+        "-net_admin",
+        "--inh-caps",
+        "-net_admin",
+        "--",
+    ];
+    let mut r = rig_with("InService", true, 3, &[], CLOSE, &no_net_admin).await;
+    assert_eq!(r.agent.metric("connscale_drain_close_available").await, 0.0);
+    r.state.lock().expect("lock").lifecycle_state = "Terminated".into();
+    let (code, _) = r.agent.wait_health(20, |code, _| code == 503).await;
+    assert_eq!(code, 503);
+    // Past grace + window: nothing was closed, nothing completed.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for c in r.held.iter().step_by(2) {
+        c.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 1];
+        let e = std::io::Read::read(&mut &*c, &mut buf).expect_err("still open, no data");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "not reset: {e}");
+    }
+    assert!(
+        r.state
+            .lock()
+            .expect("lock")
+            .accepted("CompleteLifecycleAction")
+            .is_empty()
+    );
+    assert_eq!(r.agent.metric("connscale_drain_closed_total").await, 0.0);
+    r.held.clear();
+    assert!(
+        until(&r.state, 15, |s| !s
+            .accepted("CompleteLifecycleAction")
+            .is_empty())
+        .await,
+        "completed once the clients left"
     );
 }

@@ -14,11 +14,23 @@ pub struct Agent {
 }
 
 pub fn start_agent(args: &[&str], env: &[(&str, String)]) -> Agent {
+    start_agent_under(&[], args, env)
+}
+
+/// The agent started through `wrapper` (e.g. `setpriv` with fewer capabilities), if any.
+pub fn start_agent_under(wrapper: &[&str], args: &[&str], env: &[(&str, String)]) -> Agent {
     // Cargo's own path to this package's binary: `workspace_bin` looks next to the test
     // executable, which with a separate build dir (CARGO_BUILD_BUILD_DIR) is another tree's.
     let bin = env!("CARGO_BIN_EXE_connscale-agent");
     let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut cmd = Command::new(bin);
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.args(["--bind", &health.to_string(), "--quiet"])
         .args(args);
     cmd.env("CONNSCALE_IMDS_ENDPOINT", "http://127.0.0.1:9"); // never the real IMDS
