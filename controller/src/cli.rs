@@ -121,7 +121,51 @@ pub enum Command {
         /// go back to it (target lifecycle state `Warmed:Running`, their agents stay up).
         #[arg(long)]
         warm_pool: bool,
+        /// What each local instance serves. `chat-node` drains itself when its agent asks
+        /// (drain.method = "http"). `node` runs the unmodified reference Node.js Socket.IO server
+        /// (socket.io 4.8.4 + @socket.io/redis-adapter, installed by scripts/reference-server),
+        /// which knows nothing of draining: its agent closes the connections itself, spread over
+        /// the drain window (drain.method = "close"; needs CAP_NET_ADMIN, so run as root).
+        #[arg(long, value_enum, default_value = "chat-node")]
+        workload: WorkloadArg,
+        /// The reference server's entry point, for --workload node.
+        #[arg(
+            long,
+            env = "CONNSCALE_NODE_SERVER",
+            default_value = "target/reference-server/server.js"
+        )]
+        node_server: PathBuf,
     },
+}
+
+/// `demo --workload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadArg {
+    ChatNode,
+    Node,
+}
+
+impl WorkloadArg {
+    /// The fleet's workload, checking that the reference server can run.
+    fn resolve(self, server: &std::path::Path) -> anyhow::Result<crate::local::Workload> {
+        use crate::local::Workload;
+        if self == Self::ChatNode {
+            return Ok(Workload::ChatNode);
+        }
+        anyhow::ensure!(
+            server.is_file(),
+            "--workload node: the reference server {} is not installed: run scripts/reference-server (npm ci of socket.io 4.8.4 and @socket.io/redis-adapter into target/reference-server; scripts/demo --workload node does it), or pass --node-server",
+            server.display()
+        );
+        let node = std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .map_err(|e| anyhow::anyhow!("--workload node needs Node.js (`node` on PATH): {e}; Debian: apt-get install -y nodejs npm"))?;
+        anyhow::ensure!(node.status.success(), "`node --version` failed");
+        let server = std::fs::canonicalize(server)
+            .map_err(|e| anyhow::anyhow!("--node-server {}: {e}", server.display()))?;
+        Ok(Workload::Node { server })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,7 +378,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plot,
             json,
             warm_pool,
-        } => demo(duration, peak, plot, json, warm_pool),
+            workload,
+            node_server,
+        } => demo(
+            crate::demo::DemoConfig {
+                duration,
+                peak,
+                plot: Some(plot.clone()),
+                quiet: false,
+                warm_pool,
+                workload: workload.resolve(&node_server)?,
+            },
+            plot,
+            json,
+        ),
         Command::Export(ExportCmd::Terraform { policy, out }) => {
             let p = policy.load()?;
             let vars = crate::export::terraform_vars(&p)
@@ -482,25 +539,13 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(
-    duration: std::time::Duration,
-    peak: usize,
-    plot: PathBuf,
-    json: bool,
-    warm_pool: bool,
-) -> anyhow::Result<ExitCode> {
+fn demo(cfg: crate::demo::DemoConfig, plot: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     connscale_common::limits::raise_nofile();
     // block_on runs the demo on this (the main) thread, which starts every child process: their
     // parent-death signal then follows the whole process.
     let report = rt
-        .block_on(crate::demo::run(crate::demo::DemoConfig {
-            duration,
-            peak,
-            plot: Some(plot.clone()),
-            quiet: false,
-            warm_pool,
-        }))
+        .block_on(crate::demo::run(cfg))
         .map_err(anyhow::Error::msg)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -530,6 +575,22 @@ fn demo(
             report.counts_match,
             report.processes_left,
             plot.display()
+        );
+        for d in &report.drain_details {
+            let r = &d.record;
+            println!(
+                "drain {}: {} s, closed by the agent {} of {}; most reconnects on one node in a second: {}",
+                r.instance,
+                (r.duration_s * 10.0).round() / 10.0,
+                r.closed_by_agent,
+                r.connections_at_start
+                    .map_or_else(|| "-".to_string(), |n| n.to_string()),
+                d.most_reconnects_per_node_second
+            );
+        }
+        println!(
+            "idle clients cut by drains: {} ({} reconnected, {} stopped by the falling load first)",
+            report.cut_clients, report.cut_clients_reconnected, report.cut_clients_stopped
         );
     }
     Ok(ExitCode::SUCCESS)

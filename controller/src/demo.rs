@@ -7,7 +7,7 @@
 use crate::control;
 use crate::engine::{Direction, Engine};
 use crate::local::balancer::Balancer;
-use crate::local::{FleetSettings, LocalFleet, ScaleInCounts};
+use crate::local::{DrainRecord, FleetSettings, LocalFleet, ScaleInCounts, Workload};
 use crate::provider::Provider;
 use crate::sim::plot::{Series, line_chart};
 use connscale_common::policy::Policy;
@@ -30,6 +30,18 @@ pub struct DemoConfig {
     pub quiet: bool,
     /// Run with a Running warm pool that reuses instances on scale-in.
     pub warm_pool: bool,
+    /// What each instance serves (chat-node, or the reference Node.js Socket.IO server).
+    pub workload: Workload,
+}
+
+/// One finished scale-in: what the agent reported, and how hard its reconnects hit the rest.
+#[derive(Debug, Serialize)]
+pub struct DrainDetail {
+    #[serde(flatten)]
+    pub record: DrainRecord,
+    /// The most new connections any other node received in one second during the drain (and
+    /// the 2 s after): reconnects, and new clients that arrived meanwhile.
+    pub most_reconnects_per_node_second: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +72,15 @@ pub struct DemoReport {
     /// `lifecycle_timeouts` is 0 in a good run.
     #[serde(flatten)]
     pub lifecycle: ScaleInCounts,
+    /// `chat-node` or `node` (the reference Socket.IO server, drained by the agent alone).
+    pub workload: &'static str,
+    /// Every finished scale-in, in order.
+    pub drain_details: Vec<DrainDetail>,
+    /// Idle clients whose connection was cut (by a drain), how many connected again, and how
+    /// many were stopped by the falling demand before they could.
+    pub cut_clients: usize,
+    pub cut_clients_reconnected: usize,
+    pub cut_clients_stopped: usize,
 }
 
 /// How long the demo may run past `--duration` to finish scale-in and the chat traffic.
@@ -137,6 +158,9 @@ impl Drop for Redis {
 struct Holders {
     open: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
+    /// Connections cut under a holder; cut holders that connected again; cut holders stopped
+    /// before they could.
+    cut: Arc<[AtomicUsize; 3]>,
     stops: Vec<Arc<tokio::sync::Notify>>,
 }
 
@@ -145,6 +169,7 @@ impl Holders {
         while self.stops.len() < want {
             let stop = Arc::new(tokio::sync::Notify::new());
             let (open, failed, s) = (self.open.clone(), self.failed.clone(), stop.clone());
+            let cut = self.cut.clone();
             let i = self.stops.len();
             tokio::spawn(async move {
                 let (addr, url) = match client::endpoint(&format!("http://127.0.0.1:{port}")) {
@@ -154,18 +179,27 @@ impl Holders {
                 let src = Some(std::net::IpAddr::from([127, 0, 1, (2 + i % 200) as u8]));
                 let stopped = s.notified();
                 tokio::pin!(stopped);
+                let mut was_cut = false;
+                let gave_up = |was_cut: bool| {
+                    if was_cut {
+                        cut[2].fetch_add(1, Ordering::Relaxed);
+                    }
+                };
                 loop {
                     let ws = tokio::select! {
                         r = client::connect(addr, &url, src, Duration::from_secs(5)) => r,
-                        _ = &mut stopped => return,
+                        _ = &mut stopped => return gave_up(was_cut),
                     };
                     let Ok(mut ws) = ws else {
                         failed.fetch_add(1, Ordering::Relaxed);
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                            _ = &mut stopped => return,
+                            _ = &mut stopped => return gave_up(was_cut),
                         }
                     };
+                    if std::mem::take(&mut was_cut) {
+                        cut[1].fetch_add(1, Ordering::Relaxed);
+                    }
                     open.fetch_add(1, Ordering::Relaxed);
                     let done = loop {
                         tokio::select! {
@@ -177,6 +211,8 @@ impl Holders {
                     if done {
                         return;
                     }
+                    cut[0].fetch_add(1, Ordering::Relaxed);
+                    was_cut = true;
                 }
             });
             self.stops.push(stop);
@@ -211,6 +247,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
     let drain_window = Duration::from_secs(3);
     let mut fleet = LocalFleet::new(FleetSettings {
         bin_dir,
+        workload: cfg.workload.clone(),
         redis_url: format!("redis://127.0.0.1:{}/", redis.1),
         cap: cap as u64,
         api_token: format!("demo-{}", std::process::id()),
@@ -281,6 +318,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
     let mut holders = Holders {
         open: Arc::default(),
         failed: Arc::default(),
+        cut: Arc::default(),
         stops: Vec::new(),
     };
     let (mut peak_instances, mut peak_demand) = (fleet.capacity(), 0usize);
@@ -420,6 +458,17 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
     fleet.refresh().await;
     let final_instances = fleet.capacity();
     let lifecycle = fleet.counts;
+    let drain_details: Vec<DrainDetail> = std::mem::take(&mut fleet.drain_records)
+        .into_iter()
+        .map(|record| DrainDetail {
+            most_reconnects_per_node_second: balancer.most_opened_per_second(
+                record.port,
+                record.started,
+                record.ended + Duration::from_secs(2),
+            ),
+            record,
+        })
+        .collect();
     all_pids.extend(fleet.pids());
     all_pids.push(redis.0.id());
     drop(fleet);
@@ -474,5 +523,13 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         counts_checked,
         processes_left,
         lifecycle,
+        workload: match cfg.workload {
+            Workload::ChatNode => "chat-node",
+            Workload::Node { .. } => "node",
+        },
+        drain_details,
+        cut_clients: holders.cut[0].load(Ordering::Relaxed),
+        cut_clients_reconnected: holders.cut[1].load(Ordering::Relaxed),
+        cut_clients_stopped: holders.cut[2].load(Ordering::Relaxed),
     })
 }

@@ -82,3 +82,74 @@ fn heavy_demo_with_a_warm_pool_takes_instances_from_it_and_returns_them() {
     assert_eq!(m["lost"], 0, "{ctx}");
     assert_eq!(m["delivered"], m["expected_deliveries"], "{ctx}");
 }
+
+/// `--workload node`: the unmodified reference Socket.IO server (socket.io 4.8 with the Redis
+/// adapter, installed by scripts/reference-server), drained by its agent alone: the agents close
+/// the connections (SOCK_DESTROY) over the window, every idle client that was cut connects again,
+/// and no node takes most of a drain's clients in one second.
+#[test]
+fn heavy_demo_drains_the_reference_node_server_through_the_agent_alone() {
+    let server = connscale_test_support::workspace_root().join("target/reference-server/server.js");
+    assert!(
+        server.is_file(),
+        "{} missing: scripts/test installs it (scripts/reference-server)",
+        server.display()
+    );
+    let (r, ctx, _dir) = demo(&[
+        "--duration",
+        "60s",
+        "--workload",
+        "node",
+        "--node-server",
+        server.to_str().expect("utf8 path"),
+    ]);
+    assert_eq!(r["workload"], "node", "{ctx}");
+    assert!(r["scale_ins"].as_u64() >= Some(1), "{ctx}");
+    assert_eq!(r["final_instances"], r["min_size"], "{ctx}");
+    let drains = r["drain_details"].as_array().cloned().unwrap_or_default();
+    assert_eq!(Some(drains.len() as u64), r["drains"].as_u64(), "{ctx}");
+    let (mut closed, mut spread_checked) = (0, false);
+    for d in &drains {
+        let n = d["closed_by_agent"].as_u64().unwrap_or(0);
+        let at_start = d["connections_at_start"].as_u64();
+        // A port that emptied during the grace needed no closing (at_start stays null).
+        assert!(
+            at_start.is_some() || n == 0,
+            "closed without a start count: {d} {ctx}"
+        );
+        closed += n;
+        // Spread: a drain's clients reach the other nodes over its window, never most of them
+        // in one second (with a plain stop they would all come at once).
+        let most = d["most_reconnects_per_node_second"].as_u64().unwrap_or(0);
+        if let Some(s) = at_start.filter(|s| *s >= 10) {
+            assert!(
+                most * 10 <= s * 6,
+                "{most} of {s} reconnects on one node in a second: {ctx}"
+            );
+            spread_checked = true;
+        }
+    }
+    assert!(closed > 0, "the agents closed nothing: {ctx}");
+    assert!(spread_checked, "no drain closed 10 or more: {ctx}");
+    // Every connection an agent closed belonged to a chat client or an idle one, and each of
+    // them connected again (idle ones may be stopped by the falling load first).
+    let cut = r["cut_clients"].as_u64().unwrap_or(0);
+    assert_eq!(
+        Some(cut),
+        r["cut_clients_reconnected"]
+            .as_u64()
+            .zip(r["cut_clients_stopped"].as_u64())
+            .map(|(a, b)| a + b),
+        "{ctx}"
+    );
+    let chat_reconnects = r["messages"]["reconnects"].as_u64().unwrap_or(0);
+    assert!(
+        chat_reconnects + cut >= closed,
+        "{closed} closed, {chat_reconnects} chat and {cut} idle clients reconnected: {ctx}"
+    );
+    // The reference server has no connection-state recovery: what its clients missed while
+    // reconnecting is reported, not hidden (chat-node's demo asserts 0).
+    assert!(r["messages"]["lost"].as_u64().is_some(), "{ctx}");
+    assert_eq!(r["counts_match"], true, "{ctx}");
+    assert!(r["messages"]["sent"].as_u64() > Some(100), "{ctx}");
+}

@@ -1,5 +1,6 @@
-//! The local fleet (the embedded default provider): chat-node + agent process pairs on this
-//! machine, one pair per "instance", behind a round-robin [`balancer`], with AWS's side played
+//! The local fleet (the embedded default provider): service + agent process pairs on this
+//! machine, one pair per "instance", behind a round-robin [`balancer`]. The service is chat-node
+//! or an unmodified Node.js Socket.IO server ([`Workload`]). AWS's side is played
 //! by the [`stand_in`]: each agent reads its identity and target lifecycle state from its own
 //! IMDS endpoint and completes scale-in through the Auto Scaling API, exactly as on EC2, so a
 //! local scale-in runs the agent's production drain.
@@ -18,12 +19,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// One chat-node + agent pair.
+/// One service + agent pair.
 pub struct Instance {
     pub id: String,
     pub port: u16,
     pub health_port: u16,
-    chat: Option<Child>,
+    service: Option<Child>,
     agent: Option<Child>,
     pub launched_at: i64,
     pub draining: bool,
@@ -33,15 +34,17 @@ pub struct Instance {
     pub healthy: bool,
     /// Waiting in the warm pool (returned by a scale-in that reuses instances).
     pub warmed: bool,
+    /// When the current scale-in began.
+    drain_started: Option<std::time::Instant>,
 }
 
 impl Instance {
-    fn stop_chat(&mut self) {
-        stop(&mut self.chat);
+    fn stop_service(&mut self) {
+        stop(&mut self.service);
     }
 
     fn stop_all(&mut self) {
-        stop(&mut self.chat);
+        stop(&mut self.service);
         stop(&mut self.agent);
     }
 }
@@ -59,10 +62,21 @@ impl Drop for Instance {
     }
 }
 
+/// What each local instance serves, and so how its agent drains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workload {
+    /// chat-node, which drains itself when the agent POSTs its `/api/drain` (method `http`).
+    ChatNode,
+    /// An unmodified Node.js Socket.IO server: `node <server>` with `PORT` and `REDIS_URL`, which
+    /// knows nothing of draining; its agent closes the connections itself (method `close`).
+    Node { server: PathBuf },
+}
+
 /// Settings for the processes the fleet starts.
 #[derive(Debug, Clone)]
 pub struct FleetSettings {
     pub bin_dir: PathBuf,
+    pub workload: Workload,
     pub redis_url: String,
     pub cap: u64,
     pub api_token: String,
@@ -81,6 +95,8 @@ pub struct FleetSettings {
 /// The group name and drain hook the local fleet's agents see, as on AWS.
 pub const GROUP: &str = "local";
 pub const DRAIN_HOOK: &str = "connscale-drain";
+/// `close` drains: how long clients may leave by themselves before the agent closes any.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How scale-ins ended, for the demo's report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -97,12 +113,34 @@ pub struct ScaleInCounts {
     pub warm_pool_launches: usize,
 }
 
+/// One finished scale-in, as its agent reported it on /metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DrainRecord {
+    pub instance: String,
+    /// The instance's service port (the balancer's target).
+    #[serde(skip)]
+    pub port: u16,
+    /// When the scale-in began and ended.
+    #[serde(skip)]
+    pub started: std::time::Instant,
+    #[serde(skip)]
+    pub ended: std::time::Instant,
+    /// Connections open when the agent began closing them (`close` only).
+    pub connections_at_start: Option<u64>,
+    /// Connections the agent closed itself (`close` only; 0 for chat-node's own drain).
+    pub closed_by_agent: u64,
+    /// From the scale-in to the completed hook, seconds.
+    pub duration_s: f64,
+}
+
 pub struct LocalFleet {
     pub settings: FleetSettings,
     pub instances: Vec<Instance>,
     /// The desired capacity the control loop last set.
     pub desired: u32,
     pub counts: ScaleInCounts,
+    /// Every finished scale-in, in order.
+    pub drain_records: Vec<DrainRecord>,
     pub stand_in: StandIn,
     /// Agents' config files (they hold the drain token): removed on drop.
     work_dir: PathBuf,
@@ -159,6 +197,7 @@ impl LocalFleet {
             instances: Vec::new(),
             desired: 0,
             counts: ScaleInCounts::default(),
+            drain_records: Vec::new(),
             stand_in,
             work_dir,
             next: 0,
@@ -212,15 +251,15 @@ impl LocalFleet {
         }
         let id = format!("i-{:04}", self.next);
         self.stand_in.set_state(&id, target_state);
-        let chat = spawn(self.chat_command(&id, port)?)
-            .map_err(|e| format!("cannot start chat-node: {e}"))?;
+        let service = spawn(self.service_command(&id, port)?)
+            .map_err(|e| format!("cannot start the service: {e}"))?;
         let agent = spawn(self.agent_command(&id, port, hport)?)
             .map_err(|e| format!("cannot start connscale-agent: {e}"))?;
         self.instances.push(Instance {
             id: id.clone(),
             port,
             health_port: hport,
-            chat: Some(chat),
+            service: Some(service),
             agent: Some(agent),
             launched_at: now,
             draining: false,
@@ -228,6 +267,7 @@ impl LocalFleet {
             connections: None,
             healthy: false,
             warmed: false,
+            drain_started: None,
         });
         Ok(id)
     }
@@ -241,10 +281,10 @@ impl LocalFleet {
             (inst.id.clone(), inst.port, inst.health_port)
         };
         self.stand_in.set_state(&id, "InService");
-        let chat = match self.instances[i].chat.take() {
+        let service = match self.instances[i].service.take() {
             Some(c) => c,
-            None => spawn(self.chat_command(&id, port)?)
-                .map_err(|e| format!("cannot start chat-node: {e}"))?,
+            None => spawn(self.service_command(&id, port)?)
+                .map_err(|e| format!("cannot start the service: {e}"))?,
         };
         let agent = match self.instances[i].agent.take() {
             Some(a) => a,
@@ -252,7 +292,7 @@ impl LocalFleet {
                 .map_err(|e| format!("cannot start connscale-agent: {e}"))?,
         };
         let inst = &mut self.instances[i];
-        inst.chat = Some(chat);
+        inst.service = Some(service);
         inst.agent = Some(agent);
         (inst.warmed, inst.serving, inst.healthy, inst.launched_at) = (false, false, false, now);
         self.counts.warm_pool_launches += 1;
@@ -271,8 +311,15 @@ impl LocalFleet {
         }
     }
 
-    fn chat_command(&self, id: &str, port: u16) -> Result<Command, String> {
+    fn service_command(&self, id: &str, port: u16) -> Result<Command, String> {
         let s = &self.settings;
+        if let Workload::Node { server } = &s.workload {
+            let mut node = Command::new("node");
+            node.arg(server)
+                .env("PORT", port.to_string())
+                .env("REDIS_URL", s.redis_url.trim_end_matches('/'));
+            return Ok(node);
+        }
         let mut chat = Command::new(self.bin("chat-node")?);
         chat.args([
             "--port",
@@ -293,6 +340,24 @@ impl LocalFleet {
         Ok(chat)
     }
 
+    /// The agent's `[drain]` method lines: chat-node drains itself when told; any other service
+    /// has its connections closed by the agent after a short grace, over the drain window (both
+    /// within the deregistration delay, as the terraform module sizes it).
+    fn drain_method(&self, port: u16) -> String {
+        let s = &self.settings;
+        match s.workload {
+            Workload::ChatNode => format!(
+                "method = \"http\"\ndrain_url = \"http://127.0.0.1:{port}/api/drain\"\ndrain_token = \"{}\"\n",
+                s.api_token
+            ),
+            Workload::Node { .. } => format!(
+                "method = \"close\"\ngrace = \"{}ms\"\nwindow = \"{}ms\"\n",
+                CLOSE_GRACE.as_millis(),
+                s.drain_window.as_millis()
+            ),
+        }
+    }
+
     /// The agent as on EC2: identity and lifecycle state from its IMDS endpoint, drain through
     /// chat-node's drain endpoint and the Auto Scaling lifecycle calls.
     fn agent_command(&self, id: &str, port: u16, hport: u16) -> Result<Command, String> {
@@ -302,15 +367,14 @@ impl LocalFleet {
              [health]\nbind = \"127.0.0.1:{hport}\"\ncap = {cap}\n\
              [cloudwatch]\nmode = \"off\"\n\
              [identity]\nimds_endpoint = \"{imds}\"\n\
-             [drain]\nenabled = true\nmethod = \"http\"\n\
-             drain_url = \"http://127.0.0.1:{port}/api/drain\"\ndrain_token = \"{token}\"\n\
+             [drain]\nenabled = true\n{method}\
              threshold = 1\ntimeout = \"{timeout}ms\"\nheartbeat_interval = \"1s\"\n\
              poll_interval = \"1s\"\nhook_heartbeat_timeout = \"{hook}s\"\n\
              hook_name = \"{DRAIN_HOOK}\"\n",
             hook = s.heartbeat_timeout.as_secs(),
             cap = s.cap,
             imds = self.stand_in.imds_url(id),
-            token = s.api_token,
+            method = self.drain_method(port),
             timeout = (s.deregistration_delay + s.drain_window * 3).as_millis(),
         );
         let path = self.work_dir.join(format!("agent-{id}.toml"));
@@ -343,6 +407,7 @@ impl LocalFleet {
     /// Reads every agent's /health; ends scale-ins whose hook the agent completed or that
     /// timed out.
     pub async fn refresh(&mut self) {
+        self.record_drains().await;
         self.finish_scale_ins();
         for inst in self.instances.iter_mut().filter(|i| !i.warmed) {
             let url = format!("http://127.0.0.1:{}/health", inst.health_port);
@@ -354,7 +419,7 @@ impl LocalFleet {
                         .await
                         .ok()
                         .and_then(|v| v["connections"].as_u64());
-                    // Serving once chat-node accepts connections too.
+                    // Serving once the service accepts connections too.
                     inst.serving = inst.serving
                         || std::net::TcpStream::connect(("127.0.0.1", inst.port)).is_ok();
                 }
@@ -363,6 +428,47 @@ impl LocalFleet {
                     inst.connections = None;
                 }
             }
+        }
+    }
+
+    /// Reads what the agent of each scale-in that just ended reports about its drain (before
+    /// the instance goes).
+    async fn record_drains(&mut self) {
+        for inst in self.instances.iter_mut().filter(|i| i.draining) {
+            let Some(started) = inst.drain_started else {
+                continue;
+            };
+            if !matches!(
+                self.stand_in.hook(&inst.id),
+                Some(Hook::Completed { .. } | Hook::TimedOut)
+            ) {
+                continue;
+            }
+            inst.drain_started = None;
+            let url = format!("http://127.0.0.1:{}/metrics", inst.health_port);
+            let metrics = match self.http.get(&url).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let gauge = |name: &str| {
+                metrics.lines().find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+            };
+            self.drain_records.push(DrainRecord {
+                instance: inst.id.clone(),
+                port: inst.port,
+                started,
+                ended: std::time::Instant::now(),
+                connections_at_start: gauge("connscale_drain_open_at_close_start")
+                    .map(|v| v as u64),
+                closed_by_agent: gauge("connscale_drain_closed_total").unwrap_or(0.0) as u64,
+                duration_s: started.elapsed().as_secs_f64(),
+            });
         }
     }
 
@@ -390,7 +496,7 @@ impl LocalFleet {
             {
                 Some(pool) => {
                     // A Running pool keeps the instance (and its agent) up; the service drained.
-                    inst.stop_chat();
+                    inst.stop_service();
                     if pool.state != PoolState::Running {
                         inst.stop_all();
                     }
@@ -410,12 +516,13 @@ impl LocalFleet {
     /// Scales an instance in as AWS does behind a load balancer: the balancer stops sending it
     /// clients at once, its target lifecycle state reads `Terminated` (or the warm pool's state
     /// for a reuse-on-scale-in return), and its hook becomes active after the deregistration
-    /// delay. Its own agent drains chat-node and completes the hook.
+    /// delay. Its own agent drains the service and completes the hook.
     pub async fn drain(&mut self, id: &str) {
         let Some(inst) = self.instances.iter_mut().find(|i| i.id == id) else {
             return;
         };
         inst.draining = true;
+        inst.drain_started = Some(std::time::Instant::now());
         self.counts.drains += 1;
         let target = match self
             .settings
@@ -456,7 +563,7 @@ impl LocalFleet {
     pub fn pids(&self) -> Vec<u32> {
         self.instances
             .iter()
-            .flat_map(|i| [&i.chat, &i.agent])
+            .flat_map(|i| [&i.service, &i.agent])
             .filter_map(|c| c.as_ref().map(Child::id))
             .collect()
     }
