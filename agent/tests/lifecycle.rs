@@ -503,8 +503,14 @@ const CLOSE: &str =
 #[tokio::test(flavor = "multi_thread")]
 async fn close_drain_resets_every_client_spread_over_the_window_then_continues() {
     const N: usize = 40;
-    let r = rig_with("InService", true, N, &[], CLOSE, &[]).await;
+    let cap = [("CONNSCALE_AGENT_CAP", "50".to_string())];
+    let r = rig_with("InService", true, N, &cap, CLOSE, &[]).await;
     assert_eq!(r.agent.metric("connscale_drain_close_available").await, 1.0);
+    let (_, body) = r.agent.get("/health").await;
+    assert!(
+        body.contains("\"cap\":50") && body.contains("\"ok\""),
+        "{body}"
+    );
     // The rig holds (client, served) pairs: the clients are the even ones.
     let clients: Vec<_> = r
         .held
@@ -515,15 +521,52 @@ async fn close_drain_resets_every_client_spread_over_the_window_then_continues()
     let t0 = std::time::Instant::now();
     let watchers = watch_clients(clients, t0);
     r.state.lock().expect("lock").lifecycle_state = "Terminated".into();
-    assert!(
-        until(&r.state, 30, |s| !s
+    // The agent's own count at each step of the drain, until the hook is completed.
+    let completed = |r: &Rig| {
+        !r.state
+            .lock()
+            .expect("lock")
             .accepted("CompleteLifecycleAction")
-            .is_empty())
-        .await,
+            .is_empty()
+    };
+    let mut steps: Vec<(u16, u64)> = Vec::new();
+    for _ in 0..300 {
+        let (code, body) = r.agent.get("/health").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        steps.push((code, v["connections"].as_u64().unwrap_or(u64::MAX)));
+        if completed(&r) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        completed(&r),
         "CompleteLifecycleAction was not called: {:?}",
         r.state.lock().expect("lock").calls
     );
     let completed = t0.elapsed();
+    // The sampler's count lags the closer by up to a sample: it reaches 0 next.
+    steps.push(r.agent.wait_health(5, |_, c| c == 0).await);
+    let draining: Vec<(u16, u64)> = steps
+        .iter()
+        .copied()
+        .skip_while(|(c, _)| *c == 200)
+        .collect();
+    assert!(draining.iter().all(|(c, _)| *c == 503), "{steps:?}");
+    assert!(
+        draining.windows(2).all(|w| w[1].1 <= w[0].1),
+        "the count only falls: {steps:?}"
+    );
+    assert_eq!(draining.last().map(|s| s.1), Some(0), "{steps:?}");
+    let between: std::collections::BTreeSet<u64> = draining
+        .iter()
+        .map(|s| s.1)
+        .filter(|n| (1..N as u64).contains(n))
+        .collect();
+    assert!(
+        between.len() >= 3,
+        "the count steps down through the window, not at once: {steps:?}"
+    );
     let ends: Vec<_> = watchers
         .into_iter()
         .map(|w| w.join().expect("watcher"))
