@@ -282,7 +282,10 @@ pub struct SimulateArgs {
     pub trace: Vec<PathBuf>,
     #[command(flatten)]
     pub policy: PolicyArg,
-    /// Baselines to compare with, comma-separated: classic, target-tracking, static, oracle.
+    /// Baselines to compare with, comma-separated: classic, target-tracking, static, oracle,
+    /// classic-nopool, target-tracking-nopool. `classic` is DESIGN.md's whole classic setup,
+    /// alarms, step scaling and the same warm pool as the policy under test (its `[warm_pool]`);
+    /// `target-tracking` keeps that pool too; the `-nopool` variants keep none.
     #[arg(
         long,
         value_delimiter = ',',

@@ -120,6 +120,8 @@ pub struct Classic {
     rng: u64,
     min: u32,
     max: u32,
+    /// The warm pool the classic setup keeps (DESIGN.md's classic setup has one).
+    pool: Option<WarmPool>,
 }
 
 impl Classic {
@@ -140,7 +142,13 @@ impl Classic {
             rng: 0x9E37_79B9_7F4A_7C15,
             min,
             max,
+            pool: None,
         }
+    }
+
+    /// The same setup with a warm pool.
+    pub fn with_pool(self, pool: Option<WarmPool>) -> Self {
+        Self { pool, ..self }
     }
 
     /// The step adjustment for a datapoint breaching the (scaled) threshold.
@@ -160,6 +168,10 @@ impl Classic {
 impl Scaler for Classic {
     fn name(&self) -> String {
         "classic".into()
+    }
+
+    fn warm_pool(&self) -> Option<&WarmPool> {
+        self.pool.as_ref()
     }
 }
 
@@ -239,6 +251,7 @@ pub struct TargetTracking {
     last_in: Option<i64>,
     min: u32,
     max: u32,
+    pool: Option<WarmPool>,
 }
 
 impl TargetTracking {
@@ -251,13 +264,23 @@ impl TargetTracking {
             last_in: None,
             min,
             max,
+            pool: None,
         }
+    }
+
+    /// The same setup with a warm pool.
+    pub fn with_pool(self, pool: Option<WarmPool>) -> Self {
+        Self { pool, ..self }
     }
 }
 
 impl Scaler for TargetTracking {
     fn name(&self) -> String {
         "target-tracking".into()
+    }
+
+    fn warm_pool(&self) -> Option<&WarmPool> {
+        self.pool.as_ref()
     }
 }
 

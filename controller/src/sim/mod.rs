@@ -13,8 +13,17 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use trace::Trace;
 
-/// The policies `--compare` accepts besides connscale's own.
-pub const BASELINES: [&str; 4] = ["classic", "target-tracking", "static", "oracle"];
+/// The policies `--compare` accepts besides connscale's own. `classic` and `target-tracking`
+/// keep the same warm pool as the policy under test (its `[warm_pool]`; none when it has none),
+/// as the setups they stand for would; the `-nopool` variants keep none.
+pub const BASELINES: [&str; 6] = [
+    "classic",
+    "target-tracking",
+    "static",
+    "oracle",
+    "classic-nopool",
+    "target-tracking-nopool",
+];
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -44,13 +53,10 @@ pub fn scaler(name: &str, cfg: &SimConfig, trace: &Trace) -> Result<Box<dyn Scal
     let cap = cfg.model.node_cap;
     Ok(match name {
         "connscale" => Box::new(Connscale::new(p.clone())),
-        "classic" => Box::new(Classic::new(cap, min, max)),
-        "target-tracking" => Box::new(TargetTracking::new(
-            p.scale_out_threshold() as f64,
-            p.scale_out.warmup.as_secs() as i64,
-            min,
-            max,
-        )),
+        "classic" => Box::new(Classic::new(cap, min, max).with_pool(p.warm_pool.clone())),
+        "classic-nopool" => Box::new(Classic::new(cap, min, max)),
+        "target-tracking" => Box::new(target_tracking(p).with_pool(p.warm_pool.clone())),
+        "target-tracking-nopool" => Box::new(target_tracking(p)),
         "static" => Box::new(Static {
             nodes: ((trace.peak() / p.scale_out_threshold() as f64).ceil() as u32).clamp(min, max),
         }),
@@ -68,6 +74,15 @@ pub fn scaler(name: &str, cfg: &SimConfig, trace: &Trace) -> Result<Box<dyn Scal
             ));
         }
     })
+}
+
+fn target_tracking(p: &Policy) -> TargetTracking {
+    TargetTracking::new(
+        p.scale_out_threshold() as f64,
+        p.scale_out.warmup.as_secs() as i64,
+        p.group.min_size,
+        p.group.max_size,
+    )
 }
 
 /// Runs connscale and each compared baseline over `raw` (an unscaled trace).
