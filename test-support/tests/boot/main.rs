@@ -413,6 +413,18 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         &moto.endpoint(),
     );
     controller_stub.set_target_lifecycle_state("InService");
+    // A second chat node whose first boot fails (its API token's parameter does not exist): it
+    // must ABANDON its launch hook, so Auto Scaling replaces it instead of waiting it out.
+    let failing_stub = InstanceStub::start(
+        InstanceIdentity {
+            instance_id: "i-0badb007000000001".into(),
+            group: group.name.clone(),
+            ..InstanceIdentity::default()
+        },
+        &moto.endpoint(),
+    );
+    failing_stub.set_target_lifecycle_state("InService");
+    failing_stub.await_hook(Some(LAUNCH_HOOK));
     t.done("moto (groups, lease table), redis-server and the IMDS / lifecycle stubs up");
 
     // --- The release, served over HTTPS --------------------------------------------------
@@ -447,6 +459,25 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     let (user_data, renderer) =
         render_user_data(&root.join("terraform/templates/user_data.sh.tftpl"), &vars);
     assert_no_secret_in(&user_data, &secrets, "chat node's rendered user data");
+    let mut failing_vars = vars.clone();
+    let (fail_chat, fail_health) = (free_port(), free_port());
+    for (k, v) in [
+        (
+            "api_token_parameter",
+            json!("/connscale/boot-test/no-such-parameter"),
+        ),
+        ("chat_port", json!(fail_chat)),
+        ("health_port", json!(fail_health)),
+    ] {
+        assert!(
+            failing_vars.insert(k.into(), v).is_some(),
+            "fleet.tf passes no {k}"
+        );
+    }
+    let (failing_user_data, _) = render_user_data(
+        &root.join("terraform/templates/user_data.sh.tftpl"),
+        &failing_vars,
+    );
     let policy = controller_policy();
     let c = ControllerDeployment {
         release: &rel,
@@ -492,9 +523,18 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         &aws_stand_in_dropin(&moto, &controller_stub, &moto.endpoint()),
         &tls,
     );
+    let mut fm = Machine::copy_of(&rootfs, "node-failing");
+    prepare(
+        &fm,
+        &failing_user_data,
+        &aws_stand_in_dropin(&moto, &failing_stub, &failing_stub.autoscaling_endpoint()),
+        &tls,
+    );
+    fm.write("/usr/local/sbin/sysctl", SYSCTL_STAND_IN, 0o755);
     t.done("machines prepared");
     m.boot();
     cm.boot();
+    fm.boot();
     t.done("machines booted");
     assert_user_data_ran(&m);
     t.done("node: user data ran");
@@ -626,6 +666,36 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     cm.begin_poweroff();
     t.done("controller: systemctl stop released the lease");
 
+    // --- A first boot that fails ABANDONs its launch hook ---------------------------------------
+    let abandoned = wait_for(180, "the failing node to abandon its launch hook", || {
+        failing_stub
+            .lifecycle_calls()
+            .into_iter()
+            .find(|c| c.action == LifecycleAction::Complete && c.hook == LAUNCH_HOOK && c.accepted)
+    });
+    let journal = fm.journal("user-data.service");
+    assert_eq!(
+        abandoned.result.as_deref(),
+        Some("ABANDON"),
+        "a failed install completed its launch hook with {:?}: {journal}",
+        abandoned.result
+    );
+    assert_eq!(failing_stub.waiting_hook(), None);
+    let state = wait_for(30, "the failing node's user data to end", || {
+        let s = fm.unit_state("user-data.service");
+        (s != "activating").then_some(s)
+    });
+    assert_eq!(state, "failed", "the failing node's user data: {journal}");
+    println!(
+        "failing node: user data {state}, launch hook {LAUNCH_HOOK} completed with ABANDON ({})",
+        journal
+            .lines()
+            .find(|l| l.contains("abandoning"))
+            .unwrap_or_default()
+    );
+    fm.begin_poweroff();
+    t.done("failing node: install failed, launch hook ABANDONed");
+
     // --- The launch hook was completed by the user data ----------------------------------------
     let launch = stub
         .lifecycle_calls()
@@ -726,6 +796,7 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     drop(js);
     m.poweroff(Duration::from_secs(30));
     cm.poweroff(Duration::from_secs(30));
+    fm.poweroff(Duration::from_secs(30));
     t.done("machines powered off");
 }
 
