@@ -66,14 +66,26 @@ pub struct Fence {
 
 /// A name for this loop: host, process and a random suffix.
 pub fn holder_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
+    let host = hostname().unwrap_or_else(|| "host".into());
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{host}:{}:{nonce:08x}", std::process::id())
+}
+
+/// The host's name from gethostname(2). Not from /proc/sys/kernel/hostname: the packaged unit's
+/// `ProcSubset=pid` hides /proc/sys, and every holder was then named `host`.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf, which we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 fn table(p: &AwsProvider) -> &str {
@@ -295,6 +307,16 @@ pub async fn ensure_table(p: &AwsProvider) -> Result<bool, ProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holder_names_carry_the_hostname_and_pid() {
+        let host = hostname().expect("gethostname");
+        let name = holder_name();
+        assert!(
+            name.starts_with(&format!("{host}:{}:", std::process::id())),
+            "{name}"
+        );
+    }
 
     #[test]
     fn lease_items_parse() {

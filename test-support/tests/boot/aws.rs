@@ -1,5 +1,5 @@
-//! moto as the AWS account the instance lives in: the group (with one instance), the SecureString
-//! parameters, and the reads the asserts make (metrics, the lease tag).
+//! moto as the AWS account the instances live in: the groups (one instance each), the SecureString
+//! parameters, the lease table, and the reads the asserts make (metrics, the lease item).
 
 use connscale_test_support::MotoServer;
 
@@ -86,12 +86,87 @@ pub async fn put_secure_string(moto: &MotoServer, name: &str, value: &str) {
     );
 }
 
+/// The lease table as terraform/lease.tf makes it: on-demand, keyed by the string `key`.
+pub async fn create_lease_table(moto: &MotoServer, name: &str, key: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let ddb = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    ddb.create_table()
+        .table_name(name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute definition"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key schema"),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("moto DynamoDB CreateTable");
+}
+
+/// The lease item as the table has it (a strongly consistent read): attribute → value as text
+/// (`S` and `N` attributes); `None` when there is no item (a released lease).
+pub async fn lease_item(
+    moto: &MotoServer,
+    table: &str,
+    key: &str,
+    group: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let ddb = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    let out = ddb
+        .get_item()
+        .table_name(table)
+        .key(key, AttributeValue::S(group.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("moto DynamoDB GetItem");
+    out.item().map(|item| {
+        item.iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    AttributeValue::S(s) | AttributeValue::N(s) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    })
+}
+
 /// The latest datapoint of `namespace/metric` for this group and instance, if any reached moto.
 pub async fn latest_datapoint(
     moto: &MotoServer,
     namespace: &str,
     metric: &str,
     group: &Group,
+) -> Option<(f64, f64)> {
+    let dims = [
+        ("AutoScalingGroupName", group.name.as_str()),
+        ("InstanceId", group.instance_id.as_str()),
+    ];
+    metric_max(moto, namespace, metric, &dims).await
+}
+
+/// The maximum and the number of `namespace/metric` datapoints with exactly these dimensions in
+/// the last ten minutes (and the next ten: a heartbeat is published ahead, up to the lease's
+/// expiry), if any reached moto.
+pub async fn metric_max(
+    moto: &MotoServer,
+    namespace: &str,
+    metric: &str,
+    dims: &[(&str, &str)],
 ) -> Option<(f64, f64)> {
     use aws_sdk_cloudwatch::primitives::DateTime;
     use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
@@ -100,10 +175,6 @@ pub async fn latest_datapoint(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let dims = [
-        ("AutoScalingGroupName", group.name.as_str()),
-        ("InstanceId", group.instance_id.as_str()),
-    ];
     let metric = Metric::builder()
         .namespace(namespace)
         .metric_name(metric)
@@ -116,7 +187,7 @@ pub async fn latest_datapoint(
     let r = cw
         .get_metric_data()
         .start_time(DateTime::from_secs(now - 600))
-        .end_time(DateTime::from_secs(now + 60))
+        .end_time(DateTime::from_secs(now + 600))
         .metric_data_queries(
             MetricDataQuery::builder()
                 .id("m")

@@ -26,16 +26,22 @@ pub fn cached_rootfs() -> PathBuf {
 /// A copy of the root file system, prepared and then booted.
 pub struct Machine {
     pub root: PathBuf,
+    /// The machine's name: its directory's and its hostname (nspawn's default).
+    pub name: String,
     nspawn: Option<ServerProcess>,
     init_pid: Option<u32>,
+    /// SIGTERM already sent to nspawn (a power-off under way).
+    stopping: bool,
 }
 
 impl Machine {
-    /// Copies `rootfs` to a fresh directory under target/boot-runs (removed on drop).
-    pub fn copy_of(rootfs: &Path) -> Self {
+    /// Copies `rootfs` to a fresh directory target/boot-runs/NAME-PID (removed on drop); the
+    /// machine's hostname is that directory's name.
+    pub fn copy_of(rootfs: &Path, name: &str) -> Self {
         let runs = workspace_root().join("target/boot-runs");
         std::fs::create_dir_all(&runs).expect("create target/boot-runs");
-        let root = runs.join(format!("m-{}", std::process::id()));
+        let name = format!("{name}-{}", std::process::id());
+        let root = runs.join(&name);
         let _ = std::fs::remove_dir_all(&root);
         let st = Command::new("cp")
             .args(["-a", "--reflink=auto"])
@@ -49,11 +55,16 @@ impl Machine {
             rootfs.display(),
             root.display()
         );
-        Self {
+        let m = Self {
             root,
+            name,
             nspawn: None,
             init_pid: None,
-        }
+            stopping: false,
+        };
+        // Each machine its own hostname, as each instance has (debootstrap copied the host's).
+        m.write("/etc/hostname", &format!("{}\n", m.name), 0o644);
+        m
     }
 
     /// Path of `p` (absolute inside the machine) on the host.
@@ -97,7 +108,7 @@ impl Machine {
             "-b",
         ]);
         // ServerProcess sets PDEATHSIG and keeps the console in its log file.
-        let p = ServerProcess::spawn("nspawn", cmd).expect("start systemd-nspawn");
+        let p = ServerProcess::spawn(&self.log_name(), cmd).expect("start systemd-nspawn");
         let nspawn_pid = p.pid();
         self.nspawn = Some(p);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -114,10 +125,18 @@ impl Machine {
         );
     }
 
+    /// ServerProcess's name for this machine's nspawn (its console log is named after it).
+    fn log_name(&self) -> String {
+        format!("nspawn-{}", self.name)
+    }
+
     /// The console output so far (nspawn's log).
     pub fn console(&self) -> String {
-        let log =
-            std::env::temp_dir().join(format!("connscale-test-nspawn-{}.log", std::process::id()));
+        let log = std::env::temp_dir().join(format!(
+            "connscale-test-{}-{}.log",
+            self.log_name(),
+            std::process::id()
+        ));
         std::fs::read_to_string(log).unwrap_or_default()
     }
 
@@ -204,13 +223,21 @@ impl Machine {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Starts a clean power-off without waiting for it ([`poweroff`](Self::poweroff) waits).
+    pub fn begin_poweroff(&mut self) {
+        if let Some(p) = self.nspawn.as_ref().filter(|_| !self.stopping) {
+            // nspawn turns SIGTERM into SIGRTMIN+3 for the container's systemd: a clean poweroff.
+            p.signal(libc::SIGTERM);
+            self.stopping = true;
+        }
+    }
+
     /// Powers the machine off and waits for it (kills it after `grace`).
     pub fn poweroff(&mut self, grace: Duration) {
+        self.begin_poweroff();
         let Some(mut p) = self.nspawn.take() else {
             return;
         };
-        // nspawn turns SIGTERM into SIGRTMIN+3 for the container's systemd: a clean poweroff.
-        p.signal(libc::SIGTERM);
         if p.wait_exit(grace).is_none() {
             if let Some(pid) = self.init_pid.filter(|p| pid_alive(*p)) {
                 // PID 1 of the container's PID namespace: the kernel kills everything in it.

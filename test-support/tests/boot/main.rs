@@ -1,11 +1,14 @@
-//! The deployment, booted under real systemd: a Debian 12 machine (systemd-nspawn, from the root
-//! file system scripts/test caches) runs the user data rendered from terraform's real template,
-//! which installs the release from an HTTPS URL on the host, as cloud-init would on EC2.
+//! The deployment, booted under real systemd: two Debian 12 machines (systemd-nspawn, each a copy
+//! of the root file system scripts/test caches), a chat node and the controller instance of
+//! controller.tf's one-instance group. Each runs the user data rendered from terraform's real
+//! template (user_data.sh.tftpl, controller_user_data.sh.tftpl), which installs the release from
+//! an HTTPS URL on the host, as cloud-init would on EC2.
 //!
-//! Only the AWS network is a stand-in: moto (SSM, CloudWatch, Auto Scaling, EC2) and the IMDSv2
-//! and lifecycle stub ([`InstanceStub`]), all on the host's loopback, which the machine shares.
-//! A drop-in for every service in the machine points the SDK's endpoints at them; everything
-//! else (packages, units, credentials, the official socket.io-client on the host) is the real path.
+//! Only the AWS network is a stand-in: moto (SSM, CloudWatch, Auto Scaling, EC2, DynamoDB) and an
+//! IMDSv2 and lifecycle stub ([`InstanceStub`]) per machine, all on the host's loopback, which the
+//! machines share. A drop-in for every service in a machine points the SDK's endpoints at them;
+//! everything else (packages, units, credentials, the lease table's conditional writes, the
+//! official socket.io-client on the host) is the real path.
 //!
 //! Needs root (systemd-nspawn, nsenter). Prints the time of each phase.
 
@@ -91,6 +94,8 @@ const NAMESPACE: &str = "connscale";
 const METRIC: &str = "TCPconnections";
 const DRAIN_HOOK: &str = "connscale-drain";
 const LAUNCH_HOOK: &str = "connscale-launch";
+const HEARTBEAT_METRIC: &str = "ControllerHeartbeat";
+const CONTROLLER_UNIT: &str = "connscale-controller.service";
 const API_TOKEN_PARAM: &str = "/connscale/boot-test/api-token";
 const REDIS_TOKEN_PARAM: &str = "/connscale/boot-test/redis-auth-token";
 
@@ -131,16 +136,106 @@ fn template_value(key: &str, d: &Deployment) -> Value {
     }
 }
 
+/// The values the module would pass for controller.tf's template variables.
+struct ControllerDeployment<'a> {
+    release: &'a release::Release,
+    /// var.name: the fleet's Auto Scaling group (fleet.tf names it so).
+    fleet_group: &'a str,
+    lease: &'a LeaseTable,
+    policy: &'a str,
+}
+
+/// The value controller.tf passes for one of controller_user_data.sh.tftpl's variables.
+fn controller_template_value(key: &str, c: &ControllerDeployment) -> Value {
+    match key {
+        "release_url" => json!(c.release.url),
+        "release_sha256" => json!(c.release.sha256),
+        "group" => json!(c.fleet_group),
+        "lease_table" => json!(c.lease.name),
+        "policy" => json!(c.policy),
+        other => panic!(
+            "controller.tf passes the controller's user-data template a variable `{other}` that the boot test has no value for: add it to controller_template_value in test-support/tests/boot/main.rs"
+        ),
+    }
+}
+
+/// The lease table as terraform/lease.tf makes it for the module's `var.name`.
+struct LeaseTable {
+    name: String,
+    key: String,
+}
+
+impl LeaseTable {
+    /// Reads `aws_dynamodb_table.lease`'s name and hash key from lease.tf.
+    fn of_module(var_name: &str) -> Self {
+        let tf = std::fs::read_to_string(workspace_root().join("terraform/lease.tf"))
+            .expect("terraform/lease.tf");
+        let block = tf
+            .split_once("resource \"aws_dynamodb_table\" \"lease\"")
+            .map(|(_, b)| b)
+            .expect("lease.tf declares aws_dynamodb_table.lease");
+        let arg = |name: &str| {
+            block
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    (k.trim() == name).then(|| v.trim().trim_matches('"').to_string())
+                })
+                .unwrap_or_else(|| panic!("aws_dynamodb_table.lease has no {name}"))
+        };
+        let name = arg("name").replace("${var.name}", var_name);
+        assert!(
+            !name.contains("${"),
+            "lease.tf's table name {name:?} uses more than var.name: teach the boot test"
+        );
+        Self {
+            name,
+            key: arg("hash_key"),
+        }
+    }
+}
+
+/// The policy the controller machine runs (controller_policy's text): the shipped default with
+/// the group's bounds set to the test group's (min = max = 1), so the loop holds, never scales.
+fn controller_policy() -> String {
+    let text = std::fs::read_to_string(workspace_root().join("policies/default.toml"))
+        .expect("policies/default.toml");
+    let mut table = String::new();
+    let mut set = 0;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with('[') {
+                table = l.trim().to_string();
+            }
+            let key = l.split_once('=').map(|(k, _)| k.trim());
+            match key {
+                Some(k @ ("min_size" | "max_size")) if table == "[group]" => {
+                    set += 1;
+                    format!("{k} = 1")
+                }
+                _ => l.to_string(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        set, 2,
+        "policies/default.toml's [group] has no min_size and max_size"
+    );
+    lines.join("\n") + "\n"
+}
+
 /// The drop-in that stands in for the AWS network: every service's SDK goes to the host's moto
-/// and stubs (and the agent's own IMDS client to the stub).
-fn aws_stand_in_dropin(moto: &MotoServer, stub: &InstanceStub) -> String {
+/// and the machine's stub (and the agent's own IMDS client to the stub). Auto Scaling goes to
+/// `autoscaling` (the stub, for the lifecycle calls moto lacks, or moto itself).
+fn aws_stand_in_dropin(moto: &MotoServer, stub: &InstanceStub, autoscaling: &str) -> String {
     let m = moto.endpoint();
     let env = [
         ("AWS_ENDPOINT_URL_SSM", m.clone()),
         ("AWS_ENDPOINT_URL_CLOUDWATCH", m.clone()),
         ("AWS_ENDPOINT_URL_EC2", m.clone()),
         ("AWS_ENDPOINT_URL_DYNAMODB", m.clone()),
-        ("AWS_ENDPOINT_URL_AUTO_SCALING", stub.autoscaling_endpoint()),
+        ("AWS_ENDPOINT_URL_AUTO_SCALING", autoscaling.to_string()),
         ("AWS_EC2_METADATA_SERVICE_ENDPOINT", stub.imds_endpoint()),
         ("CONNSCALE_IMDS_ENDPOINT", stub.imds_endpoint()),
     ];
@@ -187,9 +282,80 @@ for f in /etc/sysctl.d/*.conf; do
 done
 "#;
 
-/// The chat node's units, with `systemd-analyze security` at most 2.5 each. (connscale-controller.service
-/// runs on the control loop's own one-instance group, controller.tf: not booted here yet.)
+/// The chat node's units, with `systemd-analyze security` at most 2.5 each (the controller's unit
+/// runs on its own machine, controller.tf's one-instance group: [`CONTROLLER_UNIT`]).
 const UNITS: [&str; 2] = ["chat-node.service", "connscale-agent.service"];
+
+/// Renders `template` with `vars` (terraform's templatefile() where it runs, checked against the
+/// subset renderer); returns the user data and the renderer's name.
+fn render_user_data(template: &std::path::Path, vars: &Map<String, Value>) -> (String, String) {
+    let (user_data, renderer) = render::render(template, vars);
+    if renderer.starts_with("terraform") {
+        // The fallback renderer must agree with terraform wherever it renders at all.
+        let text = std::fs::read_to_string(template).expect("template");
+        match render::subset_render(&text, vars) {
+            Ok(s) => assert_eq!(s, user_data, "the subset renderer disagrees with terraform"),
+            Err(e) => println!("the subset renderer refuses this template: {e}"),
+        }
+    }
+    (user_data, renderer.to_string())
+}
+
+/// Writes the user data and what stands in for cloud-init and the AWS network into `m`.
+fn prepare(m: &Machine, user_data: &str, dropin: &str, tls: &release::TestCa) {
+    m.write("/var/lib/cloud/instance/scripts/part-001", user_data, 0o700);
+    m.write(
+        "/etc/systemd/system/user-data.service",
+        USER_DATA_UNIT,
+        0o644,
+    );
+    m.enable("user-data.service");
+    m.write(
+        "/etc/systemd/system/service.d/90-aws-stand-in.conf",
+        dropin,
+        0o644,
+    );
+    tls.trust_in(m);
+}
+
+/// Waits for the boot to finish and asserts the user data succeeded.
+fn assert_user_data_ran(m: &Machine) {
+    let booted = m.wait_booted(240);
+    println!("{}: boot finished: {booted}", m.name);
+    let state = m.unit_state("user-data.service");
+    assert_eq!(
+        state,
+        "active",
+        "the user data failed on {}: {}\ncredentials: {}",
+        m.name,
+        m.journal("user-data.service"),
+        m.journal("connscale-credentials.service")
+    );
+}
+
+/// Files under the usual places that hold one of the secrets (as `grep -l` names them).
+fn secret_holders(m: &Machine, secrets: &Secrets) -> Vec<String> {
+    m.sh(&format!(
+        "grep -rlsF -e '{}' -e '{}' /etc /run /var /tmp /root /home /opt /usr/local /srv || true",
+        secrets.api_token, secrets.redis_auth_token
+    ))
+    .split_whitespace()
+    .map(String::from)
+    .collect()
+}
+
+/// Asserts that neither secret is in `user_data`.
+fn assert_no_secret_in(user_data: &str, secrets: &Secrets, what: &str) {
+    for (name, s) in [
+        ("API token", &secrets.api_token),
+        ("Redis AUTH token", &secrets.redis_auth_token),
+    ] {
+        assert!(
+            !user_data.contains(s.as_str()),
+            "the {name} is in the {what} (anyone with ec2:DescribeInstanceAttribute reads it)"
+        );
+    }
+}
 
 #[test]
 fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
@@ -208,6 +374,13 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     // --- AWS stand-ins and Redis on the host ---------------------------------------------
     let moto = MotoServer::start();
     let group = rt.block_on(aws::create_group(&moto, "connscale-boot"));
+    // controller.tf's own group of one for the control loop, and lease.tf's table.
+    let controller_group = rt.block_on(aws::create_group(
+        &moto,
+        &format!("{}-controller", group.name),
+    ));
+    let lease = LeaseTable::of_module(&group.name);
+    rt.block_on(aws::create_lease_table(&moto, &lease.name, &lease.key));
     let secrets = Secrets {
         api_token: token(40),
         redis_auth_token: token(32),
@@ -229,7 +402,30 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     // The instance launches paused on the launch hook until its user data completes it.
     stub.set_target_lifecycle_state("InService");
     stub.await_hook(Some(LAUNCH_HOOK));
-    t.done("moto, redis-server and the IMDS / lifecycle stub up");
+    // The controller instance's own IMDS (its group has no lifecycle hooks).
+    let controller_stub = InstanceStub::start(
+        InstanceIdentity {
+            instance_id: controller_group.instance_id.clone(),
+            group: controller_group.name.clone(),
+            role: controller_group.name.clone(),
+            ..InstanceIdentity::default()
+        },
+        &moto.endpoint(),
+    );
+    controller_stub.set_target_lifecycle_state("InService");
+    // A second chat node whose first boot fails (its API token's parameter does not exist): it
+    // must ABANDON its launch hook, so Auto Scaling replaces it instead of waiting it out.
+    let failing_stub = InstanceStub::start(
+        InstanceIdentity {
+            instance_id: "i-0badb007000000001".into(),
+            group: group.name.clone(),
+            ..InstanceIdentity::default()
+        },
+        &moto.endpoint(),
+    );
+    failing_stub.set_target_lifecycle_state("InService");
+    failing_stub.await_hook(Some(LAUNCH_HOOK));
+    t.done("moto (groups, lease table), redis-server and the IMDS / lifecycle stubs up");
 
     // --- The release, served over HTTPS --------------------------------------------------
     let work = tempfile::tempdir().expect("tempdir");
@@ -249,69 +445,99 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         stub: &stub,
     };
     let root = workspace_root();
-    let fleet = std::fs::read_to_string(root.join("terraform/fleet.tf")).expect("fleet.tf");
-    let vars: Map<String, Value> = render::template_keys(&fleet)
+    let keys = |tf: &str, template: &str| {
+        let text = std::fs::read_to_string(root.join("terraform").join(tf)).expect(tf);
+        render::template_keys(&text, template)
+    };
+    let vars: Map<String, Value> = keys("fleet.tf", "templates/user_data.sh.tftpl")
         .into_iter()
         .map(|k| {
             let v = template_value(&k, &d);
             (k, v)
         })
         .collect();
-    let template = root.join("terraform/templates/user_data.sh.tftpl");
-    let (user_data, renderer) = render::render(&template, &vars);
-    if renderer.starts_with("terraform") {
-        // The fallback renderer must agree with terraform wherever it renders at all.
-        let text = std::fs::read_to_string(&template).expect("template");
-        match render::subset_render(&text, &vars) {
-            Ok(s) => assert_eq!(s, user_data, "the subset renderer disagrees with terraform"),
-            Err(e) => println!("the subset renderer refuses this template: {e}"),
-        }
-    }
-    t.done(&format!("user data rendered by {renderer}"));
-    for (name, s) in [
-        ("API token", &secrets.api_token),
-        ("Redis AUTH token", &secrets.redis_auth_token),
+    let (user_data, renderer) =
+        render_user_data(&root.join("terraform/templates/user_data.sh.tftpl"), &vars);
+    assert_no_secret_in(&user_data, &secrets, "chat node's rendered user data");
+    let mut failing_vars = vars.clone();
+    let (fail_chat, fail_health) = (free_port(), free_port());
+    for (k, v) in [
+        (
+            "api_token_parameter",
+            json!("/connscale/boot-test/no-such-parameter"),
+        ),
+        ("chat_port", json!(fail_chat)),
+        ("health_port", json!(fail_health)),
     ] {
         assert!(
-            !user_data.contains(s.as_str()),
-            "the {name} is in the rendered user data (anyone with ec2:DescribeInstanceAttribute reads it)"
+            failing_vars.insert(k.into(), v).is_some(),
+            "fleet.tf passes no {k}"
         );
     }
+    let (failing_user_data, _) = render_user_data(
+        &root.join("terraform/templates/user_data.sh.tftpl"),
+        &failing_vars,
+    );
+    let policy = controller_policy();
+    let c = ControllerDeployment {
+        release: &rel,
+        fleet_group: &group.name,
+        lease: &lease,
+        policy: &policy,
+    };
+    let controller_vars: Map<String, Value> =
+        keys("controller.tf", "templates/controller_user_data.sh.tftpl")
+            .into_iter()
+            .map(|k| {
+                let v = controller_template_value(&k, &c);
+                (k, v)
+            })
+            .collect();
+    let (controller_user_data, _) = render_user_data(
+        &root.join("terraform/templates/controller_user_data.sh.tftpl"),
+        &controller_vars,
+    );
+    assert_no_secret_in(
+        &controller_user_data,
+        &secrets,
+        "controller's rendered user data",
+    );
+    t.done(&format!(
+        "user data (node, controller) rendered by {renderer}"
+    ));
 
-    // --- The machine -----------------------------------------------------------------------
-    let mut m = Machine::copy_of(&rootfs);
-    m.write(
-        "/var/lib/cloud/instance/scripts/part-001",
+    // --- The machines: a chat node and the controller, booted side by side ------------------
+    let mut m = Machine::copy_of(&rootfs, "node");
+    prepare(
+        &m,
         &user_data,
-        0o700,
-    );
-    m.write(
-        "/etc/systemd/system/user-data.service",
-        USER_DATA_UNIT,
-        0o644,
-    );
-    m.enable("user-data.service");
-    m.write(
-        "/etc/systemd/system/service.d/90-aws-stand-in.conf",
-        &aws_stand_in_dropin(&moto, &stub),
-        0o644,
+        &aws_stand_in_dropin(&moto, &stub, &stub.autoscaling_endpoint()),
+        &tls,
     );
     m.write("/usr/local/sbin/sysctl", SYSCTL_STAND_IN, 0o755);
-    tls.trust_in(&m);
-    t.done("machine prepared");
-    m.boot();
-    t.done("machine booted");
-    let booted = m.wait_booted(240);
-    println!("machine boot finished: {booted}");
-    let state = m.unit_state("user-data.service");
-    assert_eq!(
-        state,
-        "active",
-        "the user data failed: {}\ncredentials: {}",
-        m.journal("user-data.service"),
-        m.journal("connscale-credentials.service")
+    let mut cm = Machine::copy_of(&rootfs, "controller");
+    // The controller's Auto Scaling calls go to moto itself: its own instance has no hooks.
+    prepare(
+        &cm,
+        &controller_user_data,
+        &aws_stand_in_dropin(&moto, &controller_stub, &moto.endpoint()),
+        &tls,
     );
-    t.done("user data ran");
+    let mut fm = Machine::copy_of(&rootfs, "node-failing");
+    prepare(
+        &fm,
+        &failing_user_data,
+        &aws_stand_in_dropin(&moto, &failing_stub, &failing_stub.autoscaling_endpoint()),
+        &tls,
+    );
+    fm.write("/usr/local/sbin/sysctl", SYSCTL_STAND_IN, 0o755);
+    t.done("machines prepared");
+    m.boot();
+    cm.boot();
+    fm.boot();
+    t.done("machines booted");
+    assert_user_data_ran(&m);
+    t.done("node: user data ran");
 
     // --- Units active, hardened --------------------------------------------------------------
     for unit in UNITS {
@@ -338,6 +564,137 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         );
     }
     t.done("units active, exposure printed");
+
+    // --- The controller machine: the loop runs, takes the lease, publishes its heartbeat -----
+    assert_user_data_ran(&cm);
+    let s = wait_for(30, &format!("{CONTROLLER_UNIT} to settle"), || {
+        let s = cm.unit_state(CONTROLLER_UNIT);
+        (s != "activating").then_some(s)
+    });
+    assert_eq!(
+        s,
+        "active",
+        "{CONTROLLER_UNIT} is {s}: {}",
+        cm.journal(CONTROLLER_UNIT)
+    );
+    let score = exposure(&cm, CONTROLLER_UNIT);
+    println!("systemd-analyze security {CONTROLLER_UNIT}: {score:.1}");
+    assert!(
+        score <= 2.5,
+        "systemd-analyze security rates {CONTROLLER_UNIT} {score:.1} (> 2.5): {}",
+        cm.sh(&format!(
+            "systemd-analyze security --no-pager {CONTROLLER_UNIT} | grep -v '^  ✓' | head -40"
+        ))
+    );
+    let item = wait_for(60, "the controller to take the lease", || {
+        rt.block_on(aws::lease_item(&moto, &lease.name, &lease.key, &group.name))
+    });
+    // lease.rs's holder name: the instance's hostname, the loop's PID, a random suffix.
+    let hostname = cm.sh("hostname").trim().to_string();
+    let pid = cm
+        .sh(&format!("systemctl show -P MainPID {CONTROLLER_UNIT}"))
+        .trim()
+        .to_string();
+    let holder = item.get("holder").cloned().unwrap_or_default();
+    println!(
+        "lease {} in {}: holder {holder}, token {}, expires {}",
+        group.name,
+        lease.name,
+        item.get("token").map_or("-", String::as_str),
+        item.get("expires").map_or("-", String::as_str)
+    );
+    assert!(
+        holder.starts_with(&format!("{hostname}:{pid}:")),
+        "the lease's holder {holder:?} is not the controller's loop ({hostname}, PID {pid}): {item:?}"
+    );
+    // The table was empty: the first take makes token 1 (every change of hands adds one).
+    assert_eq!(
+        item.get("token").map(String::as_str),
+        Some("1"),
+        "the first take of the lease: {item:?}"
+    );
+    let restarts = cm.sh(&format!("systemctl show -P NRestarts {CONTROLLER_UNIT}"));
+    assert_eq!(restarts.trim(), "0", "{}", cm.journal(CONTROLLER_UNIT));
+    let (hb, n) = wait_for(30, "a ControllerHeartbeat datapoint in moto", || {
+        rt.block_on(aws::metric_max(
+            &moto,
+            NAMESPACE,
+            HEARTBEAT_METRIC,
+            &[("AutoScalingGroupName", group.name.as_str())],
+        ))
+    });
+    println!(
+        "moto has {n} {HEARTBEAT_METRIC} datapoints for {}, max {hb}",
+        group.name
+    );
+    assert_eq!(hb, 1.0);
+    // A whole turn: the loop read the fleet from moto (the node's group) and held.
+    let turn = format!("{}: desired 1 → 1 [hold]", group.name);
+    wait_for(30, "the controller's first turn in its journal", || {
+        cm.journal(CONTROLLER_UNIT).contains(&turn).then_some(())
+    });
+    let holders = secret_holders(&cm, &secrets);
+    assert!(
+        holders.is_empty(),
+        "the controller machine holds a secret it has no use for: {holders:?}"
+    );
+    t.done("controller: unit active, lease taken, heartbeat in moto, a turn held");
+
+    // --- Stopping the controller releases the lease ------------------------------------------
+    cm.sh(&format!("systemctl stop {CONTROLLER_UNIT}"));
+    let state = cm.unit_state(CONTROLLER_UNIT);
+    assert_eq!(
+        state,
+        "inactive",
+        "{CONTROLLER_UNIT} after its stop: {}",
+        cm.journal(CONTROLLER_UNIT)
+    );
+    let after = rt.block_on(aws::lease_item(&moto, &lease.name, &lease.key, &group.name));
+    println!("lease after systemctl stop {CONTROLLER_UNIT}: {after:?}");
+    assert_eq!(
+        after,
+        None,
+        "systemctl stop did not release the lease (it would stand until it expires): {}",
+        cm.journal(CONTROLLER_UNIT)
+    );
+    let journal = cm.journal(CONTROLLER_UNIT);
+    assert!(
+        journal.contains("SIGTERM"),
+        "the loop did not log the SIGTERM it stopped on: {journal}"
+    );
+    // Its job is done: it powers off while the node's phases run.
+    cm.begin_poweroff();
+    t.done("controller: systemctl stop released the lease");
+
+    // --- A first boot that fails ABANDONs its launch hook ---------------------------------------
+    let abandoned = wait_for(180, "the failing node to abandon its launch hook", || {
+        failing_stub
+            .lifecycle_calls()
+            .into_iter()
+            .find(|c| c.action == LifecycleAction::Complete && c.hook == LAUNCH_HOOK && c.accepted)
+    });
+    let journal = fm.journal("user-data.service");
+    assert_eq!(
+        abandoned.result.as_deref(),
+        Some("ABANDON"),
+        "a failed install completed its launch hook with {:?}: {journal}",
+        abandoned.result
+    );
+    assert_eq!(failing_stub.waiting_hook(), None);
+    let state = wait_for(30, "the failing node's user data to end", || {
+        let s = fm.unit_state("user-data.service");
+        (s != "activating").then_some(s)
+    });
+    assert_eq!(state, "failed", "the failing node's user data: {journal}");
+    println!(
+        "failing node: user data {state}, launch hook {LAUNCH_HOOK} completed with ABANDON ({})",
+        journal
+            .lines()
+            .find(|l| l.contains("abandoning"))
+            .unwrap_or_default()
+    );
+    fm.begin_poweroff();
+    t.done("failing node: install failed, launch hook ABANDONed");
 
     // --- The launch hook was completed by the user data ----------------------------------------
     let launch = stub
@@ -383,16 +740,10 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     t.done("health 200 with the exact count; metric reached moto");
 
     // --- No secret readable by an unprivileged user ---------------------------------------------
-    let holders = m.sh(&format!(
-        "grep -rlsF -e '{}' -e '{}' /etc /run /var /tmp /root /home /opt /usr/local /srv || true",
-        secrets.api_token, secrets.redis_auth_token
-    ));
-    println!(
-        "files holding a secret: {}",
-        holders.split_whitespace().collect::<Vec<_>>().join(" ")
-    );
-    for f in holders.split_whitespace() {
-        let out = m.exec(&["runuser", "-u", "nobody", "--", "cat", f]);
+    let holders = secret_holders(&m, &secrets);
+    println!("files holding a secret: {}", holders.join(" "));
+    for f in &holders {
+        let out = m.exec(&["runuser", "-u", "nobody", "--", "cat", f.as_str()]);
         assert!(!out.status.success(), "nobody can read the secret in {f}");
     }
     t.done("no secret readable by nobody");
@@ -424,10 +775,6 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     });
     t.done("chat-node stop drained, clients recovered");
 
-    // The controller's own machine (controller.tf's one-instance group) is not booted here yet:
-    // its unit, score and lease release are covered by docgen's unit test and
-    // controller/tests/aws.rs (SIGTERM releases the lease), not under systemd.
-
     // --- Scale-in: the agent drains and completes the lifecycle action --------------------------
     stub.await_hook(Some(DRAIN_HOOK));
     stub.set_target_lifecycle_state("Terminated");
@@ -448,7 +795,9 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
 
     drop(js);
     m.poweroff(Duration::from_secs(30));
-    t.done("machine powered off");
+    cm.poweroff(Duration::from_secs(30));
+    fm.poweroff(Duration::from_secs(30));
+    t.done("machines powered off");
 }
 
 /// `systemd-analyze security UNIT`'s overall exposure (0 to 10, lower is better).

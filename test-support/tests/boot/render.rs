@@ -1,4 +1,5 @@
-//! The user data, rendered from the real template with the variables terraform's fleet.tf passes.
+//! The user data, rendered from the real templates with the variables terraform passes (fleet.tf's
+//! for the chat nodes, controller.tf's for the controller).
 //!
 //! Terraform's own `templatefile()` (in `terraform console`, which needs no provider) renders it
 //! when a terraform binary exists. Without one, a renderer for the subset the template uses
@@ -8,12 +9,13 @@ use serde_json::{Map, Value};
 use std::path::Path;
 use std::process::Command;
 
-/// The keys of the variables map in fleet.tf's `templatefile(".../user_data.sh.tftpl", { ... })`.
-pub fn template_keys(fleet_tf: &str) -> Vec<String> {
-    let start = fleet_tf
-        .find("templates/user_data.sh.tftpl")
-        .expect("fleet.tf renders templates/user_data.sh.tftpl");
-    let rest = &fleet_tf[start..];
+/// The keys of the variables map in a `.tf` file's `templatefile(".../TEMPLATE", { ... })`
+/// (`template` as it is named there, e.g. `templates/user_data.sh.tftpl`).
+pub fn template_keys(tf: &str, template: &str) -> Vec<String> {
+    let start = tf
+        .find(&format!("/{template}\""))
+        .unwrap_or_else(|| panic!("the .tf file renders no {template}"));
+    let rest = &tf[start..];
     let open = rest.find('{').expect("templatefile's variables map");
     let mut depth = 0usize;
     let mut end = rest.len();
