@@ -186,6 +186,8 @@ pub enum ScheduleCmd {
     /// Derive [[schedule]] entries from the recurring peaks of a demand history (≥ 14 days of
     /// `timestamp,value` CSV, values in connections). Paste the output into the policy file.
     Suggest {
+        /// The demand history, `timestamp,value` CSV (an export: rows are sorted, repeated
+        /// timestamps merged and gaps bridged, with one warning line saying so).
         #[arg(long)]
         history: PathBuf,
         // Its scale-out threshold and bounds size the schedules.
@@ -277,7 +279,8 @@ impl AwsArgs {
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// Demand trace(s), `timestamp,value` CSV. Repeat for several.
+    /// Demand trace(s), `timestamp,value` CSV. Repeat for several. Rows are sorted, repeated
+    /// timestamps merged (their mean) and gaps bridged linearly, with one warning line each.
     #[arg(long, required = true)]
     pub trace: Vec<PathBuf>,
     #[command(flatten)]
@@ -419,7 +422,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             let policy = policy.load()?;
             let tz = connscale_common::cron::parse_tz(&timezone).map_err(anyhow::Error::msg)?;
-            let mut trace = Trace::load(&history)?;
+            let mut trace = load_trace(&history)?;
             if let Some(n) = peak_nodes {
                 trace = trace.scaled(n * policy.group.node_cap as f64, 1.0);
             }
@@ -501,7 +504,7 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
     };
     let mut reports = Vec::new();
     for path in &a.trace {
-        let trace = Trace::load(path)?;
+        let trace = load_trace(path)?;
         if !a.json {
             eprintln!(
                 "simulating {} ({} points)...",
@@ -540,6 +543,15 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads a trace, warning on stderr (one line) about what reading it took.
+fn load_trace(path: &std::path::Path) -> anyhow::Result<Trace> {
+    let (trace, repairs) = Trace::load_repaired(path)?;
+    if let Some(w) = repairs.warning(&path.display().to_string()) {
+        eprintln!("{w}");
+    }
+    Ok(trace)
 }
 
 fn demo(cfg: crate::demo::DemoConfig, plot: PathBuf, json: bool) -> anyhow::Result<ExitCode> {

@@ -1,4 +1,8 @@
 //! Demand traces: `timestamp,value` CSV, scaled to connections, interpolated linearly.
+//!
+//! Real exports (CloudWatch, NAB) repeat timestamps, list rows out of order and have gaps: the
+//! reader sorts the rows, merges repeats (their mean) and bridges gaps linearly, and says what it
+//! did ([`Repairs`]); a row it cannot read is still refused with its line number.
 
 use std::path::Path;
 
@@ -44,19 +48,78 @@ fn parse_time(s: &str) -> Option<i64> {
     None
 }
 
+/// What reading a trace took beyond parsing: the caller prints [`Repairs::warning`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Repairs {
+    /// Rows whose timestamp came before the previous row's (the rows were sorted).
+    pub out_of_order: usize,
+    /// Rows merged into another with the same timestamp (the value is their mean).
+    pub merged: usize,
+    /// Intervals longer than [`GAP_FACTOR`] × the median step, bridged linearly.
+    pub gaps: usize,
+    /// The longest such interval, seconds.
+    pub longest_gap_s: i64,
+}
+
+/// An interval this many times the median step is a gap.
+pub const GAP_FACTOR: i64 = 3;
+
+impl Repairs {
+    /// One warning line naming the file and each repair with its count, or `None` when the
+    /// file needed none.
+    pub fn warning(&self, file: &str) -> Option<String> {
+        let mut did = Vec::new();
+        if self.out_of_order > 0 {
+            did.push(format!("sorted {} out-of-order rows", self.out_of_order));
+        }
+        if self.merged > 0 {
+            did.push(format!(
+                "merged {} rows with repeated timestamps (mean value)",
+                self.merged
+            ));
+        }
+        if self.gaps > 0 {
+            did.push(format!(
+                "bridged {} gaps linearly (longest {})",
+                self.gaps,
+                humantime::format_duration(std::time::Duration::from_secs(
+                    self.longest_gap_s.max(0) as u64
+                ))
+            ));
+        }
+        (!did.is_empty()).then(|| format!("warning: trace {file}: {}", did.join(", ")))
+    }
+}
+
 impl Trace {
     pub fn load(path: &Path) -> Result<Self, TraceError> {
+        Self::load_repaired(path).map(|(t, _)| t)
+    }
+
+    /// Loads `path`, with what reading it took.
+    pub fn load_repaired(path: &Path) -> Result<(Self, Repairs), TraceError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| TraceError::Read(file.clone(), e))?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Self::parse(&text, &file, &name)
+        Self::parse_repaired(&text, &file, &name)
     }
 
     pub fn parse(text: &str, file: &str, name: &str) -> Result<Self, TraceError> {
-        let mut points: Vec<(i64, f64)> = Vec::new();
+        Self::parse_repaired(text, file, name).map(|(t, _)| t)
+    }
+
+    /// Parses every row (refusing, with its line number, one it cannot read), then sorts,
+    /// merges repeated timestamps and measures the gaps.
+    pub fn parse_repaired(
+        text: &str,
+        file: &str,
+        name: &str,
+    ) -> Result<(Self, Repairs), TraceError> {
+        let mut rows: Vec<(i64, f64)> = Vec::new();
+        let mut repairs = Repairs::default();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || (i == 0 && line.to_ascii_lowercase().starts_with("timestamp")) {
@@ -80,20 +143,24 @@ impl Trace {
                     "value {v} is not a finite non-negative number"
                 )));
             }
-            if let Some(&(last, _)) = points.last()
-                && t <= last
-            {
-                return Err(err("timestamps must increase".into()));
+            if rows.last().is_some_and(|&(last, _)| t < last) {
+                repairs.out_of_order += 1;
             }
-            points.push((t, v));
+            rows.push((t, v));
         }
+        rows.sort_by_key(|r| r.0);
+        let points = merge_repeats(rows, &mut repairs);
         if points.len() < 2 {
             return Err(TraceError::TooShort(file.to_string()));
         }
-        Ok(Self {
-            name: name.to_string(),
-            points,
-        })
+        measure_gaps(&points, &mut repairs);
+        Ok((
+            Self {
+                name: name.to_string(),
+                points,
+            },
+            repairs,
+        ))
     }
 
     pub fn peak(&self) -> f64 {
@@ -150,6 +217,42 @@ impl Trace {
             i += 1;
         }
         m
+    }
+}
+
+/// Sorted rows → strictly increasing points, each repeated timestamp's values averaged.
+fn merge_repeats(rows: Vec<(i64, f64)>, repairs: &mut Repairs) -> Vec<(i64, f64)> {
+    let mut points: Vec<(i64, f64)> = Vec::with_capacity(rows.len());
+    let mut same = 1.0;
+    for (t, v) in rows {
+        match points.last_mut() {
+            Some(last) if last.0 == t => {
+                // Running mean of the rows at this timestamp.
+                same += 1.0;
+                last.1 += (v - last.1) / same;
+                repairs.merged += 1;
+            }
+            _ => {
+                same = 1.0;
+                points.push((t, v));
+            }
+        }
+    }
+    points
+}
+
+/// Counts intervals longer than [`GAP_FACTOR`] × the median step ([`Trace::at`] bridges them
+/// linearly).
+fn measure_gaps(points: &[(i64, f64)], repairs: &mut Repairs) {
+    let mut steps: Vec<i64> = points.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    steps.sort_unstable();
+    let median = steps[steps.len() / 2];
+    for w in points.windows(2) {
+        let step = w[1].0 - w[0].0;
+        if step > GAP_FACTOR * median {
+            repairs.gaps += 1;
+            repairs.longest_gap_s = repairs.longest_gap_s.max(step);
+        }
     }
 }
 
@@ -235,6 +338,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("x.csv line 3"), "{e}");
+        // One point left after merging the repeat: too short.
         assert!(Trace::parse("1,5\n1,6\n", "y", "y").is_err());
+    }
+
+    #[test]
+    fn messy_exports_are_sorted_merged_and_bridged_and_said_so() {
+        let text = "timestamp,value\n\
+            2014-07-01 00:10:00,30\n\
+            2014-07-01 00:00:00,10\n\
+            2014-07-01 00:05:00,20\n\
+            2014-07-01 00:05:00,40\n\
+            2014-07-01 00:15:00,50\n\
+            2014-07-01 01:15:00,80\n\
+            2014-07-01 01:20:00,90\n";
+        let (t, r) = Trace::parse_repaired(text, "m.csv", "m").expect("accepted");
+        assert_eq!(t.points.len(), 6);
+        assert!(
+            t.points.windows(2).all(|w| w[0].0 < w[1].0),
+            "{:?}",
+            t.points
+        );
+        assert_eq!(t.points[1].1, 30.0, "the repeat's mean");
+        assert_eq!(
+            r,
+            Repairs {
+                out_of_order: 1,
+                merged: 1,
+                gaps: 1,
+                longest_gap_s: 3600
+            }
+        );
+        let w = r.warning("m.csv").expect("a warning");
+        assert!(
+            w.contains("m.csv")
+                && w.contains("sorted 1 out-of-order")
+                && w.contains("merged 1")
+                && w.contains("bridged 1 gaps linearly (longest 1h)"),
+            "{w}"
+        );
+        assert!(!w.contains('\n'), "one line: {w}");
+        // The gap is bridged linearly.
+        assert_eq!(t.at(t.points[3].0 + 1800), 65.0);
+        let (_, clean) = Trace::parse_repaired("0,1\n60,2\n120,3\n", "c", "c").expect("clean");
+        assert_eq!(clean.warning("c"), None);
     }
 }
