@@ -298,6 +298,12 @@ pub struct SimulateArgs {
     /// Scale each trace so its peak needs this many nodes at the cap.
     #[arg(long, default_value_t = 10.0)]
     pub peak_nodes: f64,
+    /// Instead of each trace's table, one summary row per trace: the three targets against
+    /// `classic` (warm pool included) and `oracle` (rejected ≤ 10 % of classic's, instance-hours
+    /// ≤ classic's and ≤ 1.2 × oracle's, forced reconnects ≤ classic's), met or not, with the
+    /// worst trace for each. Adds classic and oracle to --compare. With --json: the rows.
+    #[arg(long)]
+    pub summary: bool,
     /// Replay faster than real time (2 = a trace step lasts half as long).
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
@@ -502,10 +508,18 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         },
         policy,
     };
+    let mut cfg = cfg;
+    if a.summary {
+        for needed in ["classic", "oracle"] {
+            if !cfg.compare.iter().any(|c| c == needed) {
+                cfg.compare.push(needed.into());
+            }
+        }
+    }
     let mut reports = Vec::new();
     for path in &a.trace {
         let trace = load_trace(path)?;
-        if !a.json {
+        if !a.json || a.summary {
             eprintln!(
                 "simulating {} ({} points)...",
                 path.display(),
@@ -529,10 +543,22 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
             )
             .map_err(|e| anyhow::anyhow!("cannot write plot {}: {e}", file.display()))?;
         }
-        if !a.json {
+        if !a.json && !a.summary {
             println!("{}", report.table());
         }
         reports.push(report);
+    }
+    if a.summary {
+        let rows: Vec<_> = reports
+            .iter()
+            .filter_map(sim::targets::Targets::of)
+            .collect();
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print!("{}", sim::targets::summary_table(&rows));
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     if a.json {
         let v = if reports.len() == 1 {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Simulator benchmark: connscale's default policy vs the baselines on the shared traces (peak
-# scaled to 10 nodes at the 28,000 cap), plus a 100k-point trace for speed. Writes plots to
-# docs/bench/ (linked from BENCHMARKS.md) and prints markdown tables.
+# scaled to 10 nodes at the 28,000 cap): first the summary of the three targets against classic
+# with its warm pool (`connscale simulate --summary`), then each trace's table, plus a 100k-point
+# trace for speed. Writes plots to docs/bench/ (linked from BENCHMARKS.md) and prints markdown
+# tables.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -9,6 +11,13 @@ traces=${CONNSCALE_TRACES:-$root/../shared/traces}
 cargo build --release --quiet --bins  # the same feature set as all.sh: no rebuild
 bin=target/release/connscale
 mkdir -p target/bench docs/bench
+# The summary first: one row per trace, the three targets against classic with its warm pool.
+echo '### Summary: the targets on every shared trace'
+echo
+args=()
+for t in "$traces"/*.csv; do args+=(--trace "$t"); done
+"$bin" simulate --summary "${args[@]}" 2>/dev/null
+echo
 for t in "$traces"/*.csv; do
   name=$(basename "$t" .csv)
   echo "### $name"

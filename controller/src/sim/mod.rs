@@ -4,6 +4,7 @@
 pub mod baselines;
 pub mod fleet;
 pub mod plot;
+pub mod targets;
 pub mod trace;
 
 use baselines::{Classic, Connscale, Oracle, Static, TargetTracking};
