@@ -775,6 +775,53 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     });
     t.done("chat-node stop drained, clients recovered");
 
+    // --- drain.method = "close" needs the shipped drop-in, and works with it -------------------
+    // The packaged unit grants no capability: with method close the agent says it cannot close
+    // connections. The drop-in from the package grants CAP_NET_ADMIN, and then it can.
+    let metrics_url = format!("http://127.0.0.1:{health_port}/metrics");
+    let close_available = || {
+        wait_for(30, "the agent's close-drain gauge", || {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-m", "5", &metrics_url])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("connscale_drain_close_available "))
+                .map(|v| v.trim().to_string())
+        })
+    };
+    m.sh(
+        "cp /etc/connscale/agent.toml /root/agent.toml.http && \
+         sed -i 's/^method = \"http\"/method = \"close\"/' /etc/connscale/agent.toml && \
+         printf 'grace = \"1s\"\\nwindow = \"2s\"\\n' >> /etc/connscale/agent.toml && \
+         systemctl restart connscale-agent.service",
+    );
+    assert_eq!(close_available(), "0", "close available without the drop-in");
+    assert!(
+        m.journal("connscale-agent.service").contains("lacks CAP_NET_ADMIN"),
+        "the agent says why it cannot close connections"
+    );
+    m.sh(
+        "install -D -m 644 /usr/share/connscale-agent/close-drain.conf \
+           /etc/systemd/system/connscale-agent.service.d/close-drain.conf && \
+         systemctl daemon-reload && systemctl restart connscale-agent.service",
+    );
+    assert_eq!(close_available(), "1", "the drop-in grants what close needs");
+    let with_dropin = exposure(&m, "connscale-agent.service");
+    println!("systemd-analyze security connscale-agent.service with close-drain.conf: {with_dropin}");
+    assert!(with_dropin <= 2.5, "the drop-in leaves the agent at {with_dropin}");
+    // Back to the deployed configuration (chat-node drains itself) for the scale-in below.
+    m.sh(
+        "cp /root/agent.toml.http /etc/connscale/agent.toml && \
+         systemctl restart connscale-agent.service",
+    );
+    wait_for(30, "/health back at 200 with 2 connections", || {
+        let (code, body) = http_get(&health_url);
+        (code == 200 && body["connections"] == 2).then_some(())
+    });
+    t.done("close drain: unavailable without the drop-in, available with it");
+
     // --- Scale-in: the agent drains and completes the lifecycle action --------------------------
     stub.await_hook(Some(DRAIN_HOOK));
     stub.set_target_lifecycle_state("Terminated");
