@@ -105,6 +105,9 @@ impl Machine {
             "--register=no",
             "--keep-unit",
             "--console=pipe",
+            // EC2 gives root every capability; nspawn keeps CAP_NET_ADMIN out of a container
+            // that shares the host's network, and the agent's close-drain drop-in needs it.
+            "--capability=CAP_NET_ADMIN",
             "-b",
         ]);
         // ServerProcess sets PDEATHSIG and keeps the console in its log file.
