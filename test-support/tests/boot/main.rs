@@ -791,15 +791,18 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
                 .map(|v| v.trim().to_string())
         })
     };
-    m.sh(
-        "cp /etc/connscale/agent.toml /root/agent.toml.http && \
+    m.sh("cp /etc/connscale/agent.toml /root/agent.toml.http && \
          sed -i 's/^method = \"http\"/method = \"close\"/' /etc/connscale/agent.toml && \
          printf 'grace = \"1s\"\\nwindow = \"2s\"\\n' >> /etc/connscale/agent.toml && \
-         systemctl restart connscale-agent.service",
+         systemctl restart connscale-agent.service");
+    assert_eq!(
+        close_available(),
+        "0",
+        "close available without the drop-in"
     );
-    assert_eq!(close_available(), "0", "close available without the drop-in");
     assert!(
-        m.journal("connscale-agent.service").contains("lacks CAP_NET_ADMIN"),
+        m.journal("connscale-agent.service")
+            .contains("lacks CAP_NET_ADMIN"),
         "the agent says why it cannot close connections"
     );
     m.sh(
@@ -807,15 +810,22 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
            /etc/systemd/system/connscale-agent.service.d/close-drain.conf && \
          systemctl daemon-reload && systemctl restart connscale-agent.service",
     );
-    assert_eq!(close_available(), "1", "the drop-in grants what close needs");
-    let with_dropin = exposure(&m, "connscale-agent.service");
-    println!("systemd-analyze security connscale-agent.service with close-drain.conf: {with_dropin}");
-    assert!(with_dropin <= 2.5, "the drop-in leaves the agent at {with_dropin}");
-    // Back to the deployed configuration (chat-node drains itself) for the scale-in below.
-    m.sh(
-        "cp /root/agent.toml.http /etc/connscale/agent.toml && \
-         systemctl restart connscale-agent.service",
+    assert_eq!(
+        close_available(),
+        "1",
+        "the drop-in grants what close needs"
     );
+    let with_dropin = exposure(&m, "connscale-agent.service");
+    println!(
+        "systemd-analyze security connscale-agent.service with close-drain.conf: {with_dropin}"
+    );
+    assert!(
+        with_dropin <= 2.5,
+        "the drop-in leaves the agent at {with_dropin}"
+    );
+    // Back to the deployed configuration (chat-node drains itself) for the scale-in below.
+    m.sh("cp /root/agent.toml.http /etc/connscale/agent.toml && \
+         systemctl restart connscale-agent.service");
     wait_for(30, "/health back at 200 with 2 connections", || {
         let (code, body) = http_get(&health_url);
         (code == 200 && body["connections"] == 2).then_some(())
