@@ -87,6 +87,16 @@ pub struct ScaleIn {
     /// first scale-out step), so a scale-in never triggers a scale-out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_after: Option<u32>,
+    /// The remaining nodes must also hold the highest demand of this last stretch at or below
+    /// `max_after` (default 0 s: only the current demand counts). Demand that was there a few
+    /// minutes ago tends to come back: removing a node it would need again costs its clients a
+    /// forced reconnect now and the group a launch later.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    pub peak_window: Duration,
 }
 
 /// A known peak: raise the group's floor ahead of time.
@@ -361,6 +371,16 @@ impl Policy {
                 "set step to 1".into(),
             );
         }
+        if si.peak_window > Duration::from_secs(86_400) {
+            issue(
+                "scale_in.peak_window".into(),
+                format!(
+                    "peak_window {} is over a day: the group would hold a day's peak",
+                    humantime::format_duration(si.peak_window)
+                ),
+                "set it to a day or less, e.g. \"20m\"".into(),
+            );
+        }
         let flap_limit = (out_at as f64 * 0.9) as u32;
         if si.threshold >= flap_limit {
             issue(
@@ -600,6 +620,18 @@ mod tests {
         let e = errors(&with("threshold = 22000", "threshold = 23000"));
         assert!(
             e.contains("flap") && e.contains("scale_in.threshold"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn peak_window_is_optional_and_at_most_a_day() {
+        let t = with("peak_window = \"5m\"\n", "");
+        let p = Policy::parse(&t, "p.toml").expect("optional");
+        assert!(p.scale_in.peak_window.is_zero());
+        let e = errors(&with("peak_window = \"5m\"", "peak_window = \"2d\""));
+        assert!(
+            e.contains("scale_in.peak_window") && e.contains("fix:"),
             "{e}"
         );
     }

@@ -115,6 +115,9 @@ impl Decision {
 #[derive(Debug, Clone, Default)]
 pub struct EngineState {
     history: VecDeque<(i64, f64)>,
+    /// Demand over the last `scale_in.peak_window`, kept as a decreasing run: the front is
+    /// the window's peak.
+    peaks: VecDeque<(i64, f64)>,
     breach_streak: u32,
     below_since: Option<i64>,
     last_action: Option<i64>,
@@ -216,6 +219,15 @@ impl Engine {
             state.history.pop_front();
         }
         let slope = slope(&state.history).max(0.0);
+        let window = p.scale_in.peak_window.as_secs() as i64;
+        while state.peaks.back().is_some_and(|(_, y)| *y <= total) {
+            state.peaks.pop_back();
+        }
+        state.peaks.push_back((now, total));
+        while state.peaks.front().is_some_and(|(t, _)| *t < now - window) {
+            state.peaks.pop_front();
+        }
+        let recent_peak = state.peaks.front().map_or(total, |(_, y)| *y);
         let lookahead = p.scale_out.lookahead.as_secs_f64();
         let projected = total + slope * lookahead;
 
@@ -349,7 +361,8 @@ impl Engine {
             .step
             .min(capacity.saturating_sub(floor))
             .min(victims as u32);
-        while k > 0 && projected.max(total) / f64::from(capacity - k) > max_after {
+        let keep_for = projected.max(total).max(recent_peak);
+        while k > 0 && keep_for / f64::from(capacity - k) > max_after {
             k -= 1;
         }
         if k == 0 {
@@ -357,7 +370,7 @@ impl Engine {
                 obs,
                 floor,
                 format!(
-                    "average {avg:.0}: removing a node would leave the rest above {max_after:.0}"
+                    "average {avg:.0}: removing a node would leave the rest above {max_after:.0} (demand {keep_for:.0}, the highest of the projection and the last {window}s)"
                 ),
             );
         }

@@ -122,6 +122,31 @@ fn scale_in_never_leaves_the_rest_above_max_after() {
 }
 
 #[test]
+fn scale_in_waits_until_the_rest_would_hold_the_recent_peak() {
+    let p = Policy::default_policy();
+    let window = p.scale_in.peak_window.as_secs() as i64;
+    assert!(window > p.scale_in.sustain.as_secs() as i64, "{p:?}");
+    let e = Engine::new(p);
+    let mut st = EngineState::default();
+    // A peak of 4 × 23,000 at t = 0..50, then 4 × 15,000: 3 nodes would carry 20,000 now but
+    // 30,667 at the peak, so nobody is cut off until the peak has left the window.
+    let mut first_in = None;
+    for t in (0..window + 600).step_by(10) {
+        let per_node = if t < 60 { 23_000 } else { 15_000 };
+        let d = e.evaluate(&obs(t, fleet(&[per_node; 4])), &mut st);
+        if !d.scale_in.is_empty() {
+            first_in = Some(t);
+            break;
+        }
+        if t > 60 + 180 {
+            assert!(d.reason.contains("the last"), "{}", d.reason);
+        }
+    }
+    let t = first_in.expect("scale-in once the peak is out of the window");
+    assert!(t > 50 + window && t <= 60 + window + 60, "scale-in at {t}");
+}
+
+#[test]
 fn schedules_raise_the_floor_ahead_of_the_window() {
     let mut p = Policy::default_policy();
     p.schedules.push(connscale_common::policy::Schedule {
