@@ -122,9 +122,6 @@ fn build(conf: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Describ
     let credentials = conf
         .credentials_provider()
         .ok_or("no AWS credentials provider in the SDK config")?;
-    let http = conf
-        .http_client()
-        .ok_or("no HTTP client in the SDK config")?;
     let endpoint = endpoint
         .map(str::to_string)
         .or_else(|| std::env::var("AWS_ENDPOINT_URL_EC2").ok())
@@ -155,7 +152,6 @@ fn build(conf: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Describ
     let mut op = Operation::builder()
         .service_name("ec2")
         .operation_name("DescribeInstances")
-        .http_client(http)
         .endpoint_url(&endpoint)
         .standard_retry(
             &conf
@@ -173,6 +169,11 @@ fn build(conf: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Describ
         )
         .runtime_plugin(auth)
         .with_connection_poisoning();
+    // The config's HTTP client if it names one; else the runtime's default HTTPS client (rustls,
+    // as for the SDK clients: aws-smithy-runtime's default-https-client).
+    if let Some(http) = conf.http_client() {
+        op = op.http_client(http);
+    }
     if let Some(sleep) = conf.sleep_impl() {
         op = op.sleep_impl(sleep);
     }
