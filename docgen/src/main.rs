@@ -138,7 +138,8 @@ mod tests {
         let agent_page = std::fs::read_to_string(dir.join("connscale-agent/man/connscale-agent.1"))
             .unwrap_or_default();
         assert!(
-            agent_page.contains("SOCK_DIAG") && agent_page.contains("fetch-credentials"),
+            agent_page.contains("SOCK_DIAG")
+                && agent_page.contains("connscale\\-agent\\-fetch\\-credentials(1)"),
             "the agent's page has its long help and its subcommands"
         );
         let agent_bash =
