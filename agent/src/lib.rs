@@ -6,6 +6,7 @@
 //! HTTP server. A fourth, optional loop drains the node on scale-in ([`lifecycle`]).
 
 pub mod boot;
+pub mod cli;
 pub mod config;
 pub mod count;
 pub mod health;

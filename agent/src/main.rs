@@ -1,80 +1,11 @@
 //! `connscale-agent`: see `connscale-agent --help`. The work is in the library.
 
 use clap::Parser;
+use connscale_agent::cli::{Cli, Command};
 use connscale_agent::{boot, config, count::Counter};
-use connscale_common::telemetry::{self, LogFormat};
+use connscale_common::telemetry;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Counts established TCP connections on the service port(s) with netlink SOCK_DIAG, publishes
-/// them to CloudWatch as `TCPconnections` statistic sets, and serves /health (503 at the cap,
-/// while nothing listens on a counted port, and while draining) and /metrics.
-///
-/// Without a subcommand it runs the agent. Config: TOML at /etc/connscale/agent.toml (or
-/// --config), overridden by environment variables (CONNSCALE_AGENT_PORTS, CONNSCALE_AGENT_CAP,
-/// CONNSCALE_AGENT_BIND, CONNSCALE_AGENT_CLOUDWATCH=auto|on|off, CONNSCALE_AGENT_PERIOD,
-/// CONNSCALE_AGENT_SPOOL, CONNSCALE_INSTANCE_ID, CONNSCALE_GROUP, AWS_REGION), then by flags.
-/// Without AWS identity the agent publishes to stdout and /metrics only. With drain.drain_token
-/// unset, the systemd credential api-token ($CREDENTIALS_DIRECTORY/api-token) is the drain token.
-#[derive(Debug, Parser)]
-#[command(
-    name = "connscale-agent",
-    version,
-    max_term_width = 100,
-    args_conflicts_with_subcommands = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// Config file (default /etc/connscale/agent.toml if present).
-    #[arg(long, short, global = true)]
-    config: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "CONNSCALE_LOG_FORMAT", global = true)]
-    log_format: LogFormat,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-/// The first-boot one-shots (the agent itself runs without a subcommand).
-#[derive(Debug, clap::Subcommand)]
-enum Command {
-    /// Completes a lifecycle action of this instance (CompleteLifecycleAction), e.g. the launch
-    /// hook once the services are up: `complete-lifecycle --hook connscale-launch`. Instance and
-    /// group come from the config or IMDS, as for the agent. Calls fail until the hook is active
-    /// and are retried with backoff up to --timeout. Exit 0 once completed, 1 with the reason.
-    CompleteLifecycle(boot::CompleteArgs),
-    /// Reads SSM SecureString parameters (GetParameter with decryption, default credential
-    /// chain: the instance role on EC2) and writes each to DIR/NAME, mode 0600 in a 0700
-    /// directory, atomically; transient errors are retried up to --timeout. Values are never
-    /// printed. The units then load them with LoadCredential=NAME:DIR/NAME.
-    FetchCredentials(boot::FetchArgs),
-}
-
-/// Flags of the agent itself.
-#[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// Service port(s) to count (repeatable; overrides `ports`).
-    #[arg(long = "port", short)]
-    ports: Vec<u16>,
-    /// Health endpoint bind address (overrides `health.bind`).
-    #[arg(long)]
-    bind: Option<std::net::SocketAddr>,
-    /// Connection cap at which /health turns 503 (overrides `health.cap`).
-    #[arg(long)]
-    cap: Option<u64>,
-    /// Count inside another network namespace: a PID or a netns path.
-    #[arg(long)]
-    netns: Option<String>,
-    /// Take one sample, print it, exit.
-    #[arg(long)]
-    once: bool,
-    /// With --once: print JSON.
-    #[arg(long)]
-    json: bool,
-    /// Do not print points to stdout when there is no CloudWatch sink.
-    #[arg(long)]
-    quiet: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -661,6 +661,51 @@ async fn errors_name_the_group_and_the_fix() {
     );
 }
 
+/// EC2 DescribeInstances (src/aws/ec2.rs: a signed Query call through the SDK's runtime, not the
+/// aws-sdk-ec2 crate) against moto: the fleet view has each instance's launch time and private
+/// address as EC2 reports them (not the fallbacks: now and none), and an EC2 error response
+/// comes back with its code.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_view_reads_launch_times_and_addresses_from_ec2() {
+    use connscale::provider::{ErrorKind, Provider};
+    let before = now();
+    let env = Env::new().await;
+    let mut p = env.provider().await;
+    let view = p.observe().await.expect("observe");
+    let observed = now();
+    let (_, mut ids) = env.group().await;
+    let mut seen: Vec<String> = view.members.iter().map(|m| m.id.clone()).collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "every in-service instance is a member");
+    for m in &view.members {
+        // Env::new waits 1.5 s after creating the group: a launch time read from EC2 is at
+        // least a second old, the fallback (now) is not.
+        assert!(
+            m.launched_at >= before - 2 && m.launched_at < observed,
+            "{}: launched_at {} not within [{}, {observed})",
+            m.id,
+            m.launched_at,
+            before - 2,
+        );
+        let ip: std::net::Ipv4Addr = m
+            .address
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: private address {:?}: {e}", m.id, m.address));
+        assert!(ip.is_private(), "{}: {ip}", m.id);
+    }
+    let err = p
+        .ec2
+        .describe_instances(vec!["i-0000000000000dead".into()])
+        .await
+        .map_err(|e| connscale::aws::sdk_error("ec2:DescribeInstances", e))
+        .expect_err("an unknown instance id is an error");
+    assert_eq!(err.kind, ErrorKind::Other, "{err}");
+    assert!(err.message.contains("InvalidInstanceID"), "{err}");
+}
+
 /// Many loops started at once: in every turn exactly one of them holds the lease (DynamoDB's
 /// conditional write decides), and the holder keeps it while it renews.
 #[tokio::test(flavor = "multi_thread")]

@@ -1,11 +1,8 @@
-//! `connscale-docgen OUT_DIR [--agent-bin PATH]`: writes man pages (`OUT_DIR/CMD/man/*.1`) and
-//! shell completions (`OUT_DIR/CMD/completions/{bash,zsh,fish}/…`) for the three packaged
-//! commands, from their clap definitions: one directory per command, so each package takes its
-//! own with a glob. scripts/release runs it and packages what it writes.
-//!
-//! connscale-agent's `Cli` lives in its binary (agent/src/main.rs), not its library, so it cannot
-//! be imported here. Until it moves to the library, its man page is made from the binary's own
-//! `--help` (still rendered by clap_mangen) and it gets no completions.
+//! `connscale-docgen OUT_DIR`: writes man pages (`OUT_DIR/CMD/man/*.1`) and shell completions
+//! (`OUT_DIR/CMD/completions/{bash,zsh,fish}/…`) for the three packaged commands (connscale,
+//! chat-node, connscale-agent), from their clap definitions in each crate's library: one
+//! directory per command, so each package takes its own with a glob. scripts/release runs it and
+//! packages what it writes.
 
 use clap::CommandFactory;
 use clap_complete::Shell;
@@ -22,25 +19,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// The command line: an output directory, and optionally the agent binary to read `--help` from.
+/// The command line: the output directory.
 struct Args {
     out: PathBuf,
-    agent_bin: Option<PathBuf>,
 }
 
 fn parse(args: Vec<String>) -> Result<Args, String> {
-    const USAGE: &str = "usage: connscale-docgen OUT_DIR [--agent-bin PATH]";
+    const USAGE: &str = "usage: connscale-docgen OUT_DIR";
     let mut out = None;
-    let mut agent_bin = None;
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
+    for a in args {
         match a.as_str() {
-            "--agent-bin" => {
-                agent_bin = Some(PathBuf::from(
-                    it.next()
-                        .ok_or(format!("--agent-bin needs a path; {USAGE}"))?,
-                ))
-            }
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown flag {s:?}; {USAGE}")),
             _ if out.is_some() => return Err(format!("one output directory only; {USAGE}")),
@@ -49,7 +37,6 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
     }
     Ok(Args {
         out: out.ok_or(USAGE)?,
-        agent_bin,
     })
 }
 
@@ -58,15 +45,12 @@ fn run(args: Vec<String>) -> Result<(), String> {
     for cmd in [
         connscale::cli::Cli::command(),
         chat_node::cli::Cli::command(),
+        connscale_agent::cli::Cli::command(),
     ] {
         let cmd = cmd.version(env!("CARGO_PKG_VERSION"));
         let out = args.out.join(cmd.get_name());
         write_man_tree(&cmd, &mkdir(out.join("man"))?)?;
         write_completions(cmd, &out)?;
-    }
-    if let Some(bin) = &args.agent_bin {
-        let man = mkdir(args.out.join("connscale-agent").join("man"))?;
-        write_man(&agent_from_help(bin)?, &man, "connscale-agent")?;
     }
     Ok(())
 }
@@ -121,30 +105,6 @@ fn write_completions(mut cmd: clap::Command, out: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The agent's command as its binary describes itself: the first paragraph of `--help` is the
-/// summary, the rest (options included) the description.
-fn agent_from_help(bin: &Path) -> Result<clap::Command, String> {
-    let run = |flag: &str| -> Result<String, String> {
-        let out = std::process::Command::new(bin)
-            .arg(flag)
-            .output()
-            .map_err(|e| format!("cannot run {} {flag}: {e}", bin.display()))?;
-        if !out.status.success() {
-            return Err(format!("{} {flag} failed: {}", bin.display(), out.status));
-        }
-        String::from_utf8(out.stdout).map_err(|_| format!("{} {flag}: not UTF-8", bin.display()))
-    };
-    let help = run("--help")?;
-    let version = run("--version")?;
-    let version = version.split_whitespace().nth(1).unwrap_or("").to_string();
-    let (about, rest) = help.split_once("\n\n").unwrap_or((help.as_str(), ""));
-    let about = about.split_whitespace().collect::<Vec<_>>().join(" ");
-    Ok(clap::Command::new("connscale-agent")
-        .version(version)
-        .about(about.clone())
-        .long_about(format!("{about}\n\n{}", rest.trim())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +120,12 @@ mod tests {
             "connscale/completions/bash/connscale",
             "chat-node/completions/zsh/_chat-node",
             "connscale/completions/fish/connscale.fish",
+            "connscale-agent/man/connscale-agent.1",
+            "connscale-agent/man/connscale-agent-fetch-credentials.1",
+            "connscale-agent/man/connscale-agent-complete-lifecycle.1",
+            "connscale-agent/completions/bash/connscale-agent",
+            "connscale-agent/completions/zsh/_connscale-agent",
+            "connscale-agent/completions/fish/connscale-agent.fish",
         ] {
             let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
             assert!(!text.is_empty(), "{f} missing or empty");
@@ -167,6 +133,26 @@ mod tests {
         let run_page =
             std::fs::read_to_string(dir.join("connscale/man/connscale-run.1")).unwrap_or_default();
         assert!(run_page.contains("lease"), "run's page has its long help");
+        // The agent's page and completions come from its clap definition: its flags and
+        // subcommands, not a copy of --help.
+        let agent_page = std::fs::read_to_string(dir.join("connscale-agent/man/connscale-agent.1"))
+            .unwrap_or_default();
+        assert!(
+            agent_page.contains("SOCK_DIAG")
+                && agent_page.contains("connscale\\-agent\\-fetch\\-credentials(1)"),
+            "the agent's page has its long help and its subcommands"
+        );
+        let agent_bash =
+            std::fs::read_to_string(dir.join("connscale-agent/completions/bash/connscale-agent"))
+                .unwrap_or_default();
+        for word in [
+            "--port",
+            "--netns",
+            "fetch-credentials",
+            "complete-lifecycle",
+        ] {
+            assert!(agent_bash.contains(word), "bash completion offers {word}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

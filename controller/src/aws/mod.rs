@@ -4,6 +4,7 @@
 //! [`plan`] compares the policy with the group's alarms, scaling policies, schedules, warm pool and
 //! lifecycle hook; [`lease`] keeps two control loops from acting on one group at once.
 
+pub mod ec2;
 pub mod heartbeat;
 pub mod lease;
 pub mod plan;
@@ -42,7 +43,8 @@ pub struct AwsProvider {
     pub settings: AwsSettings,
     pub asg: aws_sdk_autoscaling::Client,
     pub cw: aws_sdk_cloudwatch::Client,
-    pub ec2: aws_sdk_ec2::Client,
+    /// DescribeInstances only ([`ec2`]: a signed Query call, not the aws-sdk-ec2 crate).
+    pub ec2: ec2::Ec2,
     pub ddb: aws_sdk_dynamodb::Client,
     /// Set while this loop holds the lease: every scaling call proves it first.
     pub fence: Option<lease::Fence>,
@@ -131,7 +133,7 @@ impl AwsProvider {
         Self {
             asg: aws_sdk_autoscaling::Client::new(conf),
             cw: aws_sdk_cloudwatch::Client::new(conf),
-            ec2: aws_sdk_ec2::Client::new(conf),
+            ec2: ec2::Ec2::new(conf, settings.endpoint.as_deref()),
             ddb: aws_sdk_dynamodb::Client::new(conf),
             fence: None,
             holder: lease::holder_name(),
@@ -225,21 +227,11 @@ impl AwsProvider {
         for chunk in ids.chunks(500) {
             let r = self
                 .ec2
-                .describe_instances()
-                .set_instance_ids(Some(chunk.to_vec()))
-                .send()
+                .describe_instances(chunk.to_vec())
                 .await
                 .map_err(|e| sdk_error("ec2:DescribeInstances", e))?;
-            for i in r.reservations().iter().flat_map(|r| r.instances()) {
-                if let Some(id) = i.instance_id() {
-                    out.insert(
-                        id.to_string(),
-                        (
-                            i.launch_time().map(|t| t.secs()).unwrap_or_else(now),
-                            i.private_ip_address().map(str::to_string),
-                        ),
-                    );
-                }
+            for i in r {
+                out.insert(i.id, (i.launch_time.unwrap_or_else(now), i.private_ip));
             }
         }
         Ok(out)

@@ -9,30 +9,23 @@ pub struct Group {
     pub instance_id: String,
 }
 
-/// Creates a launch template and a group of exactly one instance (min = max = 1, so the
-/// controller's loop has nothing to scale and only holds its lease).
+/// Creates a launch configuration and a group of exactly one instance (min = max = 1, so the
+/// controller's loop has nothing to scale and only holds its lease). A launch configuration, as
+/// in controller/tests/aws.rs, rather than a launch template: it is made with the Auto Scaling
+/// client, and the tests need no EC2 SDK crate (the largest crate in the build).
 pub async fn create_group(moto: &MotoServer, name: &str) -> Group {
     let cfg = moto.sdk_config().await;
-    let ec2 = aws_sdk_ec2::Client::new(&cfg);
-    ec2.create_launch_template()
-        .launch_template_name(name)
-        .launch_template_data(
-            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
-                .image_id("ami-12c6146b")
-                .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
-                .build(),
-        )
+    let asg = aws_sdk_autoscaling::Client::new(&cfg);
+    asg.create_launch_configuration()
+        .launch_configuration_name(name)
+        .image_id("ami-12c6146b")
+        .instance_type("t3.micro")
         .send()
         .await
-        .expect("moto CreateLaunchTemplate");
-    let asg = aws_sdk_autoscaling::Client::new(&cfg);
+        .expect("moto CreateLaunchConfiguration");
     asg.create_auto_scaling_group()
         .auto_scaling_group_name(name)
-        .launch_template(
-            aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
-                .launch_template_name(name)
-                .build(),
-        )
+        .launch_configuration_name(name)
         .min_size(1)
         .max_size(1)
         .desired_capacity(1)
