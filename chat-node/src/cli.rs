@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// Config: TOML (--config, default /etc/connscale/chat-node.toml if present), overridden by
 /// PORT, REDIS_URL, NODE_ID, CHAT_API_TOKEN, CHAT_MAX_CONNECTIONS, CHAT_BIND,
 /// CHAT_DRAIN_WINDOW, CHAT_RATE_PER_SEC, CHAT_RATE_BURST, CHAT_PING_INTERVAL, CHAT_PING_TIMEOUT,
-/// CHAT_MAX_QUEUED_BYTES, then
+/// CHAT_CONNECT_TIMEOUT, CHAT_MAX_QUEUED_BYTES, then
 /// by flags. See chat-node/chat-node.example.toml for every key.
 ///
 /// Secrets as systemd credentials (LoadCredential=): $CREDENTIALS_DIRECTORY/api-token is the
@@ -33,6 +33,14 @@ pub struct Cli {
     /// Node name in /api/online (overrides `node_id` and NODE_ID).
     #[arg(long)]
     pub node_id: Option<String>,
+    /// For tests: run as the server the official Socket.IO protocol suite expects, not as a
+    /// chat server. pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1,000,000 bytes,
+    /// connectTimeout 1 s, any origin, no Redis, no auth token. On `/`: emits `auth` with the
+    /// CONNECT payload, answers `message` with `message-back` (same arguments) and acks
+    /// `message-with-ack` with its arguments; on `/custom`: emits `auth`; any other namespace
+    /// gets a connect error. The chat events are not handled.
+    #[arg(long)]
+    pub conformance: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "CONNSCALE_LOG_FORMAT")]
     pub log_format: LogFormat,
 }

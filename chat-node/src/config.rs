@@ -36,6 +36,10 @@ pub struct ChatConfig {
     pub ping_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
+    /// An Engine.IO session that has not connected a Socket.IO namespace by then is closed
+    /// (Socket.IO's `connectTimeout`).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Clients are disconnected spread over this window on drain.
     #[serde(with = "humantime_serde")]
     pub drain_window: Duration,
@@ -49,6 +53,9 @@ pub struct ChatConfig {
     /// nor spliced into a URL.
     #[serde(skip)]
     pub redis_password: Option<String>,
+    /// `--conformance`: the server the official protocol suite expects (see [`Self::conformance`]).
+    #[serde(skip)]
+    pub conformance: bool,
 }
 
 impl Default for ChatConfig {
@@ -68,10 +75,12 @@ impl Default for ChatConfig {
             auth_token: None,
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(45),
             drain_window: Duration::from_secs(30),
             recovery_window: Duration::from_secs(120),
             recovery_max_len: 10_000,
             redis_password: None,
+            conformance: false,
         }
     }
 }
@@ -100,6 +109,10 @@ const OVERRIDES: &[EnvOverride] = &[
     EnvOverride {
         var: "CHAT_PING_TIMEOUT",
         key: "ping_timeout",
+    },
+    EnvOverride {
+        var: "CHAT_CONNECT_TIMEOUT",
+        key: "connect_timeout",
     },
     EnvOverride {
         var: "CHAT_MAX_CONNECTIONS",
@@ -143,6 +156,9 @@ pub fn load_config(path: Option<&Path>) -> Result<ChatConfig, String> {
              sent one full-size message (raise it to at least {})",
             c.max_queued_bytes, c.max_message_bytes, c.max_message_bytes
         ));
+    }
+    if c.ping_interval.is_zero() || c.ping_timeout.is_zero() || c.connect_timeout.is_zero() {
+        return Err("`ping_interval`, `ping_timeout` and `connect_timeout` must be > 0".into());
     }
     if c.rate_per_sec <= 0.0 || c.rate_burst < 1.0 {
         return Err("`rate_per_sec` must be > 0 and `rate_burst` ≥ 1".into());
@@ -197,6 +213,25 @@ fn read_credential(dir: &Path, name: &str) -> Result<Option<String>, String> {
 }
 
 impl ChatConfig {
+    /// The server the official Socket.IO protocol suite expects (its README): pingInterval
+    /// 300 ms, pingTimeout 200 ms, maxPayload 1,000,000 bytes, connectTimeout 1 s, any origin;
+    /// alone (no Redis: CONNECT answers `{"sid"}` only) and without an auth token. The
+    /// handlers are [`crate::conformance`]'s instead of the chat's.
+    pub fn conformance(self) -> Self {
+        Self {
+            ping_interval: Duration::from_millis(300),
+            ping_timeout: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(1),
+            max_message_bytes: 1_000_000,
+            max_queued_bytes: self.max_queued_bytes.max(1_000_000),
+            allowed_origins: Vec::new(),
+            auth_token: None,
+            redis_url: None,
+            conformance: true,
+            ..self
+        }
+    }
+
     pub fn node_name(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

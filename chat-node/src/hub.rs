@@ -431,26 +431,54 @@ impl Hub {
     }
 
     /// Pings every websocket client once per ping interval and closes those that left the
-    /// previous ping unanswered past the ping timeout. One task for the node instead of a timer
+    /// previous ping unanswered past the ping timeout, and any session (either transport) that
+    /// has not connected a namespace within `connect_timeout`. One task for the node instead of a timer
     /// per connection; the clients are spread over the interval in one-second slices by sid,
-    /// so the pings do not all go out at once.
+    /// so the pings do not all go out at once (under a second, `--conformance`'s 300 ms, each
+    /// session is pinged an interval after its last ping instead). A session's first ping waits a whole interval
+    /// after it opened, as the reference server's does: an earlier one could come between a
+    /// client's CONNECT and its answer.
     pub async fn ping_loop(self: Arc<Self>) {
-        let slices = self.cfg.ping_interval.as_secs().max(1);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let interval = self.cfg.ping_interval;
+        // Under a second, every session has its own schedule, checked ten times an interval.
+        let (slice, slices) = if interval < Duration::from_secs(1) {
+            ((interval / 10).max(Duration::from_millis(10)), 1)
+        } else {
+            (Duration::from_secs(1), interval.as_secs())
+        };
+        let own_schedule = slices == 1;
+        let mut tick = tokio::time::interval(slice);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for n in 0u64.. {
             tick.tick().await;
+            let now = crate::session::clock_ms();
+            let mut overdue = Vec::new();
             let due: Vec<Arc<Session>> = self
                 .sessions
                 .read()
                 .map(|m| {
                     m.values()
+                        .filter(|s| {
+                            // Any transport: no CONNECT within connect_timeout closes it.
+                            let late = s.connect_overdue(now);
+                            if late {
+                                overdue.push(Arc::clone(s));
+                            }
+                            !late
+                        })
                         .filter(|s| s.websocket.load(Ordering::Relaxed))
                         .filter(|s| ping_slice(&s.sid, slices) == n % slices)
+                        .filter(|s| s.age() >= interval)
+                        .filter(|s| !own_schedule || s.since_ping() + slice / 2 >= interval)
                         .cloned()
                         .collect()
                 })
                 .unwrap_or_default();
+            for s in overdue {
+                tracing::debug!(sid = %s.sid, "no CONNECT within connect_timeout: disconnecting");
+                s.connected_namespace();
+                s.close();
+            }
             for s in due {
                 if !s.ping(self.cfg.ping_timeout) {
                     tracing::debug!(sid = %s.sid, "ping timeout: disconnecting");

@@ -173,8 +173,10 @@ impl Bucket {
 /// Per-socket chat state.
 #[derive(Debug, Default)]
 pub struct SocketState {
-    /// Socket.IO CONNECT done.
+    /// Socket.IO CONNECT done (on `/`).
     pub connected: bool,
+    /// Other namespaces connected (`--conformance` only: the chat has none).
+    pub namespaces: Vec<String>,
     pub username: Option<String>,
     pub rooms: HashSet<String>,
     /// A binary packet waiting for its attachments.
@@ -198,28 +200,45 @@ pub struct Session {
     pub outbox: Outbox,
     pub state: Mutex<SocketState>,
     pub bucket: Mutex<Bucket>,
+    /// [`clock_ms`] when the session opened.
+    opened: u64,
     /// [`clock_ms`] of the last pong, and of the oldest unanswered ping (0: none).
     last_pong: AtomicU64,
     ping_sent: AtomicU64,
+    /// [`clock_ms`] of the last ping sent (0: none yet).
+    last_ping: AtomicU64,
     pub upgraded: AtomicBool,
+    /// A websocket has come to upgrade this session (set until its probe fails): any other
+    /// websocket with this sid is accepted and closed at once.
+    pub upgrading: AtomicBool,
     pub websocket: AtomicBool,
     closed: AtomicBool,
+    /// The client closed the session (an Engine.IO `1`): a pending long-poll is answered `6`.
+    peer_closed: AtomicBool,
+    /// [`clock_ms`] by which the client must CONNECT a namespace, or 0 once it has.
+    connect_deadline: AtomicU64,
     pub close_notify: Notify,
 }
 
 impl Session {
     /// A session whose outbox holds at most `queue_bytes`.
     pub fn new(sid: String, burst: f64, websocket: bool, queue_bytes: usize) -> Self {
+        let now = clock_ms();
         Self {
             sid,
+            opened: now,
             outbox: Outbox::new(queue_bytes),
             state: Mutex::new(SocketState::default()),
             bucket: Mutex::new(Bucket::new(burst)),
-            last_pong: AtomicU64::new(clock_ms()),
+            last_pong: AtomicU64::new(now),
             ping_sent: AtomicU64::new(0),
+            last_ping: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            upgrading: AtomicBool::new(false),
             websocket: AtomicBool::new(websocket),
             closed: AtomicBool::new(false),
+            peer_closed: AtomicBool::new(false),
+            connect_deadline: AtomicU64::new(0),
             close_notify: Notify::new(),
         }
     }
@@ -258,6 +277,22 @@ impl Session {
         self.ping_sent.store(0, Ordering::Relaxed);
     }
 
+    /// How long since the session opened.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(clock_ms().saturating_sub(self.opened))
+    }
+
+    /// How long since the last ping (or since the session opened).
+    pub fn since_ping(&self) -> Duration {
+        let last = self.last_ping.load(Ordering::Relaxed).max(self.opened);
+        Duration::from_millis(clock_ms().saturating_sub(last))
+    }
+
+    /// Whether the client answered a ping at or after [`clock_ms`] `t`.
+    pub fn ponged_since(&self, t: u64) -> bool {
+        self.last_pong.load(Ordering::Relaxed) >= t
+    }
+
     /// How long since the last pong (or since the session opened).
     pub fn since_pong(&self) -> Duration {
         Duration::from_millis(clock_ms().saturating_sub(self.last_pong.load(Ordering::Relaxed)))
@@ -274,6 +309,7 @@ impl Session {
         if sent == 0 {
             self.ping_sent.store(now.max(1), Ordering::Relaxed);
         }
+        self.last_ping.store(now, Ordering::Relaxed);
         self.send_text(sio::eio_encode(EioType::Ping, ""));
         true
     }
@@ -287,6 +323,33 @@ impl Session {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The client closed the session itself (an Engine.IO close packet).
+    pub fn close_by_peer(&self) {
+        self.peer_closed.store(true, Ordering::SeqCst);
+        self.close();
+    }
+
+    pub fn closed_by_peer(&self) -> bool {
+        self.peer_closed.load(Ordering::SeqCst)
+    }
+
+    /// The client must CONNECT a namespace within `timeout` of now (Socket.IO's connectTimeout).
+    pub fn set_connect_deadline(&self, timeout: Duration) {
+        let at = clock_ms() + timeout.as_millis() as u64;
+        self.connect_deadline.store(at.max(1), Ordering::Relaxed);
+    }
+
+    /// A namespace is connected: the connect timeout no longer applies.
+    pub fn connected_namespace(&self) {
+        self.connect_deadline.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the connect timeout is over without a CONNECT.
+    pub fn connect_overdue(&self, now_ms: u64) -> bool {
+        let at = self.connect_deadline.load(Ordering::Relaxed);
+        at != 0 && now_ms >= at
     }
 
     /// Rate check for one inbound packet.

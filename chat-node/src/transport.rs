@@ -68,6 +68,10 @@ pub async fn engine(
     if !origin_allowed(&hub, req.headers()) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
+    let method = req.method().clone();
+    if method != axum::http::Method::GET && method != axum::http::Method::POST {
+        return eio_error(2, "Bad handshake method");
+    }
     match (q.transport.as_deref(), q.sid) {
         (Some("websocket"), sid) => {
             let (mut parts, _body) = req.into_parts();
@@ -99,14 +103,27 @@ pub async fn engine(
                     ws.on_upgrade(move |socket| run_websocket(hub, s, socket, false, corked))
                 }
                 Some(sid) => match hub.get(&sid) {
-                    Some(s) if !s.websocket.load(Ordering::SeqCst) => {
+                    // Already upgraded, upgrading, or a websocket session from the start: this
+                    // one is accepted and closed, as the reference server does.
+                    Some(s)
+                        if s.websocket.load(Ordering::SeqCst)
+                            || s.upgrading.swap(true, Ordering::SeqCst) =>
+                    {
+                        ws.on_upgrade(|mut socket| async move {
+                            let _ = socket.send(Message::Close(None)).await;
+                        })
+                    }
+                    Some(s) => {
                         ws.on_upgrade(move |socket| run_websocket(hub, s, socket, true, None))
                     }
-                    _ => eio_error(1, "Session ID unknown"),
+                    None => eio_error(1, "Session ID unknown"),
                 },
             }
         }
-        (Some("polling"), None) if req.method() == axum::http::Method::GET => {
+        (Some("polling"), None) if method != axum::http::Method::GET => {
+            eio_error(2, "Bad handshake method")
+        }
+        (Some("polling"), None) => {
             let s = new_session(&hub, false);
             if let Err(why) = hub.admit(s.clone()) {
                 return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
@@ -121,7 +138,7 @@ pub async fn engine(
             if s.upgraded.load(Ordering::SeqCst) {
                 return eio_error(3, "Bad request");
             }
-            if req.method() == axum::http::Method::POST {
+            if method == axum::http::Method::POST {
                 poll_post(hub, s, req).await
             } else {
                 poll_get(hub, s).await
@@ -135,19 +152,35 @@ fn text_response(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
 }
 
-/// A new session with this node's rate burst and outbox bound.
+/// A new session with this node's rate burst, outbox bound and connect timeout.
 fn new_session(hub: &Hub, websocket: bool) -> Arc<Session> {
-    Arc::new(Session::new(
+    let s = Session::new(
         new_sid(),
         hub.cfg.rate_burst,
         websocket,
         hub.cfg.max_queued_bytes,
-    ))
+    );
+    s.set_connect_deadline(hub.cfg.connect_timeout);
+    Arc::new(s)
 }
 
 /// Long-poll: waits for queued frames (pings arrive at least every ping interval), returns all
 /// that are ready as one payload.
 async fn poll_get(hub: Arc<Hub>, s: Arc<Session>) -> Response {
+    if s.upgrading.load(Ordering::SeqCst) {
+        // A poll during an upgrade, as the reference server answers it: refused if the upgrade
+        // completes within 100 ms, else released at once with a noop (the client pauses
+        // polling until its in-flight poll returns).
+        for _ in 0..10 {
+            if s.upgraded.load(Ordering::SeqCst) {
+                return eio_error(3, "Bad request");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if s.upgrading.load(Ordering::SeqCst) {
+            return text_response(sio::eio_encode(EioType::Noop, ""));
+        }
+    }
     let Some(mut rx) = s.outbox.try_reader() else {
         return eio_error(3, "Bad request"); // a second concurrent GET
     };
@@ -167,7 +200,14 @@ async fn poll_get(hub: Arc<Hub>, s: Arc<Session>) -> Response {
     drop(rx);
     if s.is_closed() && items.is_empty() {
         finish(&hub, &s).await;
-        return text_response(sio::eio_encode(EioType::Close, ""));
+        // The client's own close releases its pending poll with a noop (as the reference
+        // server's does); ours tells it to close.
+        let kind = if s.closed_by_peer() {
+            EioType::Noop
+        } else {
+            EioType::Close
+        };
+        return text_response(sio::eio_encode(kind, ""));
     }
     let payload: Vec<PollItem> = items
         .into_iter()
@@ -209,23 +249,27 @@ fn bad_packet(hub: &Hub, s: &Session) -> Response {
     eio_error(3, "Bad request")
 }
 
-/// Pings a polling session and closes it when the client stops answering.
+/// Pings a polling session every ping interval (counted from when it opened, as the reference
+/// server does) and closes it when a ping goes unanswered for the ping timeout.
 async fn polling_heartbeat(hub: Arc<Hub>, s: Arc<Session>) {
     let (interval, timeout) = (hub.cfg.ping_interval, hub.cfg.ping_timeout);
+    let mut next = tokio::time::Instant::now() + interval;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {},
+            _ = tokio::time::sleep_until(next) => {},
             _ = s.close_notify.notified() => break,
         }
         if s.websocket.load(Ordering::SeqCst) || s.is_closed() {
             break;
         }
+        let sent = crate::session::clock_ms();
         s.send_text(sio::eio_encode(EioType::Ping, ""));
-        tokio::time::sleep(timeout).await;
-        if !s.websocket.load(Ordering::SeqCst) && s.since_pong() > interval + timeout {
+        tokio::time::sleep_until(next + timeout).await;
+        if !s.websocket.load(Ordering::SeqCst) && !s.ponged_since(sent) {
             s.close();
             break;
         }
+        next += interval.max(timeout);
     }
     if !s.websocket.load(Ordering::SeqCst) {
         finish(&hub, &s).await;
@@ -248,6 +292,7 @@ fn run_websocket(
     // and everything else (upgrade probe, closing) is boxed only while it runs.
     async move {
         if upgrading && !Box::pin(probe(&hub, &s, &mut ws)).await {
+            s.upgrading.store(false, Ordering::SeqCst);
             return;
         }
         s.websocket.store(true, Ordering::SeqCst);
@@ -382,7 +427,11 @@ async fn probe(hub: &Arc<Hub>, s: &Arc<Session>, ws: &mut WebSocket) -> bool {
                     if ws.send(Message::Text("3probe".into())).await.is_err() {
                         return false;
                     }
-                    s.send_text(sio::eio_encode(EioType::Noop, ""));
+                    // Releases a pending long-poll (one holds the outbox's reader); a poll
+                    // that comes later is answered in poll_get.
+                    if s.outbox.try_reader().is_none() {
+                        s.send_text(sio::eio_encode(EioType::Noop, ""));
+                    }
                 }
                 Some(Ok(Message::Text(t))) if t.as_str() == "5" => {
                     s.upgraded.store(true, Ordering::SeqCst);
@@ -502,7 +551,7 @@ async fn on_text(hub: &Arc<Hub>, s: &Arc<Session>, text: &str) -> bool {
         }
         EioType::Ping => s.send_text(sio::eio_encode(EioType::Pong, data)),
         EioType::Close => {
-            s.close();
+            s.close_by_peer();
             true
         }
         EioType::Message => {
@@ -535,41 +584,107 @@ async fn on_binary(hub: &Arc<Hub>, s: &Arc<Session>, b: Bytes) -> bool {
             None
         }
     };
-    match complete {
-        Some(p) => {
-            chat::on_event(hub, s, p).await;
-            true
+    if let Some(p) = complete {
+        on_event(hub, s, p).await;
+    }
+    true
+}
+
+/// The client left `/` (a `41`): its socket is gone (out of its rooms, `user left`, no
+/// recovery: it left on purpose) but the Engine.IO session stays, pinged, for a later CONNECT
+/// or another namespace, as with the reference server.
+async fn leave_main_namespace(hub: &Arc<Hub>, s: &Arc<Session>) {
+    let rooms: Vec<String> = {
+        let mut st = s.lock_state();
+        if !st.connected {
+            return;
         }
-        None => true,
+        st.connected = false;
+        st.pid = None;
+        st.pending = None;
+        st.rooms.iter().cloned().collect()
+    };
+    for r in rooms {
+        hub.leave(s, &r);
+    }
+    chat::on_disconnect(hub, s).await;
+}
+
+/// A complete event for the application: the chat, or `--conformance`'s handlers.
+async fn on_event(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) {
+    if hub.cfg.conformance {
+        crate::conformance::on_event(s, p);
+    } else {
+        chat::on_event(hub, s, p).await;
     }
 }
 
-async fn on_packet(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) -> bool {
-    if p.nsp != "/" {
+/// A packet on a namespace other than `/`: one of `--conformance`'s, or a connect error.
+fn on_namespace_packet(hub: &Hub, s: &Arc<Session>, p: SioPacket) -> bool {
+    if !hub.cfg.conformance || !crate::conformance::NAMESPACES.contains(&p.nsp.as_str()) {
         s.send_packet(&SioPacket {
             nsp: p.nsp.clone(),
             ..SioPacket::connect_error("Invalid namespace")
         });
         return true;
     }
+    let connected = s.lock_state().namespaces.contains(&p.nsp);
+    match (p.kind, connected) {
+        (SioType::Connect, false) => {
+            let auth = p.data.clone().unwrap_or_else(|| serde_json::json!({}));
+            s.lock_state().namespaces.push(p.nsp.clone());
+            s.connected_namespace();
+            s.send_packet(&SioPacket {
+                nsp: p.nsp.clone(),
+                ..SioPacket::connect(serde_json::json!({"sid": crate::session::new_sid()}))
+            });
+            crate::conformance::on_connect(s, &p.nsp, &auth);
+            true
+        }
+        (SioType::Disconnect, _) => {
+            s.lock_state().namespaces.retain(|n| *n != p.nsp);
+            true
+        }
+        (SioType::Event, true) => {
+            crate::conformance::on_event(s, p);
+            true
+        }
+        (SioType::BinaryEvent, true) => {
+            s.lock_state().pending = Some(Box::new(p));
+            true
+        }
+        (SioType::Ack | SioType::BinaryAck, true) => true,
+        _ => false,
+    }
+}
+
+async fn on_packet(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) -> bool {
+    if p.nsp != "/" {
+        return on_namespace_packet(hub, s, p);
+    }
     let connected = s.lock_state().connected;
     match (p.kind, connected) {
         (SioType::Connect, false) => {
-            let data = p.data.clone().unwrap_or_default();
+            let data = p.data.clone().unwrap_or_else(|| serde_json::json!({}));
             if let Some(token) = &hub.cfg.auth_token
                 && data.get("token").and_then(|t| t.as_str()) != Some(token.as_str())
             {
                 s.send_packet(&SioPacket::connect_error("unauthorized"));
                 return true;
             }
-            connect(hub, s, &data).await
+            let ok = connect(hub, s, &data).await;
+            s.connected_namespace();
+            if hub.cfg.conformance {
+                crate::conformance::on_connect(s, "/", &data);
+            }
+            ok
         }
         (SioType::Disconnect, _) => {
-            s.close();
+            leave_main_namespace(hub, s).await;
             true
         }
         (SioType::Event, true) => {
-            chat::on_event(hub, s, p).await;
+            on_event(hub, s, p).await;
             true
         }
         (SioType::BinaryEvent, true) => {
