@@ -72,7 +72,10 @@ pub async fn watch(cfg: AgentConfig, status: Shared) {
         match imds.target_lifecycle_state().await {
             Ok(raw) => {
                 logged_error = false;
-                let target = Target::parse(&raw, served);
+                // Clients on the port mean the instance has served, even when this agent
+                // (restarted mid-return) never saw it InService: a pool launch has none.
+                let has_served = served || lock(&status).connections > 0;
+                let target = Target::parse(&raw, has_served);
                 if target.is_scale_in() && drain.is_none() {
                     tracing::info!(state = %raw, ?target, "instance leaves service: draining");
                     let (cfg, status) = (cfg.clone(), status.clone());

@@ -659,3 +659,27 @@ async fn close_drain_without_the_capability_waits_instead_of_closing() {
         "completed once the clients left"
     );
 }
+
+/// An agent restarted while its instance returns to the warm pool never saw it InService, but
+/// the clients on the port say it served: it drains them instead of reading a pool launch.
+#[tokio::test]
+async fn an_agent_restarted_during_a_warm_pool_return_still_drains() {
+    // The agent starts (as after a restart) without ever reading InService; its clients are
+    // already there. Then the return's hook pauses the instance.
+    let mut r = rig("Pending", true, 3, &[]).await;
+    r.state.lock().expect("lock").lifecycle_state = "Warmed:Pending:Wait".into();
+    assert!(
+        until(&r.state, 10, |s| s.drains == 1).await,
+        "the service was not told to drain: {:?}",
+        r.state.lock().expect("lock").calls
+    );
+    assert_eq!(r.agent.get("/health").await.0, 503);
+    r.held.clear();
+    assert!(
+        until(&r.state, 10, |s| !s
+            .accepted("CompleteLifecycleAction")
+            .is_empty())
+        .await,
+        "CompleteLifecycleAction was not called"
+    );
+}
