@@ -38,6 +38,10 @@ impl Stand {
             .map(|(c, _)| c.clone())
             .collect()
     }
+    /// Whether the agent's CompleteLifecycleAction was accepted.
+    fn completed(&self) -> bool {
+        !self.accepted("CompleteLifecycleAction").is_empty()
+    }
     fn rejected(&self, action: &str) -> usize {
         self.calls
             .iter()
@@ -259,10 +263,7 @@ async fn terminating_instance_drains_heartbeats_and_continues() {
     }
     r.held.clear(); // the clients leave
     assert!(
-        until(&r.state, 10, |s| !s
-            .accepted("CompleteLifecycleAction")
-            .is_empty())
-        .await,
+        until(&r.state, 10, |s| s.completed()).await,
         "CompleteLifecycleAction was not called"
     );
     assert_continue(
@@ -292,10 +293,7 @@ async fn warm_pool_return_drains_completes_and_serves_again() {
     );
     r.held.clear();
     assert!(
-        until(&r.state, 10, |s| !s
-            .accepted("CompleteLifecycleAction")
-            .is_empty())
-        .await,
+        until(&r.state, 10, |s| s.completed()).await,
         "CompleteLifecycleAction was not called: {:?}",
         r.state.lock().expect("lock").calls
     );
@@ -370,10 +368,7 @@ async fn lifecycle_calls_are_retried_until_the_hook_is_active() {
     );
     r.state.lock().expect("lock").active = true; // the deregistration delay is over
     assert!(
-        until(&r.state, 30, |s| !s
-            .accepted("CompleteLifecycleAction")
-            .is_empty())
-        .await,
+        until(&r.state, 30, |s| s.completed()).await,
         "the completion never landed"
     );
     assert_continue(
@@ -522,13 +517,7 @@ async fn close_drain_resets_every_client_spread_over_the_window_then_continues()
     let watchers = watch_clients(clients, t0);
     r.state.lock().expect("lock").lifecycle_state = "Terminated".into();
     // The agent's own count at each step of the drain, until the hook is completed.
-    let completed = |r: &Rig| {
-        !r.state
-            .lock()
-            .expect("lock")
-            .accepted("CompleteLifecycleAction")
-            .is_empty()
-    };
+    let completed = |r: &Rig| r.state.lock().expect("lock").completed();
     let mut steps: Vec<(u16, u64)> = Vec::new();
     for _ in 0..300 {
         let (code, body) = r.agent.get("/health").await;
@@ -652,10 +641,7 @@ async fn close_drain_without_the_capability_waits_instead_of_closing() {
     assert_eq!(r.agent.metric("connscale_drain_closed_total").await, 0.0);
     r.held.clear();
     assert!(
-        until(&r.state, 15, |s| !s
-            .accepted("CompleteLifecycleAction")
-            .is_empty())
-        .await,
+        until(&r.state, 15, |s| s.completed()).await,
         "completed once the clients left"
     );
 }
@@ -676,10 +662,7 @@ async fn an_agent_restarted_during_a_warm_pool_return_still_drains() {
     assert_eq!(r.agent.get("/health").await.0, 503);
     r.held.clear();
     assert!(
-        until(&r.state, 10, |s| !s
-            .accepted("CompleteLifecycleAction")
-            .is_empty())
-        .await,
+        until(&r.state, 10, |s| s.completed()).await,
         "CompleteLifecycleAction was not called"
     );
 }
