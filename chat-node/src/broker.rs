@@ -38,6 +38,14 @@ pub struct Envelope {
     pub b: Vec<String>,
     /// Publish time, Unix microseconds (for the fan-out latency histogram).
     pub t: u64,
+    /// The origin's own number for this broadcast (0 from a node that does not number them):
+    /// lets the origin recognise a publish it gave up on but Redis ran anyway.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub i: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub const CHANNEL: &str = "{connscale}:chat";
@@ -757,6 +765,7 @@ mod tests {
             p: format!("2[\"m\",{i}]"),
             b: vec![],
             t: i,
+            i,
         };
         let first: Vec<Envelope> = (1..=5).map(env).collect();
         let seqs = b

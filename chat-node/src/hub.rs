@@ -55,6 +55,39 @@ pub struct Hub {
     unpublished: AtomicUsize,
     /// The highest sequence number the subscription has delivered here.
     delivered_seq: AtomicU64,
+    /// The last number given to a broadcast from this node ([`Envelope::i`]).
+    last_broadcast: AtomicU64,
+    /// This node's broadcasts that its clients got without an offset because publishing failed.
+    unnumbered: Mutex<Unnumbered>,
+}
+
+/// This node's broadcasts that failed to publish and went to its own clients unnumbered. A
+/// failed publish may still have run (a timeout or a dropped connection after Redis read the
+/// command), and then the subscription brings it back: those clients must not get it twice.
+/// Bounded: the oldest are forgotten first, long after any stalled Redis could answer.
+#[derive(Default)]
+struct Unnumbered {
+    ids: HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Unnumbered {
+    const CAP: usize = 65_536;
+
+    fn insert(&mut self, id: u64) {
+        if self.order.len() == Self::CAP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.ids.insert(id);
+        self.order.push_back(id);
+    }
+
+    /// True once for an id that was inserted (and not yet forgotten).
+    fn take(&mut self, id: u64) -> bool {
+        self.ids.remove(&id)
+    }
 }
 
 /// A broadcast waiting for [`Hub::publish_loop`], with its binary attachments as they arrived.
@@ -112,6 +145,8 @@ impl Hub {
             outgoing_rx: Mutex::new(outgoing_rx),
             unpublished: AtomicUsize::new(0),
             delivered_seq: AtomicU64::new(0),
+            last_broadcast: AtomicU64::new(0),
+            unnumbered: Mutex::default(),
         }))
     }
 
@@ -226,9 +261,16 @@ impl Hub {
                 if !st.connected {
                     continue;
                 }
-                if let (Some(buf), Some(n)) = (st.recovering.as_mut(), seq) {
-                    buf.push((n, text.clone(), attachments.to_vec()));
-                    continue;
+                if let Some(n) = seq {
+                    if let Some(buf) = st.recovering.as_mut() {
+                        buf.push((n, text.clone(), attachments.to_vec()));
+                        continue;
+                    }
+                    match st.replayed {
+                        Some((lo, hi)) if lo < n && n <= hi => continue,
+                        Some(_) => st.replayed = None,
+                        None => {}
+                    }
                 }
             }
             let mut ok = s.send(Frame::Text(frame.clone()));
@@ -261,6 +303,7 @@ impl Hub {
                 .map(|a| base64::engine::general_purpose::STANDARD.encode(a))
                 .collect(),
             t: now_us(),
+            i: self.last_broadcast.fetch_add(1, Ordering::Relaxed) + 1,
         };
         self.unpublished.fetch_add(1, Ordering::SeqCst);
         let o = Outgoing {
@@ -319,19 +362,34 @@ impl Hub {
 
     fn deliver_unpublished(&self, o: &Outgoing) {
         let e = &o.env;
+        if e.i != 0 {
+            self.unnumbered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(e.i);
+        }
         self.deliver_local(e.r.as_deref(), e.x.as_deref(), &e.p, &o.attachments, None);
     }
 
     /// A broadcast as the subscription delivers it, in offset order (this node's own included).
     pub fn on_remote(&self, seq: u64, env: Envelope) {
-        let attachments = decode_attachments(&env);
-        self.deliver_local(
-            env.r.as_deref(),
-            env.x.as_deref(),
-            &env.p,
-            &attachments,
-            Some(seq),
-        );
+        let delivered_already = env.o == self.node
+            && env.i != 0
+            && self
+                .unnumbered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(env.i);
+        if !delivered_already {
+            let attachments = decode_attachments(&env);
+            self.deliver_local(
+                env.r.as_deref(),
+                env.x.as_deref(),
+                &env.p,
+                &attachments,
+                Some(seq),
+            );
+        }
         self.delivered_seq.fetch_max(seq, Ordering::Relaxed);
         let lat = now_us().saturating_sub(env.t);
         let m = &self.metrics;
@@ -374,15 +432,20 @@ impl Hub {
             }
             sent += 1;
         }
-        let live = s.lock_state().recovering.take().unwrap_or_default();
-        for (n, text, atts) in live {
+        // Under the lock that live deliveries take: none can come between the buffered ones
+        // and the end of recovery, and any later copy of a replayed offset is dropped.
+        let mut st = s.lock_state();
+        for (n, text, atts) in st.recovering.take().unwrap_or_default() {
             if n > last {
                 s.send_text(format!("4{text}"));
                 for a in atts {
                     s.send(Frame::Binary(a));
                 }
+                last = n;
             }
         }
+        let lo = self.delivered_seq.load(Ordering::Relaxed);
+        st.replayed = (last > lo).then_some((lo, last));
         sent
     }
 
@@ -560,7 +623,74 @@ fn ping_slice(sid: &str, slices: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::with_offset;
+    use super::*;
+
+    /// The offsets of the numbered messages queued for `s`, in order.
+    fn offsets_sent(s: &Session) -> Vec<u64> {
+        let mut r = s.outbox.try_reader().expect("no other reader");
+        std::iter::from_fn(|| r.try_recv())
+            .filter_map(|f| match f {
+                Frame::Text(t) => t
+                    .as_str()
+                    .rsplit_once(",\"")
+                    .and_then(|(_, o)| o.trim_end_matches("\"]").parse().ok()),
+                Frame::Binary(_) => None,
+            })
+            .collect()
+    }
+
+    fn envelope(room: &str, i: u64) -> Envelope {
+        Envelope {
+            o: "elsewhere".into(),
+            r: Some(room.into()),
+            x: None,
+            p: format!("2[\"new message\",{i}]"),
+            b: vec![],
+            t: now_us(),
+            i,
+        }
+    }
+
+    /// A client recovering on a node whose subscription lags: the replay reads offsets from
+    /// the stream that the subscription brings afterwards, and the client from a node that was
+    /// ahead already holds some. Each offset reaches it once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recovered_client_gets_each_offset_once() {
+        let redis = connscale_test_support::RedisServer::start();
+        let hub = Hub::new(ChatConfig {
+            redis_url: Some(redis.url()),
+            ..ChatConfig::default()
+        })
+        .unwrap();
+        let b = hub.broker.clone().unwrap();
+        let envs: Vec<Envelope> = (1..=6).map(|i| envelope("r", i)).collect();
+        let seqs = b
+            .publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
+            .await;
+        assert_eq!(seqs, (1..=6).map(Some).collect::<Vec<_>>());
+        // The subscription here has delivered 1..=2 so far.
+        for (n, e) in (1..=2).zip(&envs) {
+            hub.on_remote(n, e.clone());
+        }
+        let s = Arc::new(Session::new("s1".into(), 10.0, true, 1 << 20));
+        hub.admit(s.clone()).unwrap();
+        {
+            let mut st = s.lock_state();
+            st.connected = true;
+            st.recovering = Some(Vec::new());
+        }
+        hub.join(&s, "r");
+        // The client had seen up to 3 on its old node; 4..=6 are in the stream.
+        hub.on_remote(3, envs[2].clone());
+        hub.replay(&s, 3).await;
+        for (n, e) in (4..=6).zip(&envs[3..]) {
+            hub.on_remote(n, e.clone());
+        }
+        let next = envelope("r", 7);
+        b.publish_batch(&[&next], 100, 60).await;
+        hub.on_remote(7, next);
+        assert_eq!(offsets_sent(&s), [4, 5, 6, 7]);
+    }
 
     #[test]
     fn offsets_are_the_last_argument() {

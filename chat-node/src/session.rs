@@ -190,6 +190,11 @@ pub struct SocketState {
     pub old_sids: Vec<String>,
     /// While missed messages are replayed, live broadcasts wait here (seq, text, attachments).
     pub recovering: Option<Vec<(u64, String, Vec<Bytes>)>>,
+    /// After a recovery, the offsets `(lo, hi]` that the replay read from the stream before
+    /// this node's subscription brought them (`lo`: what the subscription had delivered). Its
+    /// copies of those are dropped; the first offset outside the range ends it (one at or
+    /// below `lo` means Redis restarted and counts again).
+    pub replayed: Option<(u64, u64)>,
 }
 
 /// One client.

@@ -79,3 +79,53 @@ fn heavy_drain_with_recovery_loses_and_duplicates_nothing() {
         Some(0)
     );
 }
+
+/// A Redis that stalls past the node's 1 s command timeout still runs the publish it was sent
+/// once it wakes. The node has by then delivered the message to its own clients without an
+/// offset (it cannot know the publish will happen), so the copy that comes back through the
+/// subscription must not reach them a second time.
+#[test]
+fn a_publish_that_timed_out_but_ran_is_delivered_once() {
+    let redis = RedisServer::start();
+    let a = node("a", Some(&redis.url()), &[]);
+    let mut d = Driver::start();
+    for id in ["p", "s"] {
+        d.connect(id, &a.url(), json!({"transports": ["websocket"]}));
+        d.emit(id, "add user", json!([id]));
+        d.emit_ack(id, "join-channel", json!(["room"]));
+    }
+    let say = |d: &mut Driver, i: i64| {
+        d.emit(
+            "s",
+            "new message",
+            json!([{"message": i, "channel": "room"}]),
+        );
+    };
+    say(&mut d, 0);
+    d.expect(10, "p receives message 0", |e| {
+        e["id"] == "p" && e["name"] == "new message" && e["args"][0]["message"] == 0
+    });
+    // SIGSTOP: the publish is read off the socket and run only after SIGCONT.
+    let pid = redis.pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    say(&mut d, 1);
+    d.expect(10, "p receives message 1 while Redis is stopped", |e| {
+        e["id"] == "p" && e["name"] == "new message" && e["args"][0]["message"] == 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // Past the broker's retry back-off, so the next broadcast goes through Redis again.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    say(&mut d, 2);
+    d.expect(10, "p receives message 2", |e| {
+        e["id"] == "p" && e["name"] == "new message" && e["args"][0]["message"] == 2
+    });
+    d.drain_events(1000);
+    let got: Vec<i64> = d
+        .events_named("p", "new message")
+        .iter()
+        .filter_map(|e| e["args"][0]["message"].as_i64())
+        .collect();
+    // `expect` consumed the first delivery of each.
+    assert_eq!(got, Vec::<i64>::new(), "p received these a second time");
+}
