@@ -97,7 +97,29 @@ pub struct ScaleIn {
         skip_serializing_if = "Duration::is_zero"
     )]
     pub peak_window: Duration,
+    /// How long a victim, already out of the load balancer, waits for its clients to leave by
+    /// themselves before the rest are moved (default 0 s: all are moved at once, each a forced
+    /// reconnect). The agent's `drain.grace`; terraform's `drain_grace`. The victim is billed
+    /// meanwhile, so this trades instance-hours for fewer cut connections.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    pub drain_grace: Duration,
+    /// The grace ends early once fewer than this many clients remain on the victim (default
+    /// 0: it runs its full length): waiting for the last few costs more than moving them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drain_grace_until_below: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The longest `scale_in.drain_grace`: with the agent's closing window and the margins it must
+/// fit the ALB's deregistration delay (at most 3,600 s; terraform's `drain_timeout` ≤ 3,000 s).
+pub const MAX_DRAIN_GRACE: Duration = Duration::from_secs(2_700);
 
 /// A known peak: raise the group's floor ahead of time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -381,6 +403,19 @@ impl Policy {
                 "set it to a day or less, e.g. \"20m\"".into(),
             );
         }
+        if si.drain_grace > MAX_DRAIN_GRACE {
+            issue(
+                "scale_in.drain_grace".into(),
+                format!(
+                    "drain_grace {} is longer than a scale-in drain can last behind an ALB",
+                    humantime::format_duration(si.drain_grace)
+                ),
+                format!(
+                    "set it to {} or less, e.g. \"30m\"",
+                    humantime::format_duration(MAX_DRAIN_GRACE)
+                ),
+            );
+        }
         let flap_limit = (out_at as f64 * 0.9) as u32;
         if si.threshold >= flap_limit {
             issue(
@@ -620,6 +655,20 @@ mod tests {
         let e = errors(&with("threshold = 22000", "threshold = 23000"));
         assert!(
             e.contains("flap") && e.contains("scale_in.threshold"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn drain_grace_is_optional_and_fits_a_deregistration_delay() {
+        let t = with("drain_grace = \"30m\"\n", "");
+        let t = t.replace("drain_grace_until_below = 2000\n", "");
+        let p = Policy::parse(&t, "p.toml").expect("valid without them");
+        assert!(p.scale_in.drain_grace.is_zero());
+        assert_eq!(p.scale_in.drain_grace_until_below, 0);
+        let e = errors(&with("drain_grace = \"30m\"", "drain_grace = \"50m\""));
+        assert!(
+            e.contains("scale_in.drain_grace") && e.contains("fix:"),
             "{e}"
         );
     }

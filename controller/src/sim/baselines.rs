@@ -1,6 +1,6 @@
 //! The scalers the simulator compares: connscale's engine and the baselines it must beat.
 
-use super::fleet::Scaler;
+use super::fleet::{DrainGrace, Scaler};
 use super::trace::Trace;
 use crate::control::{Autoscaler, Strategy};
 use crate::engine::{Decision, Engine, InstanceView, Lifecycle, Observation};
@@ -32,6 +32,14 @@ impl Scaler for Connscale {
 
     fn warm_pool(&self) -> Option<&WarmPool> {
         self.autoscaler.engine.policy.warm_pool.as_ref()
+    }
+
+    fn drain_grace(&self) -> DrainGrace {
+        let si = &self.autoscaler.engine.policy.scale_in;
+        DrainGrace {
+            seconds: si.drain_grace.as_secs() as i64,
+            until_below: f64::from(si.drain_grace_until_below),
+        }
     }
 }
 

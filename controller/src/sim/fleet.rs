@@ -5,7 +5,8 @@
 //! does when full nodes fail its health check; demand beyond every node's cap is rejected (and
 //! retried the next tick, so rejected connection-minutes measure unmet demand over time). A
 //! fraction of connections churns each tick and reconnects through the balancer. Scaling a node in
-//! moves its connections to the rest (each one a forced reconnect).
+//! moves its connections to the rest (each one a forced reconnect), after the scaler's drain
+//! grace: the victim takes no new clients and is billed while its own leave by themselves.
 
 use super::trace::Trace;
 use crate::control::{Controller, LoopOptions, Step, Strategy};
@@ -22,6 +23,21 @@ pub trait Scaler: Strategy {
     fn warm_pool(&self) -> Option<&WarmPool> {
         None
     }
+    /// How this scaler's victims wait for their clients to leave (none by default: all are
+    /// moved at once, as when the group terminates an instance without a drain).
+    fn drain_grace(&self) -> DrainGrace {
+        DrainGrace::default()
+    }
+}
+
+/// A scale-in victim waits, out of the balancer, for its clients to leave by themselves before
+/// the rest are moved: policy `scale_in.drain_grace` (the agent's `drain.grace`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DrainGrace {
+    /// How long at most; 0: no wait.
+    pub seconds: i64,
+    /// The wait ends once fewer clients than this remain.
+    pub until_below: f64,
 }
 
 /// Fleet model parameters.
@@ -97,6 +113,14 @@ struct Node {
     id: String,
     conns: f64,
     ready_at: i64,
+    /// Scaled in: takes no new connections and goes at this time (or once empty).
+    leaves_at: Option<i64>,
+}
+
+impl Node {
+    fn draining(&self) -> bool {
+        self.leaves_at.is_some()
+    }
 }
 
 /// The modelled fleet as the control loop's [`Provider`], on simulated time: nodes, the desired
@@ -114,6 +138,8 @@ struct SimFleet<'a> {
     seq: u64,
     /// Connections moved off removed nodes, so far.
     forced_reconnects: f64,
+    /// The scaler's [`Scaler::drain_grace`].
+    grace: DrainGrace,
 }
 
 impl SimFleet<'_> {
@@ -125,12 +151,13 @@ impl SimFleet<'_> {
     /// Launches (from the warm pool when one is prepared) or removes the newest until the
     /// fleet matches the desired capacity.
     fn converge(&mut self) {
-        while self.nodes.len() as u32 > self.desired {
-            if let Some(n) = self.nodes.pop() {
+        while self.members() > self.desired {
+            if let Some(i) = self.nodes.iter().rposition(|n| !n.draining()) {
+                let n = self.nodes.remove(i);
                 self.forced_reconnects += n.conns;
             }
         }
-        while (self.nodes.len() as u32) < self.desired {
+        while self.members() < self.desired {
             let t = self.now;
             let ready_at = match (&self.pool, self.pool_ready.iter().position(|&r| r <= t)) {
                 (Some(w), Some(i)) => {
@@ -144,7 +171,38 @@ impl SimFleet<'_> {
                 id,
                 conns: 0.0,
                 ready_at,
+                leaves_at: None,
             });
+        }
+    }
+
+    /// Nodes that count toward the desired capacity (not draining).
+    fn members(&self) -> u32 {
+        self.nodes.iter().filter(|n| !n.draining()).count() as u32
+    }
+
+    /// Ends the drains that are over: the victim's grace has passed or fewer clients than
+    /// [`DrainGrace::until_below`] remain. Whoever is still on it is moved (a forced reconnect
+    /// each), at once: the agent's closing window is short next to the grace.
+    fn retire(&mut self) {
+        let now = self.now;
+        let (gone, kept): (Vec<Node>, Vec<Node>) =
+            std::mem::take(&mut self.nodes).into_iter().partition(|n| {
+                n.leaves_at
+                    .is_some_and(|t| now >= t || n.conns < self.grace.until_below.max(0.5))
+            });
+        self.nodes = kept;
+        for n in gone {
+            self.forced_reconnects += n.conns;
+            self.back_to_pool();
+        }
+    }
+
+    /// A scaled-in instance returns to the warm pool when the policy reuses them.
+    fn back_to_pool(&mut self) {
+        if self.pool.as_ref().is_some_and(|w| w.reuse_on_scale_in) {
+            self.pool_ready
+                .push(self.now + self.model.warm_delay_of(self.pool.as_ref()));
         }
     }
 
@@ -177,15 +235,15 @@ impl Provider for SimFleet<'_> {
             .nodes
             .iter()
             .map(|n| {
-                let serving = n.ready_at <= t;
+                let (state, lifecycle) = match (n.draining(), n.ready_at <= t) {
+                    (true, _) => ("Terminating:Wait", Lifecycle::Draining),
+                    (false, true) => ("InService", Lifecycle::InService),
+                    (false, false) => ("Pending", Lifecycle::Pending),
+                };
                 Member {
                     id: n.id.clone(),
-                    state: if serving { "InService" } else { "Pending" }.into(),
-                    lifecycle: Some(if serving {
-                        Lifecycle::InService
-                    } else {
-                        Lifecycle::Pending
-                    }),
+                    state: state.into(),
+                    lifecycle: Some(lifecycle),
                     healthy: true,
                     protected: false,
                     // The engine's warmup counts from here: in the model, from serving.
@@ -213,12 +271,13 @@ impl Provider for SimFleet<'_> {
     }
 
     async fn terminate(&mut self, id: &str, decrement: bool) -> Result<(), ProviderError> {
-        if let Some(pos) = self.nodes.iter().position(|n| n.id == id) {
-            let n = self.nodes.swap_remove(pos);
-            self.forced_reconnects += n.conns;
-            if self.pool.as_ref().is_some_and(|w| w.reuse_on_scale_in) {
-                self.pool_ready
-                    .push(self.now + self.model.warm_delay_of(self.pool.as_ref()));
+        if let Some(pos) = self.nodes.iter().position(|n| n.id == id && !n.draining()) {
+            if self.grace.seconds > 0 {
+                self.nodes[pos].leaves_at = Some(self.now + self.grace.seconds);
+            } else {
+                let n = self.nodes.remove(pos);
+                self.forced_reconnects += n.conns;
+                self.back_to_pool();
             }
         }
         if decrement {
@@ -256,6 +315,7 @@ pub fn run(
         pool_ready: Vec::new(),
         seq: 0,
         forced_reconnects: 0.0,
+        grace: scaler.drain_grace(),
     };
     for _ in 0..initial_nodes.max(1) {
         let id = fleet.new_id();
@@ -263,6 +323,7 @@ pub fn run(
             id,
             conns: (d0 / initial_nodes.max(1) as f64).min(cap),
             ready_at: start - 3_600,
+            leaves_at: None,
         });
     }
     let mut ctl = Controller::new(
@@ -311,6 +372,7 @@ pub fn run(
             out.minutes_at_cap += dt as f64 / 60.0;
         }
 
+        fleet.retire();
         // The simulated fleet's calls never fail and never wait: the step completes at once.
         if let Ok((Step::Turned(turn), _)) = futures::executor::block_on(ctl.step(&mut fleet, t))
             && turn.changes
@@ -352,7 +414,9 @@ pub fn run(
 fn place(nodes: &mut [Node], mut arrivals: f64, cap: f64, now: i64) -> f64 {
     for _ in 0..nodes.len() + 1 {
         let open: Vec<usize> = (0..nodes.len())
-            .filter(|&i| nodes[i].ready_at <= now && nodes[i].conns < cap - 1e-9)
+            .filter(|&i| {
+                nodes[i].ready_at <= now && !nodes[i].draining() && nodes[i].conns < cap - 1e-9
+            })
             .collect();
         if open.is_empty() || arrivals <= 1e-9 {
             break;
@@ -376,6 +440,7 @@ mod tests {
             id: String::new(),
             conns,
             ready_at: 0,
+            leaves_at: None,
         }
     }
 
@@ -385,6 +450,50 @@ mod tests {
         let rejected = place(&mut n, 30_000.0, 28_000.0, 0);
         assert_eq!((n[0].conns, n[1].conns), (28_000.0, 28_000.0));
         assert!((rejected - 1_000.0).abs() < 1e-6);
+    }
+
+    /// A victim with a drain grace stays, billed, takes no new clients, and goes once fewer
+    /// than `until_below` remain: only those count as forced reconnects.
+    #[test]
+    fn a_victim_waits_out_its_grace_and_only_its_last_clients_are_forced() {
+        let model = FleetModel::default();
+        let mut f = SimFleet {
+            model: &model,
+            now: 0,
+            nodes: vec![
+                Node {
+                    id: "a".into(),
+                    ..node(10_000.0)
+                },
+                Node {
+                    id: "b".into(),
+                    ..node(10_000.0)
+                },
+            ],
+            desired: 2,
+            min_size: 1,
+            max_size: 4,
+            pool: None,
+            pool_ready: Vec::new(),
+            seq: 0,
+            forced_reconnects: 0.0,
+            grace: DrainGrace {
+                seconds: 1_800,
+                until_below: 2_000.0,
+            },
+        };
+        futures::executor::block_on(f.terminate("a", true)).unwrap();
+        assert_eq!((f.nodes.len(), f.members(), f.desired), (2, 1, 1));
+        place(&mut f.nodes, 1_000.0, 28_000.0, 0);
+        assert_eq!(f.nodes[0].conns, 10_000.0, "the victim took new clients");
+        f.nodes[0].conns = 2_500.0;
+        f.now = 600;
+        f.retire();
+        assert_eq!(f.nodes.len(), 2, "gone with 2,500 clients still on it");
+        f.nodes[0].conns = 1_500.0;
+        f.retire();
+        assert_eq!(f.nodes.len(), 1);
+        assert_eq!(f.forced_reconnects, 1_500.0);
     }
 
     #[test]
