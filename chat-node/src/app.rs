@@ -97,3 +97,53 @@ impl Connecting<'_> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Frame;
+    use serde_json::json;
+
+    fn sent(s: &Session) -> Vec<String> {
+        let mut r = s.outbox.try_reader().expect("reader");
+        std::iter::from_fn(|| r.try_recv())
+            .map(|f| match f {
+                Frame::Text(t) => t.to_string(),
+                Frame::Binary(b) => format!("<{} bytes>", b.len()),
+            })
+            .collect()
+    }
+
+    fn connecting<'a>(s: &'a Arc<Session>, nsp: &'a str) -> Connecting<'a> {
+        Connecting {
+            session: s,
+            nsp,
+            auth: json!({}),
+        }
+    }
+
+    #[test]
+    fn an_accepted_namespace_is_connected_and_a_refused_one_is_not() {
+        let s = Arc::new(Session::new("e1".into(), 10.0, true, 1 << 20));
+        s.set_connect_deadline(std::time::Duration::ZERO);
+        let pid = Map::from_iter([("pid".to_string(), json!("p1"))]);
+        let _ = connecting(&s, "/").accept(pid);
+        let _ = connecting(&s, "/custom").accept(Map::new());
+        let _ = connecting(&s, "/nope").refuse("Invalid namespace");
+        {
+            let st = s.lock_state();
+            assert!(st.is_connected("/") && st.is_connected("/custom"));
+            assert!(!st.is_connected("/nope"));
+        }
+        assert!(
+            !s.connect_overdue(u64::MAX),
+            "a connected namespace ends the connect timeout"
+        );
+        let out = sent(&s);
+        assert_eq!(
+            out[0], r#"40{"pid":"p1","sid":"e1"}"#,
+            "`/`'s socket id is the session's"
+        );
+        assert!(out[1].starts_with(r#"40/custom,{"sid":""#), "{}", out[1]);
+        assert_eq!(out[2], r#"44/nope,{"message":"Invalid namespace"}"#);
+    }
+}

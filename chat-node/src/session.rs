@@ -431,6 +431,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_finished_sessions_namespaces_end_once() {
+        let mut st = SocketState::default();
+        assert!(st.set_connected("/custom", true));
+        assert!(!st.set_connected("/custom", true), "already connected");
+        assert!(st.set_connected("/", true));
+        assert!(st.set_connected("/other", true) && st.set_connected("/other", false));
+        assert_eq!(st.end(), Some(vec!["/".to_string(), "/custom".to_string()]));
+        assert!(!st.is_connected("/") && !st.is_connected("/custom"));
+        assert_eq!(st.end(), None, "a second finish has nothing to end");
+    }
+
+    #[test]
     fn bucket_allows_burst_then_limits() {
         let mut b = Bucket::new(5.0);
         let allowed = (0..20).filter(|_| b.take(1.0, 5.0)).count();
