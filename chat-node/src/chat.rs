@@ -28,8 +28,8 @@ impl Chat {
     }
 
     /// Saves what the socket's recovery needs (its rooms, name and every sid it had) under its
-    /// `pid`. Once: the pid is taken, so a later call (the close [`App::closing`] saved for
-    /// ends) saves nothing, and cannot bring back a record another node has taken since.
+    /// `pid`. Once: the pid is taken, so when [`App::closing`] saved it the disconnect saves
+    /// nothing, and cannot bring back a record another node has taken since.
     async fn save_recovery(&self, s: &Session) {
         let Some(b) = &self.hub.broker else { return };
         let (pid, rec) = {
@@ -120,7 +120,7 @@ impl App for Chat {
         on_event(&self.hub, s, p).await;
     }
 
-    /// The client will reconnect, maybe elsewhere: its recovery record is there first.
+    /// The client will reconnect, maybe elsewhere: its recovery record is saved before it can.
     async fn closing(&self, s: &Arc<Session>) {
         self.save_recovery(s).await;
     }
