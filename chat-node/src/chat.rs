@@ -4,16 +4,145 @@
 //! `new message` {username, message} to others (to one room when it carries a `channel`);
 //! `typing` / `stop typing`; `join-channel` / `leave-channel` with a `channel notice` to the
 //! room; `user left` {username, numUsers} on disconnect. numUsers is cluster-wide.
+//!
+//! With Redis, a socket's rooms and name outlive its connection for `recovery_window`: a client
+//! that reconnects (to any node) presenting its `pid` gets them back, and what it missed.
 
+use crate::app::{Answered, App, Connecting, Disconnect};
+use crate::broker::SessionRecord;
 use crate::hub::Hub;
 use crate::session::Session;
 use connscale_common::sio::{SioPacket, SioType};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+/// The chat application on `/`, the only namespace it serves.
+pub struct Chat {
+    hub: Arc<Hub>,
+}
+
+impl Chat {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+
+    /// Saves what the socket's recovery needs (its rooms, name and every sid it had) under its
+    /// `pid`. Once: the pid is taken, so when [`App::closing`] saved it the disconnect saves
+    /// nothing, and cannot bring back a record another node has taken since.
+    async fn save_recovery(&self, s: &Session) {
+        let Some(b) = &self.hub.broker else { return };
+        let (pid, rec) = {
+            let mut st = s.lock_state();
+            let Some(pid) = st.pid.take() else { return };
+            let mut sids = st.old_sids.clone();
+            sids.push(s.sid.clone());
+            let rec = SessionRecord {
+                rooms: st.rooms.iter().cloned().collect(),
+                username: st.username.clone(),
+                sids,
+                since: st.since,
+            };
+            (pid, rec)
+        };
+        b.save_session(&pid, &rec, self.hub.cfg.recovery_window.as_secs().max(1))
+            .await;
+    }
+}
+
+impl App for Chat {
+    /// With Redis, a client presenting a known `pid` gets its rooms and name back and the
+    /// messages it missed after `offset`; any other client gets a fresh `pid`.
+    async fn connect(&self, c: Connecting<'_>) -> Answered {
+        if c.nsp != "/" {
+            return c.refuse("Invalid namespace");
+        }
+        let hub = &self.hub;
+        if let Some(token) = &hub.cfg.auth_token
+            && c.auth.get("token").and_then(Value::as_str) != Some(token.as_str())
+        {
+            return c.refuse("unauthorized");
+        }
+        let Some(b) = hub.broker.clone() else {
+            return c.accept(Map::new());
+        };
+        let s = Arc::clone(c.session);
+        let claimed = c
+            .auth
+            .get("pid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let record = match &claimed {
+            Some(pid) => b.take_session(pid).await,
+            None => None,
+        };
+        let reply = |pid: &str| Map::from_iter([("pid".to_string(), json!(pid))]);
+        // The socket's state is set before the CONNECT is accepted: until then the fan-out
+        // passes it by, and from then on it finds the state complete.
+        let Some(rec) = record else {
+            let since = b.current_seq();
+            let pid = crate::session::new_sid();
+            {
+                let mut st = s.lock_state();
+                st.pid = Some(pid.clone());
+                st.since = since;
+            }
+            return c.accept(reply(&pid));
+        };
+        let pid = claimed.unwrap_or_default();
+        let offset = c
+            .auth
+            .get("offset")
+            .and_then(Value::as_str)
+            .and_then(|o| o.parse::<u64>().ok())
+            .unwrap_or(rec.since);
+        {
+            let mut st = s.lock_state();
+            st.pid = Some(pid.clone());
+            st.since = rec.since;
+            st.old_sids = rec.sids.clone();
+            st.username = rec.username.clone();
+            st.recovering = Some(Vec::new());
+        }
+        let answered = c.accept(reply(&pid));
+        for r in &rec.rooms {
+            hub.join(&s, r);
+        }
+        if rec.username.is_some() {
+            hub.users.fetch_add(1, Ordering::Relaxed);
+        }
+        let n = hub.replay(&s, offset).await;
+        tracing::debug!(sid = %s.sid, replayed = n, offset, "recovered session");
+        answered
+    }
+
+    async fn event(&self, s: &Arc<Session>, p: SioPacket) {
+        on_event(&self.hub, s, p).await;
+    }
+
+    /// The client will reconnect, maybe elsewhere: its recovery record is saved before it can.
+    async fn closing(&self, s: &Arc<Session>) {
+        self.save_recovery(s).await;
+    }
+
+    /// Out of its rooms, and `user left` if it had logged in. A client that left `/` on
+    /// purpose gets no recovery; a closed connection's record is saved (unless it was when the
+    /// server began closing).
+    async fn disconnect(&self, s: &Arc<Session>, _nsp: &str, why: Disconnect) {
+        match why {
+            Disconnect::Closed => self.save_recovery(s).await,
+            Disconnect::Left => s.lock_state().pid = None,
+        }
+        let rooms: Vec<String> = s.lock_state().rooms.iter().cloned().collect();
+        for r in rooms {
+            self.hub.leave(s, &r);
+        }
+        on_disconnect(&self.hub, s).await;
+    }
+}
+
 /// Handles one complete Socket.IO packet from a connected client.
-pub async fn on_event(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) {
+async fn on_event(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) {
     let Ok((name, args)) = p.event_parts() else {
         return;
     };
@@ -98,7 +227,7 @@ pub async fn on_event(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) {
 }
 
 /// After a client is gone: `user left` to everyone if it had logged in.
-pub async fn on_disconnect(hub: &Arc<Hub>, s: &Arc<Session>) {
+async fn on_disconnect(hub: &Arc<Hub>, s: &Arc<Session>) {
     let user = s.lock_state().username.take();
     if let Some(u) = user {
         hub.users.fetch_sub(1, Ordering::Relaxed);

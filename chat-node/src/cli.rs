@@ -33,14 +33,6 @@ pub struct Cli {
     /// Node name in /api/online (overrides `node_id` and NODE_ID).
     #[arg(long)]
     pub node_id: Option<String>,
-    /// For tests: run as the server the official Socket.IO protocol suite expects, not as a
-    /// chat server. pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1,000,000 bytes,
-    /// connectTimeout 1 s, any origin, no Redis, no auth token. On `/`: emits `auth` with the
-    /// CONNECT payload, answers `message` with `message-back` (same arguments) and acks
-    /// `message-with-ack` with its arguments; on `/custom`: emits `auth`; any other namespace
-    /// gets a connect error. The chat events are not handled.
-    #[arg(long)]
-    pub conformance: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "CONNSCALE_LOG_FORMAT")]
     pub log_format: LogFormat,
 }

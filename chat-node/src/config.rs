@@ -53,9 +53,6 @@ pub struct ChatConfig {
     /// nor spliced into a URL.
     #[serde(skip)]
     pub redis_password: Option<String>,
-    /// `--conformance`: the server the official protocol suite expects (see [`Self::conformance`]).
-    #[serde(skip)]
-    pub conformance: bool,
 }
 
 impl Default for ChatConfig {
@@ -80,7 +77,6 @@ impl Default for ChatConfig {
             recovery_window: Duration::from_secs(120),
             recovery_max_len: 10_000,
             redis_password: None,
-            conformance: false,
         }
     }
 }
@@ -213,25 +209,6 @@ fn read_credential(dir: &Path, name: &str) -> Result<Option<String>, String> {
 }
 
 impl ChatConfig {
-    /// The server the official Socket.IO protocol suite expects (its README): pingInterval
-    /// 300 ms, pingTimeout 200 ms, maxPayload 1,000,000 bytes, connectTimeout 1 s, any origin;
-    /// alone (no Redis: CONNECT answers `{"sid"}` only) and without an auth token. The
-    /// handlers are [`crate::conformance`]'s instead of the chat's.
-    pub fn conformance(self) -> Self {
-        Self {
-            ping_interval: Duration::from_millis(300),
-            ping_timeout: Duration::from_millis(200),
-            connect_timeout: Duration::from_secs(1),
-            max_message_bytes: 1_000_000,
-            max_queued_bytes: self.max_queued_bytes.max(1_000_000),
-            allowed_origins: Vec::new(),
-            auth_token: None,
-            redis_url: None,
-            conformance: true,
-            ..self
-        }
-    }
-
     pub fn node_name(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -497,7 +497,7 @@ impl Hub {
     /// previous ping unanswered past the ping timeout, and any session (either transport) that
     /// has not connected a namespace within `connect_timeout`. One task for the node instead of a timer
     /// per connection; the clients are spread over the interval in one-second slices by sid,
-    /// so the pings do not all go out at once (under a second, `--conformance`'s 300 ms, each
+    /// so the pings do not all go out at once (under a second, the protocol suite's 300 ms, each
     /// session is pinged an interval after its last ping instead). A session's first ping waits a whole interval
     /// after it opened, as the reference server's does: an earlier one could come between a
     /// client's CONNECT and its answer.

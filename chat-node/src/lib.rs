@@ -1,17 +1,17 @@
 //! chat-node: a Socket.IO v5 / Engine.IO v4 chat server that scales out over Redis.
 //!
-//! [`transport`] speaks Engine.IO (websocket, polling, upgrade) over [`session`]s; [`chat`] is
-//! the chat protocol; [`hub`] holds sessions and rooms and delivers locally and through the
-//! [`broker`] (Redis pub/sub and TTL presence); [`api`] serves back ends and operators;
-//! [`listener`] accepts connections with the socket options of [`tcp`]. [`conformance`] holds
-//! the handlers of `--conformance`, the server the official protocol suite expects.
+//! [`transport`] speaks Engine.IO (websocket, polling, upgrade) and Socket.IO over
+//! [`session`]s, and serves their sockets to an [`app::App`]; [`chat`] is the chat's; [`hub`]
+//! holds sessions and rooms and delivers locally and through the [`broker`] (Redis pub/sub and
+//! TTL presence); [`api`] serves back ends and operators; [`listener`] accepts connections with
+//! the socket options of [`tcp`].
 
 pub mod api;
+pub mod app;
 pub mod broker;
 pub mod chat;
 pub mod cli;
 pub mod config;
-pub mod conformance;
 pub mod hub;
 pub mod listener;
 pub mod session;
@@ -19,7 +19,7 @@ pub mod tcp;
 pub mod transport;
 
 use axum::Router;
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use config::ChatConfig;
 use hub::Hub;
 use std::sync::{Arc, OnceLock};
@@ -34,11 +34,9 @@ pub fn request_shutdown() {
     n.notify_one();
 }
 
+/// The chat server's HTTP endpoints: Engine.IO with the chat on it, the API, the page.
 pub fn router(hub: Arc<Hub>) -> Router {
-    let cors = hub.cfg.conformance;
-    let r = Router::new()
-        // Every method: the transport answers the ones Engine.IO has no use for with 400.
-        .route("/socket.io/", any(transport::engine))
+    let api = Router::new()
         .route("/api/broadcast", post(api::broadcast))
         .route("/api/online", get(api::online))
         .route("/api/drain", post(api::drain))
@@ -47,21 +45,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/", get(page))
         .route("/socket.io.min.js", get(client_js))
-        .with_state(hub);
-    if cors {
-        r.layer(axum::middleware::map_response(cors_any))
-    } else {
-        r
-    }
-}
-
-/// `--conformance`'s CORS origin `*`.
-async fn cors_any(mut r: axum::response::Response) -> axum::response::Response {
-    r.headers_mut().insert(
-        axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        axum::http::HeaderValue::from_static("*"),
-    );
-    r
+        .with_state(hub.clone());
+    transport::routes(hub.clone(), chat::Chat::new(hub)).merge(api)
 }
 
 async fn page() -> axum::response::Html<&'static str> {

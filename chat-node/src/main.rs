@@ -25,9 +25,6 @@ fn main() -> ExitCode {
     if cli.node_id.is_some() {
         cfg.node_id = cli.node_id;
     }
-    if cli.conformance {
-        cfg = cfg.conformance();
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

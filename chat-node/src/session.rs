@@ -1,4 +1,4 @@
-//! One client connection: an Engine.IO session carrying one Socket.IO socket on `/`.
+//! One client connection: an Engine.IO session carrying its Socket.IO sockets, one a namespace.
 //!
 //! Outgoing frames go through a queue bounded in bytes. The websocket transport drains it in the
 //! connection's own task; the polling transport drains it on each long-poll GET. A slow client
@@ -170,13 +170,15 @@ impl Bucket {
     }
 }
 
-/// Per-socket chat state.
+/// Per-session Socket.IO state: the namespaces connected, and the chat's.
 #[derive(Debug, Default)]
 pub struct SocketState {
-    /// Socket.IO CONNECT done (on `/`).
+    /// Connected on `/`, the namespace the hub's fan-out delivers to (it reads this field).
     pub connected: bool,
-    /// Other namespaces connected (`--conformance` only: the chat has none).
+    /// The other namespaces connected. See [`Self::is_connected`].
     pub namespaces: Vec<String>,
+    /// The session's sockets were ended ([`Self::end`]).
+    ended: bool,
     pub username: Option<String>,
     pub rooms: HashSet<String>,
     /// A binary packet waiting for its attachments.
@@ -195,6 +197,46 @@ pub struct SocketState {
     /// copies of those are dropped; the first offset outside the range ends it (one at or
     /// below `lo` means Redis restarted and counts again).
     pub replayed: Option<(u64, u64)>,
+}
+
+impl SocketState {
+    /// Whether the socket on `nsp` is connected.
+    pub fn is_connected(&self, nsp: &str) -> bool {
+        if nsp == "/" {
+            self.connected
+        } else {
+            self.namespaces.iter().any(|n| n == nsp)
+        }
+    }
+
+    /// Marks the socket on `nsp` connected or not; false when it already was.
+    pub fn set_connected(&mut self, nsp: &str, on: bool) -> bool {
+        if self.is_connected(nsp) == on {
+            return false;
+        }
+        if nsp == "/" {
+            self.connected = on;
+        } else if on {
+            self.namespaces.push(nsp.to_string());
+        } else {
+            self.namespaces.retain(|n| n != nsp);
+        }
+        true
+    }
+
+    /// Ends every socket of a finished session, once: the namespaces that were connected (`/`
+    /// first), or None when it had ended already.
+    pub fn end(&mut self) -> Option<Vec<String>> {
+        if std::mem::replace(&mut self.ended, true) {
+            return None;
+        }
+        let main = std::mem::take(&mut self.connected).then(|| "/".to_string());
+        Some(
+            main.into_iter()
+                .chain(std::mem::take(&mut self.namespaces))
+                .collect(),
+        )
+    }
 }
 
 /// One client.
@@ -387,6 +429,18 @@ pub fn new_sid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_finished_sessions_namespaces_end_once() {
+        let mut st = SocketState::default();
+        assert!(st.set_connected("/custom", true));
+        assert!(!st.set_connected("/custom", true), "already connected");
+        assert!(st.set_connected("/", true));
+        assert!(st.set_connected("/other", true) && st.set_connected("/other", false));
+        assert_eq!(st.end(), Some(vec!["/".to_string(), "/custom".to_string()]));
+        assert!(!st.is_connected("/") && !st.is_connected("/custom"));
+        assert_eq!(st.end(), None, "a second finish has nothing to end");
+    }
 
     #[test]
     fn bucket_allows_burst_then_limits() {

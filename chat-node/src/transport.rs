@@ -1,14 +1,16 @@
-//! Engine.IO v4 transports: websocket, HTTP long-polling, and the polling → websocket upgrade.
+//! Engine.IO v4 transports (websocket, HTTP long-polling, the polling → websocket upgrade) and
+//! the Socket.IO v5 sockets they carry, one a namespace, served to an [`App`].
 
-use crate::broker::SessionRecord;
-use crate::chat;
+use crate::app::{App, Connecting, Disconnect};
 use crate::hub::Hub;
 use crate::session::{Frame, Reader, Session, new_sid};
+use axum::Router;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use bytes::Bytes;
 use connscale_common::sio::{self, EioType, PollItem, SioPacket, SioType};
 use serde::Deserialize;
@@ -16,6 +18,21 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// What the transport serves: the node's sessions and config (its [`Hub`]), and the app their
+/// sockets talk to.
+pub struct Server<A> {
+    pub hub: Arc<Hub>,
+    pub app: A,
+}
+
+/// The Engine.IO endpoint, `/socket.io/`: `app` on `hub`'s sessions.
+pub fn routes<A: App>(hub: Arc<Hub>, app: A) -> Router {
+    Router::new()
+        // Every method: the transport answers the ones Engine.IO has no use for with 400.
+        .route("/socket.io/", any(engine::<A>))
+        .with_state(Arc::new(Server { hub, app }))
+}
 
 #[derive(Debug, Deserialize)]
 pub struct EioQuery {
@@ -57,15 +74,15 @@ fn open_packet(hub: &Hub, sid: &str, upgrades: &[&str]) -> String {
 }
 
 /// `GET|POST /socket.io/`: dispatches on `transport` and `sid`.
-pub async fn engine(
-    State(hub): State<Arc<Hub>>,
+async fn engine<A: App>(
+    State(srv): State<Arc<Server<A>>>,
     Query(q): Query<EioQuery>,
     req: Request,
 ) -> Response {
     if q.eio.as_deref() != Some("4") {
         return eio_error(5, "Unsupported protocol version");
     }
-    if !origin_allowed(&hub, req.headers()) {
+    if !origin_allowed(&srv.hub, req.headers()) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let method = req.method().clone();
@@ -75,7 +92,7 @@ pub async fn engine(
     match (q.transport.as_deref(), q.sid) {
         (Some("websocket"), sid) => {
             let (mut parts, _body) = req.into_parts();
-            let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &hub).await else {
+            let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &srv).await else {
                 return eio_error(3, "Bad request");
             };
             // Memory per idle client is what a node's capacity is made of: a small read buffer
@@ -83,15 +100,15 @@ pub async fn engine(
             let ws = ws
                 .read_buffer_size(256)
                 .write_buffer_size(WRITE_BUFFER)
-                .max_message_size(hub.cfg.max_message_bytes)
-                .max_frame_size(hub.cfg.max_message_bytes);
+                .max_message_size(srv.hub.cfg.max_message_bytes)
+                .max_frame_size(srv.hub.cfg.max_message_bytes);
             match sid {
                 None => {
-                    let s = new_session(&hub, true);
-                    if let Err(why) = hub.admit(s.clone()) {
+                    let s = new_session(&srv.hub, true);
+                    if let Err(why) = srv.hub.admit(s.clone()) {
                         return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
                     }
-                    s.send_text(open_packet(&hub, &s.sid, &[]));
+                    s.send_text(open_packet(&srv.hub, &s.sid, &[]));
                     // The 101 and the open packet, written by different layers, share a packet.
                     let corked = parts
                         .extensions
@@ -100,9 +117,9 @@ pub async fn engine(
                     if let Some(fd) = corked {
                         crate::tcp::cork(&fd, true);
                     }
-                    ws.on_upgrade(move |socket| run_websocket(hub, s, socket, false, corked))
+                    ws.on_upgrade(move |socket| run_websocket(srv, s, socket, false, corked))
                 }
-                Some(sid) => match hub.get(&sid) {
+                Some(sid) => match srv.hub.get(&sid) {
                     // Already upgraded, upgrading, or a websocket session from the start: this
                     // one is accepted and closed, as the reference server does.
                     Some(s)
@@ -114,7 +131,7 @@ pub async fn engine(
                         })
                     }
                     Some(s) => {
-                        ws.on_upgrade(move |socket| run_websocket(hub, s, socket, true, None))
+                        ws.on_upgrade(move |socket| run_websocket(srv, s, socket, true, None))
                     }
                     None => eio_error(1, "Session ID unknown"),
                 },
@@ -124,24 +141,24 @@ pub async fn engine(
             eio_error(2, "Bad handshake method")
         }
         (Some("polling"), None) => {
-            let s = new_session(&hub, false);
-            if let Err(why) = hub.admit(s.clone()) {
+            let s = new_session(&srv.hub, false);
+            if let Err(why) = srv.hub.admit(s.clone()) {
                 return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
             }
-            tokio::spawn(polling_heartbeat(hub.clone(), s.clone()));
-            text_response(open_packet(&hub, &s.sid, &["websocket"]))
+            tokio::spawn(polling_heartbeat(srv.clone(), s.clone()));
+            text_response(open_packet(&srv.hub, &s.sid, &["websocket"]))
         }
         (Some("polling"), Some(sid)) => {
-            let Some(s) = hub.get(&sid) else {
+            let Some(s) = srv.hub.get(&sid) else {
                 return eio_error(1, "Session ID unknown");
             };
             if s.upgraded.load(Ordering::SeqCst) {
                 return eio_error(3, "Bad request");
             }
             if method == axum::http::Method::POST {
-                poll_post(hub, s, req).await
+                poll_post(srv, s, req).await
             } else {
-                poll_get(hub, s).await
+                poll_get(srv, s).await
             }
         }
         _ => eio_error(0, "Transport unknown"),
@@ -166,7 +183,7 @@ fn new_session(hub: &Hub, websocket: bool) -> Arc<Session> {
 
 /// Long-poll: waits for queued frames (pings arrive at least every ping interval), returns all
 /// that are ready as one payload.
-async fn poll_get(hub: Arc<Hub>, s: Arc<Session>) -> Response {
+async fn poll_get<A: App>(srv: Arc<Server<A>>, s: Arc<Session>) -> Response {
     if s.upgrading.load(Ordering::SeqCst) {
         // A poll during an upgrade, as the reference server answers it: refused if the upgrade
         // completes within 100 ms, else released at once with a noop (the client pauses
@@ -185,7 +202,7 @@ async fn poll_get(hub: Arc<Hub>, s: Arc<Session>) -> Response {
         return eio_error(3, "Bad request"); // a second concurrent GET
     };
     let mut items = Vec::new();
-    let wait = hub.cfg.ping_interval + Duration::from_secs(1);
+    let wait = srv.hub.cfg.ping_interval + Duration::from_secs(1);
     tokio::select! {
         f = rx.recv() => items.push(f),
         _ = tokio::time::sleep(wait) => {},
@@ -199,7 +216,7 @@ async fn poll_get(hub: Arc<Hub>, s: Arc<Session>) -> Response {
     }
     drop(rx);
     if s.is_closed() && items.is_empty() {
-        finish(&hub, &s).await;
+        finish(&srv, &s).await;
         // The client's own close releases its pending poll with a noop (as the reference
         // server's does); ours tells it to close.
         let kind = if s.closed_by_peer() {
@@ -219,25 +236,26 @@ async fn poll_get(hub: Arc<Hub>, s: Arc<Session>) -> Response {
     text_response(sio::encode_payload(&payload))
 }
 
-async fn poll_post(hub: Arc<Hub>, s: Arc<Session>, req: Request) -> Response {
-    let Ok(body) = axum::body::to_bytes(req.into_body(), hub.cfg.max_message_bytes).await else {
-        hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+async fn poll_post<A: App>(srv: Arc<Server<A>>, s: Arc<Session>, req: Request) -> Response {
+    let Ok(body) = axum::body::to_bytes(req.into_body(), srv.hub.cfg.max_message_bytes).await
+    else {
+        srv.hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
         s.close();
         return (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response();
     };
     let Ok(text) = std::str::from_utf8(&body) else {
-        return bad_packet(&hub, &s);
+        return bad_packet(&srv.hub, &s);
     };
     let Ok(items) = sio::decode_payload(text) else {
-        return bad_packet(&hub, &s);
+        return bad_packet(&srv.hub, &s);
     };
     for item in items {
         let ok = match item {
-            PollItem::Text(t) => on_text(&hub, &s, &t).await,
-            PollItem::Binary(b) => on_binary(&hub, &s, b).await,
+            PollItem::Text(t) => on_text(&srv, &s, &t).await,
+            PollItem::Binary(b) => on_binary(&srv, &s, b).await,
         };
         if !ok {
-            return bad_packet(&hub, &s);
+            return bad_packet(&srv.hub, &s);
         }
     }
     text_response("ok".into())
@@ -251,8 +269,8 @@ fn bad_packet(hub: &Hub, s: &Session) -> Response {
 
 /// Pings a polling session every ping interval (counted from when it opened, as the reference
 /// server does) and closes it when a ping goes unanswered for the ping timeout.
-async fn polling_heartbeat(hub: Arc<Hub>, s: Arc<Session>) {
-    let (interval, timeout) = (hub.cfg.ping_interval, hub.cfg.ping_timeout);
+async fn polling_heartbeat<A: App>(srv: Arc<Server<A>>, s: Arc<Session>) {
+    let (interval, timeout) = (srv.hub.cfg.ping_interval, srv.hub.cfg.ping_timeout);
     let mut next = tokio::time::Instant::now() + interval;
     loop {
         tokio::select! {
@@ -272,15 +290,15 @@ async fn polling_heartbeat(hub: Arc<Hub>, s: Arc<Session>) {
         next += interval.max(timeout);
     }
     if !s.websocket.load(Ordering::SeqCst) {
-        finish(&hub, &s).await;
+        finish(&srv, &s).await;
     }
 }
 
 /// The websocket transport: one task per client reads and writes (pings come from the hub's
 /// [`ping_loop`](Hub::ping_loop) through the outbox).
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
-fn run_websocket(
-    hub: Arc<Hub>,
+fn run_websocket<A: App>(
+    srv: Arc<Server<A>>,
     s: Arc<Session>,
     mut ws: WebSocket,
     upgrading: bool,
@@ -291,21 +309,21 @@ fn run_websocket(
     // The task lives as long as the client, so it stays small: the serving loop is one future,
     // and everything else (upgrade probe, closing) is boxed only while it runs.
     async move {
-        if upgrading && !Box::pin(probe(&hub, &s, &mut ws)).await {
+        if upgrading && !Box::pin(probe(&s, &mut ws)).await {
             s.upgrading.store(false, Ordering::SeqCst);
             return;
         }
         s.websocket.store(true, Ordering::SeqCst);
-        let peer_closed = serve(&hub, &s, &mut ws, corked).await;
-        Box::pin(close_websocket(hub, s, ws, peer_closed)).await;
+        let peer_closed = serve(&srv, &s, &mut ws, corked).await;
+        Box::pin(close_websocket(srv, s, ws, peer_closed)).await;
     }
 }
 
 /// Reads the client's packets and writes its outbox until either side closes; true when the
 /// client did (its Close, a broken connection or a bad frame). A `corked` socket is released
 /// after the first write (the open packet), which so shares the 101's segment.
-async fn serve(
-    hub: &Arc<Hub>,
+async fn serve<A: App>(
+    srv: &Arc<Server<A>>,
     s: &Arc<Session>,
     ws: &mut WebSocket,
     mut corked: Option<RawFd>,
@@ -315,18 +333,18 @@ async fn serve(
         tokio::select! {
             m = ws.recv() => {
                 let ok = match m {
-                    Some(Ok(Message::Text(t))) => Box::pin(on_text(hub, s, t.as_str())).await,
-                    Some(Ok(Message::Binary(b))) => Box::pin(on_binary(hub, s, b)).await,
+                    Some(Ok(Message::Text(t))) => Box::pin(on_text(srv, s, t.as_str())).await,
+                    Some(Ok(Message::Binary(b))) => Box::pin(on_binary(srv, s, b)).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
                     Some(Ok(Message::Close(_))) | None => return true,
                     Some(Err(e)) => {
                         tracing::debug!(sid = %s.sid, error = %e, "websocket error (oversized or malformed frame)");
-                        hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                        srv.hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
                         return true;
                     }
                 };
                 if !ok {
-                    hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                    srv.hub.metrics.malformed.fetch_add(1, Ordering::Relaxed);
                     return false;
                 }
             }
@@ -354,19 +372,21 @@ async fn serve(
     }
 }
 
-/// Ends a websocket session. When we close (drain, ping timeout, rate limit), the recovery
-/// record is saved before the client sees the close and reconnects elsewhere; then what the
-/// client sent before it saw our Close is still read (its events count: nothing it emitted is
-/// lost) until its own Close or [`CLOSE_LINGER`].
-async fn close_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, peer_closed: bool) {
+/// Ends a websocket session. When we close (drain, ping timeout, rate limit), the app hears
+/// of it ([`App::closing`]) before the client sees the close and reconnects elsewhere; then
+/// what the client sent before it saw our Close is still read (its events count: nothing it
+/// emitted is lost) until its own Close or [`CLOSE_LINGER`].
+async fn close_websocket<A: App>(
+    srv: Arc<Server<A>>,
+    s: Arc<Session>,
+    mut ws: WebSocket,
+    peer_closed: bool,
+) {
     if peer_closed {
-        finish(&hub, &s).await;
+        finish(&srv, &s).await;
         return;
     }
-    if let (Some(b), Some((pid, rec))) = (&hub.broker, record_of(&s)) {
-        b.save_session(&pid, &rec, hub.cfg.recovery_window.as_secs().max(1))
-            .await;
-    }
+    srv.app.closing(&s).await;
     // Bounded: a client that stopped reading would never take the Close off our socket.
     if let Ok(Ok(())) = tokio::time::timeout(CLOSE_LINGER, ws.send(Message::Close(None))).await {
         let linger = tokio::time::sleep(CLOSE_LINGER);
@@ -374,8 +394,8 @@ async fn close_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, peer
         loop {
             tokio::select! {
                 m = ws.recv() => match m {
-                    Some(Ok(Message::Text(t))) => { on_text(&hub, &s, t.as_str()).await; }
-                    Some(Ok(Message::Binary(b))) => { on_binary(&hub, &s, b).await; }
+                    Some(Ok(Message::Text(t))) => { on_text(&srv, &s, t.as_str()).await; }
+                    Some(Ok(Message::Binary(b))) => { on_binary(&srv, &s, b).await; }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     _ => break,
                 },
@@ -383,7 +403,7 @@ async fn close_websocket(hub: Arc<Hub>, s: Arc<Session>, mut ws: WebSocket, peer
             }
         }
     }
-    finish_saved(&hub, &s, true).await;
+    finish(&srv, &s).await;
 }
 
 /// Bytes of frames buffered before a write, within one batch (the flush writes the rest).
@@ -417,7 +437,7 @@ async fn write_batch(ws: &mut WebSocket, first: Frame, rx: &mut Reader<'_>) -> b
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// The upgrade handshake: `2probe` → `3probe`, the polling GET is released with a noop, then `5`.
-async fn probe(hub: &Arc<Hub>, s: &Arc<Session>, ws: &mut WebSocket) -> bool {
+async fn probe(s: &Arc<Session>, ws: &mut WebSocket) -> bool {
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
     loop {
@@ -440,107 +460,27 @@ async fn probe(hub: &Arc<Hub>, s: &Arc<Session>, ws: &mut WebSocket) -> bool {
                 Some(Ok(_)) => {}
                 _ => return false,
             },
-            _ = &mut deadline => {
-                let _ = hub;
-                return false;
-            }
+            _ = &mut deadline => return false,
         }
     }
 }
 
-/// What a session's recovery needs: its pid, rooms, name and every sid it had.
-fn record_of(s: &Session) -> Option<(String, SessionRecord)> {
-    let st = s.lock_state();
-    st.pid.clone().map(|pid| {
-        let mut sids = st.old_sids.clone();
-        sids.push(s.sid.clone());
-        (
-            pid,
-            SessionRecord {
-                rooms: st.rooms.iter().cloned().collect(),
-                username: st.username.clone(),
-                sids,
-                since: st.since,
-            },
-        )
-    })
-}
-
-/// Removes a finished session once, keeps what its recovery needs, and tells the chat layer.
-async fn finish(hub: &Arc<Hub>, s: &Arc<Session>) {
-    finish_saved(hub, s, false).await;
-}
-
-/// [`finish`], when the recovery record may already have been saved.
-async fn finish_saved(hub: &Arc<Hub>, s: &Arc<Session>, saved: bool) {
+/// Removes a finished session, once (a polling session's heartbeat and its last poll may
+/// both end it, at the same time): the app hears that each socket it had is gone, while the
+/// hub still knows its rooms.
+async fn finish<A: App>(srv: &Arc<Server<A>>, s: &Arc<Session>) {
     s.close();
-    let record = record_of(s);
-    if let Some(s) = hub.remove(&s.sid) {
-        if let (false, Some(b), Some((pid, rec))) = (saved, &hub.broker, record) {
-            b.save_session(&pid, &rec, hub.cfg.recovery_window.as_secs().max(1))
-                .await;
-        }
-        chat::on_disconnect(hub, &s).await;
-    }
-}
-
-/// Socket.IO CONNECT. With Redis, a client presenting a known `pid` gets its rooms and name
-/// back and the messages it missed after `offset`; any other client gets a fresh `pid`.
-///
-/// The CONNECT reply is queued under the state lock that marks the socket connected: the
-/// fan-out checks that mark under the same lock, so no broadcast can overtake the reply (a
-/// client that got `user joined` before its CONNECT failed its handshake).
-async fn connect(hub: &Arc<Hub>, s: &Arc<Session>, data: &serde_json::Value) -> bool {
-    let Some(b) = hub.broker.clone() else {
-        let mut st = s.lock_state();
-        st.connected = true;
-        return s.send_packet(&SioPacket::connect(serde_json::json!({"sid": s.sid})));
+    let Some(gone) = s.lock_state().end() else {
+        return;
     };
-    let claimed = data.get("pid").and_then(|v| v.as_str()).map(str::to_string);
-    let record = match &claimed {
-        Some(pid) => b.take_session(pid).await,
-        None => None,
-    };
-    let Some(rec) = record else {
-        let since = b.current_seq();
-        let pid = crate::session::new_sid();
-        let reply = SioPacket::connect(serde_json::json!({"sid": s.sid, "pid": pid}));
-        let mut st = s.lock_state();
-        st.connected = true;
-        st.pid = Some(pid);
-        st.since = since;
-        return s.send_packet(&reply);
-    };
-    let pid = claimed.unwrap_or_default();
-    let offset = data
-        .get("offset")
-        .and_then(|v| v.as_str())
-        .and_then(|o| o.parse::<u64>().ok())
-        .unwrap_or(rec.since);
-    let reply = SioPacket::connect(serde_json::json!({"sid": s.sid, "pid": pid}));
-    {
-        let mut st = s.lock_state();
-        st.connected = true;
-        st.pid = Some(pid);
-        st.since = rec.since;
-        st.old_sids = rec.sids.clone();
-        st.username = rec.username.clone();
-        st.recovering = Some(Vec::new());
-        s.send_packet(&reply);
+    for nsp in gone {
+        srv.app.disconnect(s, &nsp, Disconnect::Closed).await;
     }
-    for r in &rec.rooms {
-        hub.join(s, r);
-    }
-    if rec.username.is_some() {
-        hub.users.fetch_add(1, Ordering::Relaxed);
-    }
-    let n = hub.replay(s, offset).await;
-    tracing::debug!(sid = %s.sid, replayed = n, offset, "recovered session");
-    true
+    srv.hub.remove(&s.sid);
 }
 
 /// One Engine.IO text packet from a client; false closes the connection.
-async fn on_text(hub: &Arc<Hub>, s: &Arc<Session>, text: &str) -> bool {
+async fn on_text<A: App>(srv: &Arc<Server<A>>, s: &Arc<Session>, text: &str) -> bool {
     let Ok((kind, data)) = sio::eio_decode(text) else {
         return false;
     };
@@ -555,15 +495,16 @@ async fn on_text(hub: &Arc<Hub>, s: &Arc<Session>, text: &str) -> bool {
             true
         }
         EioType::Message => {
-            if !s.allow(hub.cfg.rate_per_sec, hub.cfg.rate_burst) {
-                hub.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let cfg = &srv.hub.cfg;
+            if !s.allow(cfg.rate_per_sec, cfg.rate_burst) {
+                srv.hub.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(sid = %s.sid, "rate limit exceeded: disconnecting");
                 s.close();
                 return true;
             }
-            hub.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+            srv.hub.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
             match SioPacket::decode(data) {
-                Ok(p) => on_packet(hub, s, p).await,
+                Ok(p) => on_packet(srv, s, p).await,
                 Err(_) => false,
             }
         }
@@ -571,7 +512,8 @@ async fn on_text(hub: &Arc<Hub>, s: &Arc<Session>, text: &str) -> bool {
     }
 }
 
-async fn on_binary(hub: &Arc<Hub>, s: &Arc<Session>, b: Bytes) -> bool {
+/// One binary attachment: the last of a packet's hands the event to the app.
+async fn on_binary<A: App>(srv: &Arc<Server<A>>, s: &Arc<Session>, b: Bytes) -> bool {
     let complete = {
         let mut st = s.lock_state();
         let Some(p) = st.pending.as_mut() else {
@@ -585,113 +527,56 @@ async fn on_binary(hub: &Arc<Hub>, s: &Arc<Session>, b: Bytes) -> bool {
         }
     };
     if let Some(p) = complete {
-        on_event(hub, s, p).await;
+        srv.app.event(s, p).await;
     }
     true
 }
 
-/// The client left `/` (a `41`): its socket is gone (out of its rooms, `user left`, no
-/// recovery: it left on purpose) but the Engine.IO session stays, pinged, for a later CONNECT
-/// or another namespace, as with the reference server.
-async fn leave_main_namespace(hub: &Arc<Hub>, s: &Arc<Session>) {
-    let rooms: Vec<String> = {
+/// One Socket.IO packet, on any namespace: CONNECT and DISCONNECT open and close the socket
+/// there, through the app; a packet for a namespace the client has not connected (or a second
+/// CONNECT) closes the connection.
+async fn on_packet<A: App>(srv: &Arc<Server<A>>, s: &Arc<Session>, p: SioPacket) -> bool {
+    let connected = s.lock_state().is_connected(&p.nsp);
+    match (p.kind, connected) {
+        (SioType::Connect, false) => {
+            let auth = p.data.unwrap_or_else(|| serde_json::json!({}));
+            let c = Connecting {
+                session: s,
+                nsp: &p.nsp,
+                auth,
+            };
+            let _answered = srv.app.connect(c).await;
+            true
+        }
+        (SioType::Disconnect, _) => {
+            leave(srv, s, &p.nsp).await;
+            true
+        }
+        (SioType::Event, true) => {
+            srv.app.event(s, p).await;
+            true
+        }
+        (SioType::BinaryEvent, true) => {
+            s.lock_state().pending = Some(Box::new(p));
+            true
+        }
+        (SioType::Ack | SioType::BinaryAck, true) => true,
+        _ => false,
+    }
+}
+
+/// The client left a namespace (a DISCONNECT): its socket there is gone, but the Engine.IO
+/// session stays, pinged, for a later CONNECT or another namespace, as with the reference
+/// server.
+async fn leave<A: App>(srv: &Arc<Server<A>>, s: &Arc<Session>, nsp: &str) {
+    {
         let mut st = s.lock_state();
-        if !st.connected {
+        if !st.set_connected(nsp, false) {
             return;
         }
-        st.connected = false;
-        st.pid = None;
-        st.pending = None;
-        st.rooms.iter().cloned().collect()
-    };
-    for r in rooms {
-        hub.leave(s, &r);
+        if st.pending.as_ref().is_some_and(|p| p.nsp == nsp) {
+            st.pending = None;
+        }
     }
-    chat::on_disconnect(hub, s).await;
-}
-
-/// A complete event for the application: the chat, or `--conformance`'s handlers.
-async fn on_event(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) {
-    if hub.cfg.conformance {
-        crate::conformance::on_event(s, p);
-    } else {
-        chat::on_event(hub, s, p).await;
-    }
-}
-
-/// A packet on a namespace other than `/`: one of `--conformance`'s, or a connect error.
-fn on_namespace_packet(hub: &Hub, s: &Arc<Session>, p: SioPacket) -> bool {
-    if !hub.cfg.conformance || !crate::conformance::NAMESPACES.contains(&p.nsp.as_str()) {
-        s.send_packet(&SioPacket {
-            nsp: p.nsp.clone(),
-            ..SioPacket::connect_error("Invalid namespace")
-        });
-        return true;
-    }
-    let connected = s.lock_state().namespaces.contains(&p.nsp);
-    match (p.kind, connected) {
-        (SioType::Connect, false) => {
-            let auth = p.data.clone().unwrap_or_else(|| serde_json::json!({}));
-            s.lock_state().namespaces.push(p.nsp.clone());
-            s.connected_namespace();
-            s.send_packet(&SioPacket {
-                nsp: p.nsp.clone(),
-                ..SioPacket::connect(serde_json::json!({"sid": crate::session::new_sid()}))
-            });
-            crate::conformance::on_connect(s, &p.nsp, &auth);
-            true
-        }
-        (SioType::Disconnect, _) => {
-            s.lock_state().namespaces.retain(|n| *n != p.nsp);
-            true
-        }
-        (SioType::Event, true) => {
-            crate::conformance::on_event(s, p);
-            true
-        }
-        (SioType::BinaryEvent, true) => {
-            s.lock_state().pending = Some(Box::new(p));
-            true
-        }
-        (SioType::Ack | SioType::BinaryAck, true) => true,
-        _ => false,
-    }
-}
-
-async fn on_packet(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) -> bool {
-    if p.nsp != "/" {
-        return on_namespace_packet(hub, s, p);
-    }
-    let connected = s.lock_state().connected;
-    match (p.kind, connected) {
-        (SioType::Connect, false) => {
-            let data = p.data.clone().unwrap_or_else(|| serde_json::json!({}));
-            if let Some(token) = &hub.cfg.auth_token
-                && data.get("token").and_then(|t| t.as_str()) != Some(token.as_str())
-            {
-                s.send_packet(&SioPacket::connect_error("unauthorized"));
-                return true;
-            }
-            let ok = connect(hub, s, &data).await;
-            s.connected_namespace();
-            if hub.cfg.conformance {
-                crate::conformance::on_connect(s, "/", &data);
-            }
-            ok
-        }
-        (SioType::Disconnect, _) => {
-            leave_main_namespace(hub, s).await;
-            true
-        }
-        (SioType::Event, true) => {
-            on_event(hub, s, p).await;
-            true
-        }
-        (SioType::BinaryEvent, true) => {
-            s.lock_state().pending = Some(Box::new(p));
-            true
-        }
-        (SioType::Ack | SioType::BinaryAck, true) => true,
-        _ => false,
-    }
+    srv.app.disconnect(s, nsp, Disconnect::Left).await;
 }

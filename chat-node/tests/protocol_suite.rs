@@ -1,13 +1,12 @@
 //! The official Socket.IO protocol suite (github.com/socketio/socket.io-protocol, test-suite/,
-//! kept in ../shared/conformance/socket.io-protocol) against `chat-node --conformance`: every one
-//! of its tests passes. The suite's npm packages (mocha, chai, ws, node-fetch) come from its own
-//! package-lock.json, installed by scripts/test (scripts/protocol-suite) into target/protocol-suite.
+//! kept in ../shared/conformance/socket.io-protocol) against `protocol-server`, chat-node's
+//! transport with the suite's reference handlers: every one of its tests passes. The suite's npm
+//! packages (mocha, chai, ws, node-fetch) come from its own package-lock.json, installed by
+//! scripts/test (scripts/protocol-suite) into target/protocol-suite.
 
 mod common;
 
-use connscale_test_support::{
-    ServerProcess, free_port, wait_for_port, workspace_bin, workspace_root,
-};
+use connscale_test_support::{ServerProcess, free_port, wait_for_port, workspace_root};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -53,20 +52,20 @@ fn the_official_protocol_suite_passes() {
     );
 
     let port = free_port();
-    let mut cmd = Command::new(workspace_bin("chat-node").unwrap_or_else(|e| panic!("{e}")));
-    cmd.args(["--conformance", "--port", &port.to_string()]);
-    let _server = ServerProcess::spawn("chat-conformance", cmd).expect("spawn chat-node");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_protocol-server"));
+    cmd.args(["--port", &port.to_string()]);
+    let _server = ServerProcess::spawn("protocol-server", cmd).expect("spawn protocol-server");
     assert!(
         wait_for_port(
             SocketAddr::from(([127, 0, 0, 1], port)),
             Duration::from_secs(15)
         ),
-        "chat-node --conformance did not listen"
+        "protocol-server did not listen"
     );
 
     // The suite hard-codes `const URL = "http://localhost:3000";` (test-suite.js): a copy in a
-    // temporary directory points at this test's free port instead (127.0.0.1: chat-node listens
-    // on IPv4, and Node.js may resolve localhost to ::1 first). Nothing else is changed.
+    // temporary directory points at this test's free port instead (127.0.0.1: the server listens
+    // there, and Node.js may resolve localhost to ::1 first). Nothing else is changed.
     let dir = tempfile::tempdir().expect("temp dir");
     for f in ["node-imports.js", "package.json"] {
         std::fs::copy(suite.join(f), dir.path().join(f)).expect("copy the suite");
