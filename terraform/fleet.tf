@@ -45,6 +45,8 @@ resource "aws_launch_template" "node" {
     hook_name                  = local.drain_hook
     launch_hook_name           = local.launch_hook
     agent_drain_timeout        = local.agent_drain_timeout
+    drain_grace                = var.drain_grace
+    drain_grace_until_below    = var.drain_grace_until_below
     hook_heartbeat_timeout     = local.deregistration_delay + var.drain_timeout
     api_token_parameter        = aws_ssm_parameter.api_token.name
     redis_auth_token_parameter = aws_ssm_parameter.redis_auth_token.name
@@ -144,5 +146,9 @@ resource "aws_autoscaling_group" "fleet" {
   lifecycle {
     # The controller (or the alarms) own desired capacity.
     ignore_changes = [desired_capacity]
+    precondition {
+      condition     = var.drain_grace + 60 <= local.agent_drain_timeout
+      error_message = "drain_grace must leave chat-node's drain a minute inside the agent's drain (drain_timeout - 30): raise drain_timeout to at least drain_grace + 270 (connscale export terraform sets both from the policy)."
+    }
   }
 }

@@ -97,10 +97,30 @@ variable "load_balancing_algorithm" {
   }
 }
 
-variable "drain_timeout" {
-  description = "Seconds a scale-in victim may take to drain: the agent's drain gets drain_timeout - 30, the ALB's deregistration delay drain_timeout + deregistration_margin, the termination hook's heartbeat timeout drain_timeout."
+variable "drain_grace" {
+  description = "Seconds a scale-in victim, out of the ALB, waits for its clients to leave by themselves before chat-node is told to drain (policy scale_in.drain_grace). It is billed meanwhile: fewer forced reconnects for a little more instance time. Must fit drain_timeout (drain_grace + 270 at least)."
   type        = number
-  default     = 300
+  default     = 1800
+  validation {
+    condition     = var.drain_grace >= 0 && var.drain_grace <= 2700
+    error_message = "drain_grace must be between 0 and 2700 seconds (with the drain after it, it must fit the ALB's deregistration delay, at most 3600)."
+  }
+}
+
+variable "drain_grace_until_below" {
+  description = "The grace ends early once fewer connections than this remain on the victim (policy scale_in.drain_grace_until_below; 0: the grace runs its full length)."
+  type        = number
+  default     = 2000
+  validation {
+    condition     = var.drain_grace_until_below >= 0
+    error_message = "drain_grace_until_below must be 0 or more."
+  }
+}
+
+variable "drain_timeout" {
+  description = "Seconds a scale-in victim may take to drain in all, its grace included: the agent's drain gets drain_timeout - 30, the ALB's deregistration delay drain_timeout + deregistration_margin, the termination hook's heartbeat timeout drain_timeout."
+  type        = number
+  default     = 2070
   validation {
     condition     = var.drain_timeout >= 60 && var.drain_timeout <= 3000
     error_message = "drain_timeout must be between 60 and 3000 seconds (the agent gets drain_timeout - 30; the ALB's deregistration delay, drain_timeout + deregistration_margin, may not pass 3600)."

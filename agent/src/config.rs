@@ -134,9 +134,14 @@ pub struct DrainConfig {
     pub drain_url: Option<String>,
     /// Bearer token for `drain_url`; unset: `$CREDENTIALS_DIRECTORY/api-token` if present.
     pub drain_token: Option<Secret>,
-    /// `close`: how long clients may leave by themselves before the agent closes any.
+    /// How long clients may leave by themselves (health failing, so the load balancer sends
+    /// none) before the service is told to drain (`http`) or the agent closes any (`close`).
+    /// Policy `scale_in.drain_grace`.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// The grace ends early once fewer connections than this remain (0: it runs its full
+    /// length). Policy `scale_in.drain_grace_until_below`.
+    pub grace_until_below: u64,
     /// `close`: the span over which the remaining connections are closed, evenly.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
@@ -202,6 +207,7 @@ impl Default for DrainConfig {
             drain_url: Some("http://127.0.0.1:3000/api/drain".into()),
             drain_token: None,
             grace: Duration::from_secs(30),
+            grace_until_below: 0,
             window: Duration::from_secs(120),
             threshold: 10,
             timeout: Duration::from_secs(300),
@@ -298,6 +304,12 @@ pub fn check(c: &AgentConfig) -> Result<(), String> {
         return Err(format!(
             "`drain.grace` ({:?}) + `drain.window` ({:?}) exceed `drain.timeout` ({:?}): the lifecycle action would complete before every connection is closed; shorten them or raise drain.timeout",
             d.grace, d.window, d.timeout
+        ));
+    }
+    if d.method == DrainMethod::Http && d.grace >= d.timeout {
+        return Err(format!(
+            "`drain.grace` ({:?}) is not below `drain.timeout` ({:?}): the lifecycle action would complete before the service is told to drain; shorten it or raise drain.timeout",
+            d.grace, d.timeout
         ));
     }
     if d.method == DrainMethod::Close && d.window.is_zero() {

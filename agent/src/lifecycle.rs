@@ -127,10 +127,9 @@ async fn run_drain(cfg: &AgentConfig, status: &Shared) {
         st.drain = DrainProgress::default();
     }
     let started = Instant::now();
-    let mut told = tell_service(&cfg.drain).await;
-    if let Err(e) = &told {
-        tracing::error!(error = %e, "cannot tell the service to drain; retrying while waiting");
-    }
+    let mut grace = Grace::new(&cfg.drain);
+    // Nothing asked of the service yet: the grace comes first.
+    let mut told: Result<(), String> = Ok(());
     let hook = match Hook::connect(cfg, &cfg.drain.hook_name).await {
         Ok(h) => h,
         Err(e) => {
@@ -143,14 +142,20 @@ async fn run_drain(cfg: &AgentConfig, status: &Shared) {
         cfg.drain.heartbeat_interval,
     );
     loop {
-        if let Some(c) = closer.as_mut() {
-            let open = c.tick(started.elapsed(), status);
+        let conns = lock(status).connections;
+        if grace.ends(started.elapsed(), conns) {
+            told = tell_service(&cfg.drain).await;
+            if let Err(e) = &told {
+                tracing::error!(error = %e, "cannot tell the service to drain; retrying while waiting");
+            }
+        }
+        if let (Some(c), Some(into)) = (closer.as_mut(), grace.over_for(started.elapsed())) {
+            let open = c.tick(into, status);
             if open == Some(0) {
                 tracing::info!(closed = c.closed, "every connection closed");
                 break;
             }
         }
-        let conns = lock(status).connections;
         // The closer ends the drain itself, with nothing left open; waiting ends below the
         // threshold (the last few go with the instance).
         let drained = match closer {
@@ -192,6 +197,40 @@ async fn run_drain(cfg: &AgentConfig, status: &Shared) {
     }
 }
 
+/// The start of a drain in which clients may leave by themselves: it lasts `drain.grace`, or
+/// until fewer than `drain.grace_until_below` connections remain, whichever comes first.
+struct Grace {
+    limit: Duration,
+    until_below: u64,
+    /// When (since the drain began) it ended.
+    ended_at: Option<Duration>,
+}
+
+impl Grace {
+    fn new(d: &DrainConfig) -> Self {
+        Self {
+            limit: d.grace,
+            until_below: d.grace_until_below,
+            ended_at: None,
+        }
+    }
+
+    /// True once, at the turn on which the grace ends (`since` the drain began, `conns` open).
+    fn ends(&mut self, since: Duration, conns: u64) -> bool {
+        if self.ended_at.is_some() || (since < self.limit && conns >= self.until_below) {
+            return false;
+        }
+        tracing::info!(conns, after = ?since, "grace over");
+        self.ended_at = Some(since);
+        true
+    }
+
+    /// How long ago the grace ended, or `None` while it lasts.
+    fn over_for(&self, since: Duration) -> Option<Duration> {
+        self.ended_at.map(|at| since.saturating_sub(at))
+    }
+}
+
 /// What the current (or last) drain did, for /metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DrainProgress {
@@ -210,7 +249,6 @@ pub struct DrainProgress {
 pub struct Closer {
     nl: NetlinkCounter,
     ports: Vec<u16>,
-    grace: Duration,
     window: Duration,
     open_at_start: Option<usize>,
     pub closed: u64,
@@ -238,17 +276,15 @@ impl Closer {
         Some(Self {
             nl,
             ports: cfg.ports.clone(),
-            grace: cfg.drain.grace,
             window: cfg.drain.window,
             open_at_start: None,
             closed: 0,
         })
     }
 
-    /// Closes what the schedule says should be closed `since` the drain began; returns how many
-    /// connections remain open (`None` during the grace or when listing failed).
-    fn tick(&mut self, since: Duration, status: &Shared) -> Option<usize> {
-        let into = since.checked_sub(self.grace)?;
+    /// Closes what the schedule says should be closed `into` the window (the grace is over);
+    /// returns how many connections remain open (`None` when listing failed).
+    fn tick(&mut self, into: Duration, status: &Shared) -> Option<usize> {
         let mut socks = Vec::new();
         for &port in &self.ports {
             match self.nl.established(port) {
@@ -260,7 +296,7 @@ impl Closer {
             }
         }
         let initial = *self.open_at_start.get_or_insert_with(|| {
-            tracing::info!(open = socks.len(), window = ?self.window, "grace over: closing the remaining connections over the window");
+            tracing::info!(open = socks.len(), window = ?self.window, "closing the remaining connections over the window");
             socks.len()
         });
         let excess = socks

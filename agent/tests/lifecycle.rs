@@ -151,8 +151,7 @@ fn stand_env(base: &str) -> Vec<(&'static str, String)> {
 }
 
 async fn rig(first_state: &str, active: bool, held: usize, extra_env: &[(&str, String)]) -> Rig {
-    let http =
-        "method = \"http\"\ndrain_url = \"{base}/drain\"\nthreshold = 1\ntimeout = \"60s\"\n";
+    let http = "method = \"http\"\ngrace = \"0s\"\ndrain_url = \"{base}/drain\"\nthreshold = 1\ntimeout = \"60s\"\n";
     rig_with(first_state, active, held, extra_env, http, &[]).await
 }
 
@@ -236,6 +235,28 @@ fn assert_continue(c: &str) {
     ] {
         assert!(c.contains(part), "{part} missing from {c}");
     }
+}
+
+/// `drain.grace` with the http method: while its clients stay, the service is not told; once
+/// those that leave by themselves bring the count under `grace_until_below`, it is, long
+/// before the grace's full length.
+#[tokio::test]
+async fn http_drain_waits_out_its_grace_until_few_clients_remain() {
+    let method = "method = \"http\"\ngrace = \"50s\"\ngrace_until_below = 3\ndrain_url = \"{base}/drain\"\nthreshold = 1\ntimeout = \"60s\"\n";
+    let mut r = rig_with("InService", true, 5, &[], method, &[]).await;
+    r.state.lock().expect("lock").lifecycle_state = "Terminated".into();
+    let (code, _) = r.agent.wait_health(20, |code, _| code == 503).await;
+    assert_eq!(code, 503, "out of the balancer during the grace");
+    assert!(
+        !until(&r.state, 3, |s| s.drains > 0).await,
+        "the service was told to drain while 5 clients stayed in the grace"
+    );
+    // Three of the five leave by themselves (each is a client and a server stream).
+    r.held.truncate(4);
+    assert!(
+        until(&r.state, 10, |s| s.drains == 1).await,
+        "2 clients < grace_until_below 3, and the service was not told"
+    );
 }
 
 #[tokio::test]

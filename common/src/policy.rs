@@ -117,6 +117,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// What a drain needs after its grace: the service's own drain (chat-node's window) or the
+/// agent's closing window, and the lifecycle calls.
+pub const DRAIN_AFTER_GRACE: Duration = Duration::from_secs(270);
+
 /// The longest `scale_in.drain_grace`: with the agent's closing window and the margins it must
 /// fit the ALB's deregistration delay (at most 3,600 s; terraform's `drain_timeout` ≤ 3,000 s).
 pub const MAX_DRAIN_GRACE: Duration = Duration::from_secs(2_700);
@@ -210,6 +214,12 @@ pub enum PolicyError {
 }
 
 impl Policy {
+    /// How long a scale-in victim may take in all (the lifecycle hook's heartbeat timeout, and
+    /// terraform's `drain_timeout`): its grace, then [`DRAIN_AFTER_GRACE`].
+    pub fn drain_timeout(&self) -> Duration {
+        self.scale_in.drain_grace + DRAIN_AFTER_GRACE
+    }
+
     /// The shipped default policy.
     pub fn default_policy() -> Self {
         Self::parse(DEFAULT_POLICY_TOML, "<default policy>")

@@ -37,6 +37,11 @@ pub struct TerraformVars {
     pub scale_in_cooldown: u64,
     pub schedules: Vec<ScheduleVar>,
     pub warm_pool: Option<WarmPoolVar>,
+    /// Seconds a victim waits for its clients to leave by themselves (`scale_in.drain_grace`).
+    pub drain_grace: u64,
+    pub drain_grace_until_below: u32,
+    /// Seconds a victim may take in all ([`Policy::drain_timeout`]).
+    pub drain_timeout: u64,
 }
 
 /// One scale-out step, with absolute bounds on the average.
@@ -128,6 +133,9 @@ pub fn vars(p: &Policy) -> Result<TerraformVars, String> {
         scale_in_cooldown: p.scale_in.cooldown.as_secs(),
         schedules,
         warm_pool,
+        drain_grace: p.scale_in.drain_grace.as_secs(),
+        drain_grace_until_below: p.scale_in.drain_grace_until_below,
+        drain_timeout: p.drain_timeout().as_secs(),
     })
 }
 

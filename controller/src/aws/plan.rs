@@ -21,8 +21,6 @@ use std::collections::BTreeMap;
 
 /// The termination lifecycle hook the agent drains in (terraform/fleet.tf names it the same).
 pub const DRAIN_HOOK: &str = "connscale-drain";
-/// Seconds a draining instance may stay in the hook (terraform's `drain_timeout` default).
-pub const DRAIN_TIMEOUT: i32 = 300;
 
 /// The metric `connscale run` publishes while it holds the lease ({AutoScalingGroupName}, in the
 /// policy's namespace). The alarms act only while it is missing, so exactly one actor scales.
@@ -225,7 +223,8 @@ pub fn wanted(policy: &Policy, group: &str) -> Result<Config, String> {
         Spec::LifecycleHook {
             transition: "autoscaling:EC2_INSTANCE_TERMINATING".into(),
             default_result: "CONTINUE".into(),
-            heartbeat_timeout: DRAIN_TIMEOUT,
+            // The victim's grace and drain, as terraform's drain_timeout (export sets it so).
+            heartbeat_timeout: v.drain_timeout as i32,
         },
     );
     Ok(c)

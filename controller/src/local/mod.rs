@@ -347,7 +347,7 @@ impl LocalFleet {
         let s = &self.settings;
         match s.workload {
             Workload::ChatNode => format!(
-                "method = \"http\"\ndrain_url = \"http://127.0.0.1:{port}/api/drain\"\ndrain_token = \"{}\"\n",
+                "method = \"http\"\ngrace = \"0s\"\ndrain_url = \"http://127.0.0.1:{port}/api/drain\"\ndrain_token = \"{}\"\n",
                 s.api_token
             ),
             Workload::Node { .. } => format!(

@@ -114,6 +114,9 @@ fn template_value(key: &str, d: &Deployment) -> Value {
         "launch_hook" | "launch_hook_name" => json!(LAUNCH_HOOK),
         "drain_timeout" => json!(60),
         "agent_drain_timeout" => json!(30),
+        // Under the test's few clients at once: the grace ends as the drain starts.
+        "drain_grace" => json!(20),
+        "drain_grace_until_below" => json!(1000),
         "hook_heartbeat_timeout" => json!(120),
         "region" | "aws_region" => json!(d.stub.identity().region),
         "group_name" | "name" => json!(d.group.name),
