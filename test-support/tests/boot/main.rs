@@ -795,8 +795,8 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         })
     };
     m.sh("cp /etc/connscale/agent.toml /root/agent.toml.http && \
-         sed -i 's/^method = \"http\"/method = \"close\"/' /etc/connscale/agent.toml && \
-         printf 'grace = \"1s\"\\nwindow = \"2s\"\\n' >> /etc/connscale/agent.toml && \
+         sed -i -e 's/^method = \"http\"/method = \"close\"/' -e 's/^grace = .*/grace = \"1s\"/' /etc/connscale/agent.toml && \
+         printf 'window = \"2s\"\\n' >> /etc/connscale/agent.toml && \
          systemctl restart connscale-agent.service");
     assert_eq!(
         close_available(),
