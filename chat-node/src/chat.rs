@@ -79,7 +79,7 @@ pub async fn on_event(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) {
             let ch: String = ch.chars().take(128).collect();
             let joining = name == "join-channel";
             if joining {
-                hub.join(s, &ch);
+                hub.join(s, &ch).await;
             }
             let notice = json!(["channel notice", {"channel": ch, "username": user, "action": if joining { "joined" } else { "left" }}]);
             hub.broadcast(Some(&ch), Some(&s.sid), &SioPacket::event(notice, vec![]))

@@ -461,6 +461,7 @@ fn record_of(s: &Session) -> Option<(String, SessionRecord)> {
                 username: st.username.clone(),
                 sids,
                 since: st.since,
+                joined_at: st.joined_at.iter().map(|(r, n)| (r.clone(), *n)).collect(),
             },
         )
     })
@@ -512,11 +513,8 @@ async fn connect(hub: &Arc<Hub>, s: &Arc<Session>, data: &serde_json::Value) -> 
         return s.send_packet(&reply);
     };
     let pid = claimed.unwrap_or_default();
-    let offset = data
-        .get("offset")
-        .and_then(|v| v.as_str())
-        .and_then(|o| o.parse::<u64>().ok())
-        .unwrap_or(rec.since);
+    // Opaque to the client, and anything at all from a bad one: the hub reads it or ignores it.
+    let offset = data.get("offset").and_then(|v| v.as_str());
     let reply = SioPacket::connect(serde_json::json!({"sid": s.sid, "pid": pid}));
     {
         let mut st = s.lock_state();
@@ -529,12 +527,12 @@ async fn connect(hub: &Arc<Hub>, s: &Arc<Session>, data: &serde_json::Value) -> 
         s.send_packet(&reply);
     }
     for r in &rec.rooms {
-        hub.join(s, r);
+        hub.join(s, r).await;
     }
     if rec.username.is_some() {
         hub.users.fetch_add(1, Ordering::Relaxed);
     }
-    let n = hub.replay(s, offset).await;
+    let n = hub.replay(s, offset, &rec).await;
     tracing::debug!(sid = %s.sid, replayed = n, offset, "recovered session");
     true
 }
