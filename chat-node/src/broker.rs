@@ -152,11 +152,20 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
 }
 
 /// A Redis Cluster client builder over `seeds` with [`tcp_settings`] and the AUTH password.
+/// Retries are few and short: with redis-rs's defaults (16, from 1.28 s apart) a request to a
+/// killed master retried for minutes, and the connection's queue of them held every other
+/// request back long after its replica had taken over.
 fn cluster_builder(
     seeds: &[String],
     password: Option<&str>,
 ) -> redis::cluster::ClusterClientBuilder {
-    let b = redis::cluster::ClusterClientBuilder::new(seeds.to_vec()).tcp_settings(tcp_settings());
+    let b = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+        .tcp_settings(tcp_settings())
+        .retries(3)
+        .min_retry_wait(20)
+        .max_retry_wait(250)
+        .connection_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_secs(1));
     match password {
         Some(p) => b.password(p),
         None => b,
@@ -926,29 +935,85 @@ impl RedisBroker {
             .await
             .map_err(|_| "connect timeout".to_string())?
             .map_err(|e| e.to_string())?;
-        self.attach(SubConn::Cluster(conn)).await?;
-        while let Some(push) = rx.recv().await {
-            match push.kind {
-                PushKind::SMessage => {
-                    let body = push.data.into_iter().nth(1);
-                    if let Some(Ok(body)) = body.map(String::from_redis_value) {
-                        on_broadcast(&body, deliver);
+        self.attach(SubConn::Cluster(conn.clone())).await?;
+        // Since a node's connection was lost, if it was: its channels come back once the
+        // connection learns who serves their slots now (see `poke_shards`).
+        let mut lost = false;
+        let mut tick = tokio::time::interval(POKE_EVERY);
+        loop {
+            tokio::select! {
+                push = rx.recv() => {
+                    let Some(push) = push else { break };
+                    match push.kind {
+                        PushKind::SMessage => {
+                            let body = push.data.into_iter().nth(1);
+                            if let Some(Ok(body)) = body.map(String::from_redis_value) {
+                                on_broadcast(&body, deliver);
+                            }
+                        }
+                        PushKind::SSubscribe => {
+                            self.mark(true, "");
+                            let ch = push.data.into_iter().next().map(String::from_redis_value);
+                            if let Some(Ok(Some(room))) = ch.map(|c| c.map(|c| channel_room(&c))) {
+                                self.resync(room.as_deref()).await;
+                            }
+                        }
+                        PushKind::Disconnection => {
+                            self.mark(false, "cluster node connection lost");
+                            lost = true;
+                        }
+                        _ => {}
                     }
                 }
-                PushKind::SSubscribe => {
-                    self.mark(true, "");
-                    let ch = push.data.into_iter().next().map(String::from_redis_value);
-                    if let Some(Ok(Some(room))) = ch.map(|c| c.map(|c| channel_room(&c))) {
-                        self.resync(room.as_deref()).await;
-                    }
-                }
-                PushKind::Disconnection => self.mark(false, "cluster node connection lost"),
-                _ => {}
+                _ = tick.tick(), if lost => lost = !self.rejoin_shards(&conn).await,
             }
         }
         Ok(())
     }
+
+    /// After a shard's connection was lost: true once every subscribed channel is subscribed
+    /// again where its slot is served now. redis-rs resubscribes after a slot-map refresh,
+    /// but not on a replica promoted after that refresh (seen in the failover test: no
+    /// subscriber on the new master), so this waits until the connection reaches every
+    /// stream's shard (`poke_shards`), then subscribes everything again itself (a channel
+    /// subscribed twice on one connection is still one subscription).
+    async fn rejoin_shards(&self, conn: &redis::cluster_async::ClusterConnection) -> bool {
+        if !self.poke_shards(conn).await {
+            return false;
+        }
+        let subs = self.subs.lock().await;
+        let mut c = conn.clone();
+        for ch in &subs.active {
+            let again = tokio::time::timeout(POKE_EVERY * 4, c.ssubscribe(ch)).await;
+            if !matches!(again, Ok(Ok(()))) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Reads every subscribed stream's sequence through the subscription's own connection;
+    /// true once all answer. A command failing against a lost master makes the connection
+    /// refresh its slot map, so once all answer it knows every slot's master.
+    async fn poke_shards(&self, conn: &redis::cluster_async::ClusterConnection) -> bool {
+        let mut keys = vec![seq_key(None)];
+        keys.extend(self.wanted().iter().map(|r| seq_key(Some(r))));
+        let reads = keys.into_iter().map(|k| {
+            let mut c = conn.clone();
+            async move {
+                let get = c.get::<_, Option<u64>>(k);
+                matches!(tokio::time::timeout(POKE_EVERY, get).await, Ok(Ok(_)))
+            }
+        });
+        futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .all(|ok| ok)
+    }
 }
+
+/// How often a subscription that lost a shard's connection pokes the shards.
+const POKE_EVERY: Duration = Duration::from_millis(250);
 
 /// One stream's pipeline of publish scripts. Redis restarted or failed over to a replica
 /// without the script: its cache is empty and nothing ran. Load, then once more (not when

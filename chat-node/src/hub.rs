@@ -712,16 +712,16 @@ impl Cursor {
     }
 }
 
+/// One stream's envelopes not yet merged.
+type Pending = std::iter::Peekable<std::vec::IntoIter<(u64, Envelope)>>;
+
 /// The streams' envelopes in one list, each stream kept in its own order, the streams
 /// interleaved by publish time (the order the client would have seen them in, near enough).
 fn merge_by_time(
     streams: Vec<(Option<String>, u64)>,
     reads: Vec<Vec<(u64, Envelope)>>,
 ) -> Vec<(Option<String>, u64, Envelope)> {
-    let mut heads: Vec<(
-        Option<String>,
-        std::iter::Peekable<std::vec::IntoIter<(u64, Envelope)>>,
-    )> = streams
+    let mut heads: Vec<(Option<String>, Pending)> = streams
         .into_iter()
         .map(|(r, _)| r)
         .zip(reads.into_iter().map(|v| v.into_iter().peekable()))
