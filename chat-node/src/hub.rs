@@ -270,7 +270,8 @@ impl Hub {
     ) {
         let targets = self.targets(room);
         let plain = Utf8Bytes::from(format!("4{text}"));
-        let positions = self.broker.as_ref().map(|b| b.positions());
+        // Only numbered deliveries read positions (and hold the subscription's writes back).
+        let positions = seq.and(self.broker.as_ref()).map(|b| b.positions());
         let numbered = seq.zip(positions.as_deref());
         let mut shared: HashMap<u64, Utf8Bytes> = HashMap::new();
         let mut sent = 0;
