@@ -223,7 +223,11 @@ impl Hub {
         if let Some(b) = &self.broker {
             b.watch(room).await;
             let at = b.positions().get(Some(room));
-            s.lock_state().joined_at.insert(room.to_string(), at);
+            // Joining again changes nothing: replay in the room still starts at the first join.
+            s.lock_state()
+                .joined_at
+                .entry(room.to_string())
+                .or_insert(at);
         }
     }
 
@@ -234,6 +238,7 @@ impl Hub {
                 st.room_key ^= offset::room_hash(room);
             }
             st.joined_at.remove(room);
+            st.replayed.rooms.remove(room);
         }
         self.forget_member(room, &s.sid);
     }
