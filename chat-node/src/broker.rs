@@ -9,16 +9,21 @@
 //! Presence is one key per node with a TTL heartbeat, so a SIGKILLed node disappears from the
 //! count when its key expires (no INCR/DECR to drift).
 //!
-//! Redis Cluster (`redis+cluster://seed1:port,seed2:port`, or `rediss+cluster://`) uses sharded
-//! pub/sub (SPUBLISH / SSUBSCRIBE). Every key and the channel carry one hash tag, `{connscale}`,
-//! so they share a slot: the publish stays one atomic script (sequence, room stream, publish)
-//! on the shard that owns it. A cluster buys failover and managed operations here, not write
-//! scaling across shards.
+//! Every room is a stream of its own: its channel, sequence and recovery stream share the hash
+//! tag `{room:NAME}`, so in a Redis Cluster (`redis+cluster://seed1:port,seed2:port`, or
+//! `rediss+cluster://`) rooms spread over the shards and each publish is one atomic script
+//! (sequence, stream, publish) on the shard that owns its room: fan-out and recovery writes
+//! scale with the shards. Broadcasts to every client, presence and recovery records keep the
+//! one tag `{connscale}`. A node subscribes only to the rooms its clients are in (sharded
+//! SSUBSCRIBE on each room's shard in a cluster, SUBSCRIBE on a single Redis), from the first
+//! local member's join until the last one leaves, and knows how far each subscribed stream
+//! has reached ([`Positions`]): that vector is a client's recovery offset (see
+//! [`crate::offset`]).
 
 use futures::StreamExt;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -48,15 +53,56 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// The all-clients stream's channel.
 pub const CHANNEL: &str = "{connscale}:chat";
 const SEQ_KEY: &str = "{connscale}:seq";
-const STREAM_PREFIX: &str = "{connscale}:stream:";
+const STREAM_KEY: &str = "{connscale}:stream:*all";
 const SESSION_PREFIX: &str = "{connscale}:session:";
 
-/// One round trip, atomically: the next cluster-wide sequence number, the envelope appended to
-/// its room's bounded stream under that number (so each stream's ids increase), and the publish
-/// ("seq|envelope") to the other nodes, by PUBLISH or, in a cluster, SPUBLISH (ARGV[5]).
-/// Atomicity is what keeps every stream in order.
+/// The hash tag a room's keys and channel share (`{room:NAME}`): Redis Cluster hashes only
+/// what is between the first `{` and the next `}`, and every key of one room starts the same,
+/// so they share a slot whatever the name holds.
+fn room_tag(room: &str) -> String {
+    format!("{{room:{room}}}")
+}
+
+/// The channel a stream's broadcasts are published on (`None`: broadcasts to everyone).
+pub fn channel(room: Option<&str>) -> String {
+    match room {
+        None => CHANNEL.to_string(),
+        Some(r) => format!("{}:chat", room_tag(r)),
+    }
+}
+
+/// The key of a stream's sequence.
+pub fn seq_key(room: Option<&str>) -> String {
+    match room {
+        None => SEQ_KEY.to_string(),
+        Some(r) => format!("{}:seq", room_tag(r)),
+    }
+}
+
+/// The recovery stream of a room (`None`: broadcasts to everyone).
+pub fn stream_key(room: Option<&str>) -> String {
+    match room {
+        None => STREAM_KEY.to_string(),
+        Some(r) => format!("{}:stream", room_tag(r)),
+    }
+}
+
+/// The room a channel carries (`Some(None)`: the all-clients channel; None: not ours).
+fn channel_room(channel: &str) -> Option<Option<String>> {
+    if channel == CHANNEL {
+        return Some(None);
+    }
+    let inner = channel.strip_prefix("{room:")?.strip_suffix("}:chat")?;
+    Some(Some(inner.to_string()))
+}
+
+/// One round trip, atomically: the stream's next sequence number, the envelope appended to
+/// its bounded stream under that number (so each stream's ids increase), and the publish
+/// ("seq|envelope") on its channel, by PUBLISH or, in a cluster, SPUBLISH (ARGV[5]). All three
+/// keys share the stream's hash tag. Atomicity is what keeps every stream in order.
 const PUBLISH_SCRIPT: &str = r#"
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'e', ARGV[1])
@@ -68,10 +114,34 @@ return seq
 static PUBLISH: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(PUBLISH_SCRIPT));
 
-/// Whether Redis answered NOSCRIPT: it has lost the script (restarted, or SCRIPT FLUSH).
+/// Whether Redis answered NOSCRIPT: it has lost the script (restarted, failed over to a replica
+/// that never loaded it, or SCRIPT FLUSH).
 fn no_script(r: &redis::RedisResult<u64>) -> bool {
     r.as_ref()
         .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+}
+
+/// Whether an error means Redis (or one shard) could not be reached.
+fn unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// How far the subscription has delivered each stream this node receives: the all-clients
+/// stream and every room a local client is in. Clients' recovery offsets are read from it.
+#[derive(Debug, Default, Clone)]
+pub struct Positions {
+    pub all: u64,
+    pub rooms: HashMap<String, u64>,
+}
+
+impl Positions {
+    /// A stream's position (0 for a room not received here).
+    pub fn get(&self, room: Option<&str>) -> u64 {
+        match room {
+            None => self.all,
+            Some(r) => self.rooms.get(r).copied().unwrap_or(0),
+        }
+    }
 }
 
 /// Every Redis connection's socket options: Nagle off. Publishes are small requests pipelined on
@@ -82,20 +152,24 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
 }
 
 /// A Redis Cluster client builder over `seeds` with [`tcp_settings`] and the AUTH password.
+/// Retries are few and short: with redis-rs's defaults (16, from 1.28 s apart) a request to a
+/// killed master retried for minutes, and the connection's queue of them held every other
+/// request back long after its replica had taken over.
 fn cluster_builder(
     seeds: &[String],
     password: Option<&str>,
 ) -> redis::cluster::ClusterClientBuilder {
-    let b = redis::cluster::ClusterClientBuilder::new(seeds.to_vec()).tcp_settings(tcp_settings());
+    let b = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+        .tcp_settings(tcp_settings())
+        .retries(3)
+        .min_retry_wait(20)
+        .max_retry_wait(250)
+        .connection_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_secs(1));
     match password {
         Some(p) => b.password(p),
         None => b,
     }
-}
-
-/// The recovery stream of a room (`None`: broadcasts to everyone).
-pub fn stream_key(room: Option<&str>) -> String {
-    format!("{STREAM_PREFIX}{}", room.unwrap_or("*all"))
 }
 
 /// What a disconnected socket leaves behind for its recovery.
@@ -104,7 +178,12 @@ pub struct SessionRecord {
     pub rooms: Vec<String>,
     pub username: Option<String>,
     pub sids: Vec<String>,
+    /// The all-clients stream's position when the socket connected (or was recovered).
     pub since: u64,
+    /// Each room's position when the socket joined it (or was recovered): replay in a room its
+    /// offset does not name starts there.
+    #[serde(default)]
+    pub joined_at: BTreeMap<String, u64>,
 }
 /// One hash, node → "connections users expires": reading everyone's presence is one command
 /// whatever else the keyspace holds (a SCAN for per-node keys walks every recovery record).
@@ -206,8 +285,49 @@ pub struct RedisBroker {
     /// Commands may try Redis again from this time (ms on `clock`); 0 = no failure pending.
     retry_at_ms: AtomicU64,
     clock: Instant,
-    /// See [`RedisBroker::current_seq`].
-    latest_seq: AtomicU64,
+    /// Rooms this node's clients are in: the subscription's channels besides [`CHANNEL`].
+    wanted: std::sync::Mutex<HashSet<String>>,
+    /// The subscription connection and the channels subscribed on it; held across each
+    /// (un)subscribe, so changes to one room happen in the order they were asked for.
+    subs: tokio::sync::Mutex<Subs>,
+    /// See [`RedisBroker::positions`].
+    positions: std::sync::RwLock<Positions>,
+}
+
+/// The subscription connection's side that changes what it receives.
+#[derive(Clone)]
+enum SubConn {
+    Single(redis::aio::PubSubSink),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl SubConn {
+    async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            SubConn::Single(s) => s.subscribe(channels).await,
+            // SSUBSCRIBE takes channels of one slot at a time.
+            SubConn::Cluster(c) => {
+                for ch in channels {
+                    c.ssubscribe(ch).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            SubConn::Single(s) => s.unsubscribe(channel).await,
+            SubConn::Cluster(c) => c.sunsubscribe(channel).await,
+        }
+    }
+}
+
+/// The live subscription, if any, and the channels it has confirmed.
+#[derive(Default)]
+struct Subs {
+    conn: Option<SubConn>,
+    active: HashSet<String>,
 }
 
 /// After a connectivity failure, how long commands fail fast before one of them probes again.
@@ -262,7 +382,9 @@ impl RedisBroker {
             state: AtomicU8::new(0),
             retry_at_ms: AtomicU64::new(0),
             clock: Instant::now(),
-            latest_seq: AtomicU64::new(0),
+            wanted: std::sync::Mutex::default(),
+            subs: tokio::sync::Mutex::default(),
+            positions: std::sync::RwLock::default(),
         })
     }
 
@@ -390,99 +512,117 @@ impl RedisBroker {
         }
     }
 
-    /// Persists broadcasts for recovery and publishes them to the other nodes, in order, in one
-    /// round trip; returns each one's sequence number (the clients' offset), or None where it
-    /// was not published (Redis unreachable, or it refused that one).
+    /// Persists broadcasts for recovery and publishes them to the other nodes, in order per
+    /// stream, one pipeline per stream, all at once; returns each one's sequence number in its
+    /// stream, or None where it was not published (Redis or its shard unreachable, or it
+    /// refused that one). A cluster pipeline must stay on one slot, and one shard failing over
+    /// must not hold back the others' streams.
     pub async fn publish_batch(
         &self,
         envs: &[&Envelope],
         max_len: u64,
         ttl_secs: u64,
     ) -> Vec<Option<u64>> {
-        let Ok(bodies) = envs
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<Result<Vec<_>, _>>()
-        else {
-            return vec![None; envs.len()];
+        let mut out = vec![None; envs.len()];
+        if !self.may_try() {
+            return out;
+        }
+        let Some(conn) = self.manager().await else {
+            return out;
         };
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (env, body) in envs.iter().zip(&bodies) {
+        let groups = self.publish_groups(envs, max_len, ttl_secs);
+        let runs = groups.iter().map(|(_, pipe)| {
+            let mut c = conn.clone();
+            async move {
+                match tokio::time::timeout(Duration::from_secs(1), run_publish(pipe, &mut c)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(redis::RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    ))),
+                }
+            }
+        });
+        let results = futures::future::join_all(runs).await;
+        let mut reached = false;
+        let mut why = String::new();
+        for ((idx, _), r) in groups.iter().zip(results) {
+            match r {
+                Ok(replies) => {
+                    reached = true;
+                    for (i, reply) in idx.iter().zip(replies) {
+                        out[*i] = reply
+                            .inspect_err(
+                                |e| tracing::warn!(error = %e, "redis refused a broadcast"),
+                            )
+                            .ok();
+                    }
+                }
+                Err(e) if unreachable(&e) => why = e.to_string(),
+                Err(e) => tracing::warn!(error = %e, "redis refused a batch of broadcasts"),
+            }
+        }
+        match (reached, why.is_empty()) {
+            (true, _) => self.retry_at_ms.store(0, Ordering::Relaxed),
+            (false, false) => self.failed(&why),
+            (false, true) => {}
+        }
+        out
+    }
+
+    /// The batch split by stream: each stream's envelopes (their indexes in `envs`, in order)
+    /// and the pipeline of their publish scripts.
+    fn publish_groups(
+        &self,
+        envs: &[&Envelope],
+        max_len: u64,
+        ttl_secs: u64,
+    ) -> Vec<(Vec<usize>, redis::Pipeline)> {
+        let mut order: Vec<Option<&str>> = Vec::new();
+        let mut groups: HashMap<Option<&str>, (Vec<usize>, redis::Pipeline)> = HashMap::new();
+        for (i, env) in envs.iter().enumerate() {
+            let Ok(body) = serde_json::to_string(env) else {
+                continue;
+            };
+            let room = env.r.as_deref();
+            let (idx, pipe) = groups.entry(room).or_insert_with(|| {
+                order.push(room);
+                let mut p = redis::pipe();
+                p.ignore_errors();
+                (Vec::new(), p)
+            });
+            idx.push(i);
             pipe.add_command(
                 redis::cmd("EVALSHA")
                     .arg(PUBLISH.get_hash())
                     .arg(2)
-                    .arg(SEQ_KEY)
-                    .arg(stream_key(env.r.as_deref()))
+                    .arg(seq_key(room))
+                    .arg(stream_key(room))
                     .arg(body)
                     .arg(max_len)
                     .arg(ttl_secs)
-                    .arg(CHANNEL)
+                    .arg(channel(room))
                     .arg(self.publish_command())
                     .to_owned(),
             );
         }
-        let replies = self
-            .run(async |c| {
-                let r: Vec<redis::RedisResult<u64>> = pipe.query_async(c).await?;
-                // Redis restarted: its script cache is empty and nothing ran. Load, then once more.
-                if r.iter().all(no_script) {
-                    PUBLISH.load_async(c).await?;
-                    return pipe.query_async(c).await;
-                }
-                Ok(r)
-            })
-            .await;
-        let Some(replies) = replies else {
-            return vec![None; envs.len()];
-        };
-        replies
+        order
             .into_iter()
-            .map(|r| {
-                r.inspect_err(|e| tracing::warn!(error = %e, "redis refused a broadcast"))
-                    .ok()
-            })
-            .chain(std::iter::repeat(None))
-            .take(envs.len())
+            .filter_map(|r| groups.remove(&r))
             .collect()
     }
 
-    /// The latest sequence number this node knows was handed out (0 if none): read from Redis
-    /// whenever the subscription (re)starts, then advanced by every broadcast it carries. A
-    /// connecting client needs it, and a GET per handshake cost Redis a round trip each.
-    pub fn current_seq(&self) -> u64 {
-        self.latest_seq.load(Ordering::Relaxed)
-    }
-
-    /// Re-reads the sequence after (re)subscribing: set, not raised, as a Redis that came back
-    /// empty starts counting again.
-    async fn resync_seq(&self) {
-        if let Some(v) = self
-            .run(async |c| c.get::<_, Option<u64>>(SEQ_KEY).await)
-            .await
-        {
-            self.latest_seq.store(v.unwrap_or(0), Ordering::Relaxed);
-        }
-    }
-
-    pub async fn save_session(&self, pid: &str, rec: &SessionRecord, ttl_secs: u64) -> bool {
-        let Ok(body) = serde_json::to_string(rec) else {
-            return false;
-        };
-        let key = format!("{SESSION_PREFIX}{pid}");
-        self.run(async |c| c.set_ex::<_, _, ()>(key, body, ttl_secs).await)
-            .await
-            .is_some()
-    }
-
-    /// Takes (and deletes) a session record, so a pid recovers at most once.
-    pub async fn take_session(&self, pid: &str) -> Option<SessionRecord> {
-        let key = format!("{SESSION_PREFIX}{pid}");
-        let body: Option<String> = self
-            .run(async |c| redis::cmd("GETDEL").arg(key).query_async(c).await)
-            .await?;
-        serde_json::from_str(&body?).ok()
+    /// Envelopes of each stream with sequence numbers above its `after`, oldest first, one
+    /// read per stream, all at once (a stream that cannot be read gives none).
+    pub async fn read_after_each(
+        &self,
+        streams: &[(Option<String>, u64)],
+        limit: usize,
+    ) -> Vec<Vec<(u64, Envelope)>> {
+        let reads = streams
+            .iter()
+            .map(|(room, after)| self.read_after(room.as_deref(), *after, limit));
+        futures::future::join_all(reads).await
     }
 
     /// Envelopes of a room's stream with sequence numbers above `after`, oldest first.
@@ -514,6 +654,33 @@ impl RedisBroker {
                 Some((seq, serde_json::from_str(&body).ok()?))
             })
             .collect()
+    }
+
+    /// A stream's sequence in Redis (0 if it has none yet), or None if it cannot be read.
+    async fn read_seq(&self, room: Option<&str>) -> Option<u64> {
+        let key = seq_key(room);
+        self.run(async |c| c.get::<_, Option<u64>>(key).await)
+            .await
+            .map(|v| v.unwrap_or(0))
+    }
+
+    pub async fn save_session(&self, pid: &str, rec: &SessionRecord, ttl_secs: u64) -> bool {
+        let Ok(body) = serde_json::to_string(rec) else {
+            return false;
+        };
+        let key = format!("{SESSION_PREFIX}{pid}");
+        self.run(async |c| c.set_ex::<_, _, ()>(key, body, ttl_secs).await)
+            .await
+            .is_some()
+    }
+
+    /// Takes (and deletes) a session record, so a pid recovers at most once.
+    pub async fn take_session(&self, pid: &str) -> Option<SessionRecord> {
+        let key = format!("{SESSION_PREFIX}{pid}");
+        let body: Option<String> = self
+            .run(async |c| redis::cmd("GETDEL").arg(key).query_async(c).await)
+            .await?;
+        serde_json::from_str(&body?).ok()
     }
 
     /// Refreshes this node's presence entry: "connections users".
@@ -553,12 +720,141 @@ impl RedisBroker {
         )
     }
 
+    /// How far the subscription has delivered each stream received here. Read it under the
+    /// lock only briefly: the subscription waits for it to deliver.
+    pub fn positions(&self) -> std::sync::RwLockReadGuard<'_, Positions> {
+        self.positions.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn positions_mut(&self) -> std::sync::RwLockWriteGuard<'_, Positions> {
+        self.positions.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The all-clients stream's position: where a connecting client starts.
+    pub fn current_seq(&self) -> u64 {
+        self.positions().all
+    }
+
+    /// Whether this node receives a stream (every room a local client is in, and all-clients).
+    pub fn receives(&self, room: Option<&str>) -> bool {
+        room.is_none_or(|r| self.positions().rooms.contains_key(r))
+    }
+
+    fn wanted(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that a local client is (or no local client is any longer) in `room`; the hub
+    /// calls it as its room's first member joins and its last one leaves, in that order, and
+    /// then [`watch`](Self::watch) or [`unwatch`](Self::unwatch).
+    pub fn want(&self, room: &str, wanted: bool) {
+        let mut w = self.wanted();
+        if wanted {
+            w.insert(room.to_string());
+        } else {
+            w.remove(room);
+        }
+    }
+
+    /// Subscribes to a wanted room unless it is subscribed already, and reads how far its
+    /// stream is; returns once the subscription is confirmed, so a client that has joined gets
+    /// every broadcast published after. Redis down: returns at once, and the subscription
+    /// takes the room when it reconnects.
+    pub async fn watch(&self, room: &str) {
+        let mut subs = self.subs.lock().await;
+        let ch = channel(Some(room));
+        if !self.wanted().contains(room) || subs.active.contains(&ch) {
+            return;
+        }
+        self.positions_mut()
+            .rooms
+            .entry(room.to_string())
+            .or_insert(0);
+        let Some(conn) = subs.conn.as_mut() else {
+            return;
+        };
+        let done = tokio::time::timeout(
+            Duration::from_secs(1),
+            conn.subscribe(std::slice::from_ref(&ch)),
+        )
+        .await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::warn!(room, "could not subscribe to a room: retried on reconnect");
+            return;
+        }
+        subs.active.insert(ch);
+        // After the subscription: every later broadcast arrives through it.
+        if let Some(n) = self.read_seq(Some(room)).await {
+            let mut p = self.positions_mut();
+            let at = p.rooms.entry(room.to_string()).or_insert(0);
+            *at = (*at).max(n);
+        }
+    }
+
+    /// Unsubscribes from a room no local client wants any longer and forgets its position.
+    pub async fn unwatch(&self, room: &str) {
+        let mut subs = self.subs.lock().await;
+        if self.wanted().contains(room) {
+            return;
+        }
+        let ch = channel(Some(room));
+        if subs.active.remove(&ch)
+            && let Some(conn) = subs.conn.as_mut()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.unsubscribe(&ch)).await;
+        }
+        self.positions_mut().rooms.remove(room);
+    }
+
+    /// A fresh subscription connection: subscribes to everything wanted and re-reads every
+    /// stream's position (set, not raised: a Redis that came back empty counts again).
+    async fn attach(&self, conn: SubConn) -> Result<(), String> {
+        let mut subs = self.subs.lock().await;
+        subs.active.clear();
+        subs.conn = Some(conn.clone());
+        let rooms: Vec<String> = self.wanted().iter().cloned().collect();
+        let mut channels = vec![CHANNEL.to_string()];
+        channels.extend(rooms.iter().map(|r| channel(Some(r))));
+        let mut c = conn;
+        c.subscribe(&channels).await.map_err(|e| e.to_string())?;
+        self.mark(true, "");
+        subs.active.extend(channels);
+        self.resync(None).await;
+        for r in &rooms {
+            self.resync(Some(r)).await;
+        }
+        Ok(())
+    }
+
+    /// Sets a stream's position from Redis (after a (re)subscription to it).
+    async fn resync(&self, room: Option<&str>) {
+        let Some(n) = self.read_seq(room).await else {
+            return;
+        };
+        let mut p = self.positions_mut();
+        match room {
+            None => p.all = n,
+            Some(r) => {
+                p.rooms.insert(r.to_string(), n);
+            }
+        }
+    }
+
+    /// The subscription connection is gone: nothing is subscribed until the next attach.
+    async fn detach(&self) {
+        let mut subs = self.subs.lock().await;
+        subs.conn = None;
+        subs.active.clear();
+    }
+
     /// Receives other nodes' broadcasts (with their sequence numbers) for ever, reconnecting
-    /// after any failure with backoff capped at 1 s.
+    /// after any failure with backoff capped at 1 s. Each stream's position is advanced before
+    /// its broadcast is delivered; broadcasts of rooms no longer received here are dropped.
     pub async fn subscribe(&self, deliver: impl Fn(u64, Envelope)) {
-        let deliver = |seq, env| {
-            self.latest_seq.fetch_max(seq, Ordering::Relaxed);
-            deliver(seq, env)
+        let deliver = |seq, env: Envelope| {
+            if self.advance(env.r.as_deref(), seq) {
+                deliver(seq, env)
+            }
         };
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -571,6 +867,7 @@ impl RedisBroker {
                         .await
                 }
             };
+            self.detach().await;
             match ended {
                 // It was subscribed: retry soon.
                 Ok(()) => {
@@ -584,20 +881,32 @@ impl RedisBroker {
         }
     }
 
+    /// Raises a stream's position to `seq`; false for a room not received here.
+    pub(crate) fn advance(&self, room: Option<&str>, seq: u64) -> bool {
+        let mut p = self.positions_mut();
+        let at = match room {
+            None => &mut p.all,
+            Some(r) => match p.rooms.get_mut(r) {
+                Some(at) => at,
+                None => return false,
+            },
+        };
+        *at = (*at).max(seq);
+        true
+    }
+
     /// One subscription to a single Redis, until its connection ends; Err if it never began.
     async fn listen_single(
         &self,
         client: &redis::Client,
         deliver: &impl Fn(u64, Envelope),
     ) -> Result<(), String> {
-        let mut ps = tokio::time::timeout(Duration::from_secs(1), client.get_async_pubsub())
+        let ps = tokio::time::timeout(Duration::from_secs(1), client.get_async_pubsub())
             .await
             .map_err(|_| "connect timeout".to_string())?
             .map_err(|e| e.to_string())?;
-        ps.subscribe(CHANNEL).await.map_err(|e| e.to_string())?;
-        self.mark(true, "");
-        self.resync_seq().await;
-        let mut stream = ps.on_message();
+        let (sink, mut stream) = ps.split();
+        self.attach(SubConn::Single(sink)).await?;
         while let Some(msg) = stream.next().await {
             if let Ok(body) = msg.get_payload::<String>() {
                 on_broadcast(&body, deliver);
@@ -608,7 +917,7 @@ impl RedisBroker {
 
     /// One sharded subscription over RESP3 pushes, until the connection ends; Err if it never
     /// began. The cluster connection resubscribes by itself after a node's connection drops or
-    /// the slot moves.
+    /// a slot moves (a failover): each confirmation re-reads that stream's position.
     async fn listen_cluster(
         &self,
         seeds: &[String],
@@ -622,34 +931,106 @@ impl RedisBroker {
             .push_sender(tx)
             .build()
             .map_err(|e| e.to_string())?;
-        let mut conn = tokio::time::timeout(Duration::from_secs(1), client.get_async_connection())
+        let conn = tokio::time::timeout(Duration::from_secs(1), client.get_async_connection())
             .await
             .map_err(|_| "connect timeout".to_string())?
             .map_err(|e| e.to_string())?;
-        conn.ssubscribe(CHANNEL).await.map_err(|e| e.to_string())?;
-        self.mark(true, "");
-        self.resync_seq().await;
-        while let Some(push) = rx.recv().await {
-            match push.kind {
-                PushKind::SMessage => {
-                    let body = push.data.into_iter().nth(1);
-                    if let Some(Ok(body)) = body.map(String::from_redis_value) {
-                        on_broadcast(&body, deliver);
+        self.attach(SubConn::Cluster(conn.clone())).await?;
+        // Since a node's connection was lost, if it was: its channels come back once the
+        // connection learns who serves their slots now (see `poke_shards`).
+        let mut lost = false;
+        let mut tick = tokio::time::interval(POKE_EVERY);
+        loop {
+            tokio::select! {
+                push = rx.recv() => {
+                    let Some(push) = push else { break };
+                    match push.kind {
+                        PushKind::SMessage => {
+                            let body = push.data.into_iter().nth(1);
+                            if let Some(Ok(body)) = body.map(String::from_redis_value) {
+                                on_broadcast(&body, deliver);
+                            }
+                        }
+                        PushKind::SSubscribe => {
+                            self.mark(true, "");
+                            let ch = push.data.into_iter().next().map(String::from_redis_value);
+                            if let Some(Ok(Some(room))) = ch.map(|c| c.map(|c| channel_room(&c))) {
+                                self.resync(room.as_deref()).await;
+                            }
+                        }
+                        PushKind::Disconnection => {
+                            self.mark(false, "cluster node connection lost");
+                            lost = true;
+                        }
+                        _ => {}
                     }
                 }
-                PushKind::SSubscribe => {
-                    self.mark(true, "");
-                    self.resync_seq().await;
-                }
-                PushKind::Disconnection => self.mark(false, "cluster node connection lost"),
-                _ => {}
+                _ = tick.tick(), if lost => lost = !self.rejoin_shards(&conn).await,
             }
         }
         Ok(())
     }
+
+    /// After a shard's connection was lost: true once every subscribed channel is subscribed
+    /// again where its slot is served now. redis-rs resubscribes after a slot-map refresh,
+    /// but not on a replica promoted after that refresh (seen in the failover test: no
+    /// subscriber on the new master), so this waits until the connection reaches every
+    /// stream's shard (`poke_shards`), then subscribes everything again itself (a channel
+    /// subscribed twice on one connection is still one subscription).
+    async fn rejoin_shards(&self, conn: &redis::cluster_async::ClusterConnection) -> bool {
+        if !self.poke_shards(conn).await {
+            return false;
+        }
+        let subs = self.subs.lock().await;
+        let mut c = conn.clone();
+        for ch in &subs.active {
+            let again = tokio::time::timeout(POKE_EVERY * 4, c.ssubscribe(ch)).await;
+            if !matches!(again, Ok(Ok(()))) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Reads every subscribed stream's sequence through the subscription's own connection;
+    /// true once all answer. A command failing against a lost master makes the connection
+    /// refresh its slot map, so once all answer it knows every slot's master.
+    async fn poke_shards(&self, conn: &redis::cluster_async::ClusterConnection) -> bool {
+        let mut keys = vec![seq_key(None)];
+        keys.extend(self.wanted().iter().map(|r| seq_key(Some(r))));
+        let reads = keys.into_iter().map(|k| {
+            let mut c = conn.clone();
+            async move {
+                let get = c.get::<_, Option<u64>>(k);
+                matches!(tokio::time::timeout(POKE_EVERY, get).await, Ok(Ok(_)))
+            }
+        });
+        futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .all(|ok| ok)
+    }
 }
 
-/// One "seq|envelope" message from the channel, delivered or (malformed) logged and dropped.
+/// How often a subscription that lost a shard's connection pokes the shards.
+const POKE_EVERY: Duration = Duration::from_millis(250);
+
+/// One stream's pipeline of publish scripts. Redis restarted or failed over to a replica
+/// without the script: its cache is empty and nothing ran. Load, then once more (not when
+/// only some ran: those would run twice).
+async fn run_publish(
+    pipe: &redis::Pipeline,
+    c: &mut Conn,
+) -> redis::RedisResult<Vec<redis::RedisResult<u64>>> {
+    let r: Vec<redis::RedisResult<u64>> = pipe.query_async(c).await?;
+    if !r.is_empty() && r.iter().all(no_script) {
+        PUBLISH.load_async(c).await?;
+        return pipe.query_async(c).await;
+    }
+    Ok(r)
+}
+
+/// One "seq|envelope" message from a channel, delivered or (malformed) logged and dropped.
 fn on_broadcast(body: &str, deliver: &impl Fn(u64, Envelope)) {
     let parsed = body.split_once('|').and_then(|(seq, env)| {
         Some((

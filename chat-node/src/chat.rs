@@ -42,6 +42,7 @@ impl Chat {
                 username: st.username.clone(),
                 sids,
                 since: st.since,
+                joined_at: st.joined_at.iter().map(|(r, n)| (r.clone(), *n)).collect(),
             };
             (pid, rec)
         };
@@ -90,12 +91,12 @@ impl App for Chat {
             return c.accept(reply(&pid));
         };
         let pid = claimed.unwrap_or_default();
+        // Opaque to the client, and anything at all from a bad one: the hub reads it or ignores it.
         let offset = c
             .auth
             .get("offset")
             .and_then(Value::as_str)
-            .and_then(|o| o.parse::<u64>().ok())
-            .unwrap_or(rec.since);
+            .map(str::to_string);
         {
             let mut st = s.lock_state();
             st.pid = Some(pid.clone());
@@ -106,12 +107,12 @@ impl App for Chat {
         }
         let answered = c.accept(reply(&pid));
         for r in &rec.rooms {
-            hub.join(&s, r);
+            hub.join(&s, r).await;
         }
         if rec.username.is_some() {
             hub.users.fetch_add(1, Ordering::Relaxed);
         }
-        let n = hub.replay(&s, offset).await;
+        let n = hub.replay(&s, offset.as_deref(), &rec).await;
         tracing::debug!(sid = %s.sid, replayed = n, offset, "recovered session");
         answered
     }
@@ -208,7 +209,7 @@ async fn on_event(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) {
             let ch: String = ch.chars().take(128).collect();
             let joining = name == "join-channel";
             if joining {
-                hub.join(s, &ch);
+                hub.join(s, &ch).await;
             }
             let notice = json!(["channel notice", {"channel": ch, "username": user, "action": if joining { "joined" } else { "left" }}]);
             hub.broadcast(Some(&ch), Some(&s.sid), &SioPacket::event(notice, vec![]))

@@ -1,8 +1,9 @@
 //! The node's registry of sessions and rooms, and delivery: local fan-out plus the broker.
 
-use crate::broker::{Envelope, RedisBroker};
+use crate::broker::{Envelope, Positions, RedisBroker, SessionRecord};
 use crate::config::ChatConfig;
-use crate::session::{Frame, Session};
+use crate::offset;
+use crate::session::{Buffered, Frame, Session, SocketState};
 use axum::extract::ws::Utf8Bytes;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -53,8 +54,10 @@ pub struct Hub {
     outgoing_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Outgoing>>>,
     /// Broadcasts queued or being published: a drain waits for them before the node exits.
     unpublished: AtomicUsize,
-    /// The highest sequence number the subscription has delivered here.
-    delivered_seq: AtomicU64,
+    /// The highest [`Envelope::i`] of this node's published broadcasts to streams it receives,
+    /// and of those its subscription has brought back: how far publishing runs ahead.
+    published_own: AtomicU64,
+    seen_own: AtomicU64,
     /// The last number given to a broadcast from this node ([`Envelope::i`]).
     last_broadcast: AtomicU64,
     /// This node's broadcasts that its clients got without an offset because publishing failed.
@@ -100,8 +103,8 @@ struct Outgoing {
 const OUTGOING_QUEUE: usize = 4096;
 /// At most this many broadcasts go to Redis in one round trip.
 const PUBLISH_BATCH: usize = 256;
-/// How far (in messages, cluster-wide) publishing may run ahead of what the subscription has
-/// delivered here. Past it the publisher waits, its queue fills and readers stop reading, so
+/// How far (in this node's messages) publishing may run ahead of what the subscription has
+/// brought back. Past it the publisher waits, its queue fills and readers stop reading, so
 /// clients' sockets hold the excess: otherwise a node above its capacity takes in more than it
 /// can fan out, and the backlog (Redis's output buffer to the subscriber) outlives the load.
 const MAX_LAG: u64 = 1024;
@@ -144,7 +147,8 @@ impl Hub {
             outgoing,
             outgoing_rx: Mutex::new(outgoing_rx),
             unpublished: AtomicUsize::new(0),
-            delivered_seq: AtomicU64::new(0),
+            published_own: AtomicU64::new(0),
+            seen_own: AtomicU64::new(0),
             last_broadcast: AtomicU64::new(0),
             unnumbered: Mutex::default(),
         }))
@@ -184,43 +188,83 @@ impl Hub {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(sid)?;
-        let rooms: Vec<String> = s.lock_state().rooms.drain().collect();
-        let mut r = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let rooms: Vec<String> = {
+            let mut st = s.lock_state();
+            st.room_key = 0;
+            st.joined_at.clear();
+            st.rooms.drain().collect()
+        };
         for room in rooms {
-            if let Some(set) = r.get_mut(&room) {
-                set.remove(sid);
-                if set.is_empty() {
-                    r.remove(&room);
-                }
-            }
+            self.forget_member(&room, sid);
         }
         Some(s)
     }
 
-    pub fn join(&self, s: &Session, room: &str) {
-        s.lock_state().rooms.insert(room.to_string());
-        self.rooms
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(room.to_string())
-            .or_default()
-            .insert(s.sid.clone());
+    /// Puts a socket in a room. The room's first local member subscribes the node to it, and
+    /// every join returns once that subscription is confirmed (Redis up), so the client gets
+    /// every broadcast to the room published after.
+    pub async fn join(&self, s: &Session, room: &str) {
+        {
+            let mut st = s.lock_state();
+            if st.rooms.insert(room.to_string()) {
+                st.room_key ^= offset::room_hash(room);
+            }
+        }
+        {
+            let mut r = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+            let set = r.entry(room.to_string()).or_default();
+            if set.is_empty()
+                && let Some(b) = &self.broker
+            {
+                b.want(room, true);
+            }
+            set.insert(s.sid.clone());
+        }
+        if let Some(b) = &self.broker {
+            b.watch(room).await;
+            let at = b.positions().get(Some(room));
+            // Joining again changes nothing: replay in the room still starts at the first join.
+            s.lock_state()
+                .joined_at
+                .entry(room.to_string())
+                .or_insert(at);
+        }
     }
 
     pub fn leave(&self, s: &Session, room: &str) {
-        s.lock_state().rooms.remove(room);
+        {
+            let mut st = s.lock_state();
+            if st.rooms.remove(room) {
+                st.room_key ^= offset::room_hash(room);
+            }
+            st.joined_at.remove(room);
+            st.replayed.rooms.remove(room);
+        }
+        self.forget_member(room, &s.sid);
+    }
+
+    /// Takes a socket out of a room's members; the last one leaving unsubscribes the node.
+    fn forget_member(&self, room: &str, sid: &str) {
         let mut r = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(set) = r.get_mut(room) {
-            set.remove(&s.sid);
-            if set.is_empty() {
-                r.remove(room);
+        let Some(set) = r.get_mut(room) else { return };
+        set.remove(sid);
+        if !set.is_empty() {
+            return;
+        }
+        r.remove(room);
+        if let Some(b) = &self.broker {
+            b.want(room, false);
+            let (b, room) = (b.clone(), room.to_string());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { b.unwatch(&room).await });
             }
         }
     }
 
     /// Delivers a packet to this node's clients (all, or a room), skipping `except`. With a
-    /// sequence number, the packet carries it as its offset (the last argument), and clients in
-    /// the middle of a recovery get it after their replay instead.
+    /// sequence number (from the subscription), each client's copy carries its offset vector
+    /// as the last argument (one frame per distinct room set), and clients in the middle of a
+    /// recovery get it after their replay instead.
     pub fn deliver_local(
         &self,
         room: Option<&str>,
@@ -229,57 +273,64 @@ impl Hub {
         attachments: &[Bytes],
         seq: Option<u64>,
     ) {
-        let text = match seq {
-            Some(n) => with_offset(text, n),
-            None => text.to_string(),
-        };
-        let frame = Utf8Bytes::from(format!("4{text}"));
-        let targets: Vec<Arc<Session>> = {
-            let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-            match room {
-                None => sessions.values().cloned().collect(),
-                Some(r) => {
-                    let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-                    rooms
-                        .get(r)
-                        .map(|ids| {
-                            ids.iter()
-                                .filter_map(|id| sessions.get(id).cloned())
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                }
-            }
-        };
+        let targets = self.targets(room);
+        let plain = Utf8Bytes::from(format!("4{text}"));
+        // Only numbered deliveries read positions (and hold the subscription's writes back).
+        let positions = seq.and(self.broker.as_ref()).map(|b| b.positions());
+        let numbered = seq.zip(positions.as_deref());
+        let mut shared: HashMap<u64, Utf8Bytes> = HashMap::new();
         let mut sent = 0;
         for s in targets {
             if Some(s.sid.as_str()) == except {
                 continue;
             }
-            {
+            let frame = {
                 let mut st = s.lock_state();
                 if !st.connected {
                     continue;
                 }
-                if let Some(n) = seq {
-                    if let Some(buf) = st.recovering.as_mut() {
-                        buf.push((n, text.clone(), attachments.to_vec()));
-                        continue;
-                    }
-                    match st.replayed {
-                        Some((lo, hi)) if lo < n && n <= hi => continue,
-                        Some(_) => st.replayed = None,
-                        None => {}
+                match numbered {
+                    None => plain.clone(),
+                    Some((n, pos)) => {
+                        let b = Numbered {
+                            room,
+                            seq: n,
+                            text,
+                            attachments,
+                        };
+                        match b.frame_for(&mut st, pos, &mut shared) {
+                            Some(f) => f,
+                            None => continue,
+                        }
                     }
                 }
-            }
-            let mut ok = s.send(Frame::Text(frame.clone()));
+            };
+            let mut ok = s.send(Frame::Text(frame));
             for a in attachments {
                 ok &= s.send(Frame::Binary(a.clone()));
             }
             sent += u64::from(ok);
         }
         self.metrics.messages_out.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// The connected-or-not sessions a broadcast to `room` (None: everyone) goes to.
+    fn targets(&self, room: Option<&str>) -> Vec<Arc<Session>> {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        match room {
+            None => sessions.values().cloned().collect(),
+            Some(r) => {
+                let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+                rooms
+                    .get(r)
+                    .map(|ids| {
+                        ids.iter()
+                            .filter_map(|id| sessions.get(id).cloned())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+        }
     }
 
     /// Broadcasts to every matching client on every node. With Redis, the message is queued for
@@ -335,21 +386,26 @@ impl Hub {
             self.cfg.recovery_window.as_secs().max(1),
         );
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-        let mut published = 0;
         while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
             let waited = tokio::time::Instant::now();
-            while published > self.delivered_seq.load(Ordering::Relaxed) + MAX_LAG
+            while self.published_own.load(Ordering::Relaxed)
+                > self.seen_own.load(Ordering::Relaxed) + MAX_LAG
                 && waited.elapsed() < LAG_WAIT
             {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let envs: Vec<&Envelope> = batch.iter().map(|o: &Outgoing| &o.env).collect();
             let seqs = b.publish_batch(&envs, max_len, ttl).await;
-            published = seqs.iter().flatten().copied().max().unwrap_or(published);
             let n = batch.len();
             for (o, seq) in batch.drain(..).zip(seqs) {
                 match seq {
-                    Some(_) => self.metrics.published.fetch_add(1, Ordering::Relaxed),
+                    Some(_) => {
+                        // Only what comes back counts: a room no local client is in does not.
+                        if b.receives(o.env.r.as_deref()) {
+                            self.published_own.fetch_max(o.env.i, Ordering::Relaxed);
+                        }
+                        self.metrics.published.fetch_add(1, Ordering::Relaxed)
+                    }
                     None => {
                         self.deliver_unpublished(&o);
                         self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed)
@@ -371,7 +427,8 @@ impl Hub {
         self.deliver_local(e.r.as_deref(), e.x.as_deref(), &e.p, &o.attachments, None);
     }
 
-    /// A broadcast as the subscription delivers it, in offset order (this node's own included).
+    /// A broadcast as the subscription delivers it, in order within its stream (this node's own
+    /// included), its stream's position already advanced to `seq`.
     pub fn on_remote(&self, seq: u64, env: Envelope) {
         let delivered_already = env.o == self.node
             && env.i != 0
@@ -390,7 +447,9 @@ impl Hub {
                 Some(seq),
             );
         }
-        self.delivered_seq.fetch_max(seq, Ordering::Relaxed);
+        if env.o == self.node {
+            self.seen_own.fetch_max(env.i, Ordering::Relaxed);
+        }
         let lat = now_us().saturating_sub(env.t);
         let m = &self.metrics;
         let i = FANOUT_BUCKETS_US
@@ -402,50 +461,48 @@ impl Hub {
         m.fanout_count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sends a recovering client what it missed after `offset` in its rooms (and broadcasts to
-    /// all), in order, then what arrived live meanwhile, skipping anything already replayed.
-    /// Reads are proportional to the client's rooms, not to all traffic.
-    pub async fn replay(&self, s: &Session, offset: u64) -> usize {
+    /// Sends a recovering client what it missed in each of its streams (its rooms and the
+    /// broadcasts to all) after its offset, then what arrived live meanwhile, skipping anything
+    /// already replayed; each packet carries the client's vector as it advances. Reads are
+    /// one per stream the client receives, not proportional to all traffic.
+    pub async fn replay(&self, s: &Session, offset: Option<&str>, rec: &SessionRecord) -> usize {
         let Some(b) = &self.broker else { return 0 };
         let (rooms, old): (Vec<String>, Vec<String>) = {
             let st = s.lock_state();
             (st.rooms.iter().cloned().collect(), st.old_sids.clone())
         };
+        let mut cur = Cursor::start(offset.and_then(offset::Claimed::parse), rec, &rooms);
         let limit = self.cfg.recovery_max_len as usize;
         let oldest = now_us().saturating_sub(self.cfg.recovery_window.as_micros() as u64);
-        let mut missed: Vec<(u64, Envelope)> = b.read_after(None, offset, limit).await;
-        for r in &rooms {
-            missed.extend(b.read_after(Some(r), offset, limit).await);
-        }
-        missed.sort_by_key(|(n, _)| *n);
-        missed.dedup_by_key(|(n, _)| *n);
-        let mut last = offset;
+        let reads = b.read_after_each(&cur.streams(), limit).await;
         let mut sent = 0;
-        for (n, env) in missed {
-            last = n;
+        for (room, n, env) in merge_by_time(cur.streams(), reads) {
+            cur.set(room.as_deref(), n);
             if env.t < oldest || env.x.as_ref().is_some_and(|x| old.contains(x)) {
                 continue;
             }
-            s.send_text(format!("4{}", with_offset(&env.p, n)));
+            s.send_text(format!("4{}", with_offset(&env.p, &cur.text())));
             for a in decode_attachments(&env) {
                 s.send(Frame::Binary(a));
             }
             sent += 1;
         }
+        // Read before the state lock (deliveries take this one first): anything delivered
+        // after it is buffered, and a copy of it dropped below is one the buffer held.
+        let reached = b.positions().clone();
         // Under the lock that live deliveries take: none can come between the buffered ones
         // and the end of recovery, and any later copy of a replayed offset is dropped.
         let mut st = s.lock_state();
-        for (n, text, atts) in st.recovering.take().unwrap_or_default() {
-            if n > last {
-                s.send_text(format!("4{text}"));
-                for a in atts {
+        for m in st.recovering.take().unwrap_or_default() {
+            if m.seq > cur.get(m.room.as_deref()) {
+                cur.set(m.room.as_deref(), m.seq);
+                s.send_text(format!("4{}", with_offset(&m.text, &cur.text())));
+                for a in m.attachments {
                     s.send(Frame::Binary(a));
                 }
-                last = n;
             }
         }
-        let lo = self.delivered_seq.load(Ordering::Relaxed);
-        st.replayed = (last > lo).then_some((lo, last));
+        cur.finish(&mut st, &reached);
         sent
     }
 
@@ -592,9 +649,163 @@ impl Hub {
     }
 }
 
+/// A recovering client's position in each of its streams, advanced as its replay is sent.
+struct Cursor {
+    all: u64,
+    rooms: BTreeMap<String, u64>,
+}
+
+impl Cursor {
+    /// Where replay starts: the offset the client sent where it names a stream, else where
+    /// the record says the socket started in it (connected, joined, or last recovered);
+    /// never before that start (a room left and joined again restarts at the join).
+    fn start(claimed: Option<offset::Claimed>, rec: &SessionRecord, rooms: &[String]) -> Self {
+        let all = claimed.as_ref().map_or(0, |c| c.all).max(rec.since);
+        let rooms = rooms
+            .iter()
+            .map(|r| {
+                let joined = rec.joined_at.get(r).copied().unwrap_or(0);
+                let got = claimed.as_ref().and_then(|c| c.room(r)).unwrap_or(0);
+                (r.clone(), got.max(joined))
+            })
+            .collect();
+        Self { all, rooms }
+    }
+
+    fn streams(&self) -> Vec<(Option<String>, u64)> {
+        std::iter::once((None, self.all))
+            .chain(self.rooms.iter().map(|(r, n)| (Some(r.clone()), *n)))
+            .collect()
+    }
+
+    fn get(&self, room: Option<&str>) -> u64 {
+        match room {
+            None => self.all,
+            Some(r) => self.rooms.get(r).copied().unwrap_or(0),
+        }
+    }
+
+    fn set(&mut self, room: Option<&str>, n: u64) {
+        match room {
+            None => self.all = n,
+            Some(r) => {
+                if let Some(at) = self.rooms.get_mut(r) {
+                    *at = n;
+                }
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        offset::encode(self.all, self.rooms.iter().map(|(r, n)| (r.as_str(), *n)))
+    }
+
+    /// Ends the recovery: the socket starts again where the replay left it, and the streams in
+    /// which the replay read ahead of the node's subscription (`reached`) get their ranges.
+    fn finish(self, st: &mut SocketState, reached: &Positions) {
+        let range = |room: Option<&str>, hi: u64| {
+            let lo = reached.get(room);
+            (hi > lo).then_some((lo, hi))
+        };
+        st.replayed.all = range(None, self.all);
+        st.replayed.rooms = self
+            .rooms
+            .iter()
+            .filter_map(|(r, hi)| Some((r.clone(), range(Some(r), *hi)?)))
+            .collect();
+        st.since = self.all;
+        st.joined_at = self.rooms.into_iter().collect();
+    }
+}
+
+/// One stream's envelopes not yet merged.
+type Pending = std::iter::Peekable<std::vec::IntoIter<(u64, Envelope)>>;
+
+/// The streams' envelopes in one list, each stream kept in its own order, the streams
+/// interleaved by publish time (the order the client would have seen them in, near enough).
+fn merge_by_time(
+    streams: Vec<(Option<String>, u64)>,
+    reads: Vec<Vec<(u64, Envelope)>>,
+) -> Vec<(Option<String>, u64, Envelope)> {
+    let mut heads: Vec<(Option<String>, Pending)> = streams
+        .into_iter()
+        .map(|(r, _)| r)
+        .zip(reads.into_iter().map(|v| v.into_iter().peekable()))
+        .collect();
+    let mut out = Vec::new();
+    loop {
+        let next = heads
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, (_, it))| it.peek().map(|(_, e)| (e.t, i)))
+            .min();
+        let Some((_, i)) = next else { return out };
+        let (room, it) = &mut heads[i];
+        if let Some((n, env)) = it.next() {
+            out.push((room.clone(), n, env));
+        }
+    }
+}
+
+/// A broadcast the subscription delivered: its stream, sequence and packet.
+struct Numbered<'a> {
+    room: Option<&'a str>,
+    seq: u64,
+    text: &'a str,
+    attachments: &'a [Bytes],
+}
+
+impl Numbered<'_> {
+    /// The frame for one socket (None: not now). A recovering socket gets it later; one just
+    /// recovered drops the copies of what its replay sent and has offsets of its own while it
+    /// is ahead of the node; any other socket shares the frame of its room set.
+    fn frame_for(
+        &self,
+        st: &mut SocketState,
+        pos: &Positions,
+        shared: &mut HashMap<u64, Utf8Bytes>,
+    ) -> Option<Utf8Bytes> {
+        if let Some(buf) = st.recovering.as_mut() {
+            buf.push(Buffered {
+                room: self.room.map(str::to_string),
+                seq: self.seq,
+                text: self.text.to_string(),
+                attachments: self.attachments.to_vec(),
+            });
+            return None;
+        }
+        if !st.replayed.is_empty() {
+            if st.replayed.drops(self.room, self.seq) {
+                return None;
+            }
+            st.replayed.settle(|r| pos.get(r));
+            if !st.replayed.is_empty() {
+                let v = vector(st, |r| st.replayed.ahead(r, pos.get(r)));
+                return Some(numbered_frame(self.text, &v));
+            }
+        }
+        let frame = shared
+            .entry(st.room_key)
+            .or_insert_with(|| numbered_frame(self.text, &vector(st, |r| pos.get(r))));
+        Some(frame.clone())
+    }
+}
+
+/// A socket's offset: `at` of the all-clients stream and of each of its rooms.
+fn vector(st: &SocketState, at: impl Fn(Option<&str>) -> u64) -> String {
+    offset::encode(
+        at(None),
+        st.rooms.iter().map(|r| (r.as_str(), at(Some(r.as_str())))),
+    )
+}
+
+fn numbered_frame(text: &str, offset: &str) -> Utf8Bytes {
+    Utf8Bytes::from(format!("4{}", with_offset(text, offset)))
+}
+
 /// Appends the offset as the event's last argument (`2["ev",{...}]` → `2["ev",{...},"7"]`),
 /// which is where socket.io-client ≥ 4.6 reads it from.
-pub fn with_offset(text: &str, seq: u64) -> String {
+pub fn with_offset(text: &str, seq: &str) -> String {
     match text.strip_suffix(']') {
         Some(head) if head.ends_with('[') => format!("{head}\"{seq}\"]"),
         Some(head) => format!("{head},\"{seq}\"]"),
@@ -625,15 +836,15 @@ fn ping_slice(sid: &str, slices: u64) -> u64 {
 mod tests {
     use super::*;
 
-    /// The offsets of the numbered messages queued for `s`, in order.
-    fn offsets_sent(s: &Session) -> Vec<u64> {
+    /// The offsets (as vectors) of the numbered messages queued for `s`, in order.
+    fn offsets_sent(s: &Session) -> Vec<offset::Claimed> {
         let mut r = s.outbox.try_reader().expect("no other reader");
         std::iter::from_fn(|| r.try_recv())
             .filter_map(|f| match f {
                 Frame::Text(t) => t
                     .as_str()
                     .rsplit_once(",\"")
-                    .and_then(|(_, o)| o.trim_end_matches("\"]").parse().ok()),
+                    .and_then(|(_, o)| offset::Claimed::parse(o.trim_end_matches("\"]"))),
                 Frame::Binary(_) => None,
             })
             .collect()
@@ -646,9 +857,38 @@ mod tests {
             x: None,
             p: format!("2[\"new message\",{i}]"),
             b: vec![],
-            t: now_us(),
+            t: now_us() + i,
             i,
         }
+    }
+
+    /// A hub on a fresh Redis whose subscription is not running: the tests deliver by hand.
+    fn hub_on(redis: &connscale_test_support::RedisServer) -> (Arc<Hub>, Arc<RedisBroker>) {
+        let hub = Hub::new(ChatConfig {
+            redis_url: Some(redis.url()),
+            ..ChatConfig::default()
+        })
+        .unwrap();
+        let b = hub.broker.clone().unwrap();
+        (hub, b)
+    }
+
+    /// What the subscription does with a broadcast: advance its stream, then deliver.
+    fn deliver(hub: &Hub, b: &RedisBroker, n: u64, e: &Envelope) {
+        if b.advance(e.r.as_deref(), n) {
+            hub.on_remote(n, e.clone());
+        }
+    }
+
+    /// A session that has sent its CONNECT (`recovering`: and is being recovered).
+    fn connected(hub: &Hub, sid: &str, recovering: bool) -> Arc<Session> {
+        let s = Arc::new(Session::new(sid.into(), 10.0, true, 1 << 20));
+        hub.admit(s.clone()).unwrap();
+        let mut st = s.lock_state();
+        st.connected = true;
+        st.recovering = recovering.then(Vec::new);
+        drop(st);
+        s
     }
 
     /// A client recovering on a node whose subscription lags: the replay reads offsets from
@@ -657,50 +897,94 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_recovered_client_gets_each_offset_once() {
         let redis = connscale_test_support::RedisServer::start();
-        let hub = Hub::new(ChatConfig {
-            redis_url: Some(redis.url()),
-            ..ChatConfig::default()
-        })
-        .unwrap();
-        let b = hub.broker.clone().unwrap();
+        let (hub, b) = hub_on(&redis);
         let envs: Vec<Envelope> = (1..=6).map(|i| envelope("r", i)).collect();
         let seqs = b
             .publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
             .await;
         assert_eq!(seqs, (1..=6).map(Some).collect::<Vec<_>>());
-        // The subscription here has delivered 1..=2 so far.
+        // Another client keeps the room subscribed; the subscription has delivered 1..=2.
+        let other = connected(&hub, "s0", false);
+        hub.join(&other, "r").await;
         for (n, e) in (1..=2).zip(&envs) {
-            hub.on_remote(n, e.clone());
+            deliver(&hub, &b, n, e);
         }
-        let s = Arc::new(Session::new("s1".into(), 10.0, true, 1 << 20));
-        hub.admit(s.clone()).unwrap();
-        {
-            let mut st = s.lock_state();
-            st.connected = true;
-            st.recovering = Some(Vec::new());
-        }
-        hub.join(&s, "r");
+        let s = connected(&hub, "s1", true);
+        hub.join(&s, "r").await;
         // The client had seen up to 3 on its old node; 4..=6 are in the stream.
-        hub.on_remote(3, envs[2].clone());
-        hub.replay(&s, 3).await;
+        deliver(&hub, &b, 3, &envs[2]);
+        let rec = SessionRecord {
+            rooms: vec!["r".into()],
+            ..SessionRecord::default()
+        };
+        let held = offset::encode(0, [("r", 3)]);
+        hub.replay(&s, Some(&held), &rec).await;
         for (n, e) in (4..=6).zip(&envs[3..]) {
-            hub.on_remote(n, e.clone());
+            deliver(&hub, &b, n, e);
         }
         let next = envelope("r", 7);
         b.publish_batch(&[&next], 100, 60).await;
-        hub.on_remote(7, next);
-        assert_eq!(offsets_sent(&s), [4, 5, 6, 7]);
+        deliver(&hub, &b, 7, &next);
+        let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
+        assert_eq!(got, [4, 5, 6, 7].map(Some));
+    }
+
+    /// Each room has its own sequence, and a client's offset holds its place in each: replay
+    /// resumes every room where the client was, and a malformed offset replays from where the
+    /// record says the socket joined each room (never a panic).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replay_resumes_each_room_where_the_offset_says() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let envs: Vec<Envelope> = [("a", 1), ("b", 2), ("a", 3), ("b", 4), ("a", 5)]
+            .into_iter()
+            .map(|(r, i)| envelope(r, i))
+            .collect();
+        let seqs = b
+            .publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
+            .await;
+        assert_eq!(seqs, [1, 1, 2, 2, 3].map(Some));
+        let rec = SessionRecord {
+            rooms: vec!["a".into(), "b".into()],
+            joined_at: [("b".to_string(), 1)].into_iter().collect(),
+            ..SessionRecord::default()
+        };
+        let replayed = async |sid: &str, held: Option<&str>| {
+            let s = connected(&hub, sid, true);
+            for r in &rec.rooms {
+                hub.join(&s, r).await;
+            }
+            hub.replay(&s, held, &rec).await;
+            let last = offsets_sent(&s).pop().expect("something replayed");
+            hub.remove(sid);
+            (last.room("a"), last.room("b"), last.all)
+        };
+        let held = offset::encode(0, [("a", 1), ("b", 2)]);
+        assert_eq!(
+            replayed("s1", Some(&held)).await,
+            (Some(3), Some(2), 0),
+            "a 2..=3"
+        );
+        for bad in ["garbage", "1.zz-3", "", "1.00000001-2.", "-5"] {
+            assert_eq!(
+                replayed("s2", Some(bad)).await,
+                (Some(3), Some(2), 0),
+                "{bad:?}: a from 0, b from its join at 1"
+            );
+        }
+        let far = format!("{}.00000000-1", u64::MAX);
+        assert_eq!(replayed("s3", Some(&far)).await.0, Some(3), "{far}");
     }
 
     #[test]
     fn offsets_are_the_last_argument() {
         assert_eq!(
-            with_offset(r#"2["new message",{"a":1}]"#, 7),
+            with_offset(r#"2["new message",{"a":1}]"#, "7"),
             r#"2["new message",{"a":1},"7"]"#
         );
         assert_eq!(
-            with_offset(r#"51-["f",{"_placeholder":true,"num":0}]"#, 12),
-            r#"51-["f",{"_placeholder":true,"num":0},"12"]"#
+            with_offset(r#"51-["f",{"_placeholder":true,"num":0}]"#, "12.0a1b2c3d-4"),
+            r#"51-["f",{"_placeholder":true,"num":0},"12.0a1b2c3d-4"]"#
         );
     }
 }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod listener;
+pub mod offset;
 pub mod session;
 pub mod tcp;
 pub mod transport;

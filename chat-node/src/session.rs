@@ -7,7 +7,7 @@
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use connscale_common::sio::{self, EioType, SioPacket};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -185,18 +185,93 @@ pub struct SocketState {
     pub pending: Option<Box<SioPacket>>,
     /// Private session id for connection state recovery (issued only with Redis).
     pub pid: Option<String>,
-    /// The broadcast sequence when this socket connected: replay starts here if the client never
-    /// received an offset.
+    /// The all-clients stream's position when this socket connected (or was recovered):
+    /// replay starts here if the client never received an offset.
     pub since: u64,
+    /// Each room's position when this socket joined it (or was recovered into it): replay in
+    /// a room its offset does not name starts here.
+    pub joined_at: HashMap<String, u64>,
+    /// The XOR of the rooms' [`room_hash`](crate::offset::room_hash)es: sockets in the same
+    /// rooms have the same offset vector, so they share one frame of each broadcast.
+    pub room_key: u64,
     /// Socket ids this client had before recoveries (its own messages are not replayed to it).
     pub old_sids: Vec<String>,
-    /// While missed messages are replayed, live broadcasts wait here (seq, text, attachments).
-    pub recovering: Option<Vec<(u64, String, Vec<Bytes>)>>,
-    /// After a recovery, the offsets `(lo, hi]` that the replay read from the stream before
-    /// this node's subscription brought them (`lo`: what the subscription had delivered). Its
-    /// copies of those are dropped; the first offset outside the range ends it (one at or
-    /// below `lo` means Redis restarted and counts again).
-    pub replayed: Option<(u64, u64)>,
+    /// While missed messages are replayed, live broadcasts wait here.
+    pub recovering: Option<Vec<Buffered>>,
+    /// After a recovery, per stream, what the replay read ahead of this node's subscription.
+    pub replayed: Replayed,
+}
+
+/// A live broadcast held back while its client's recovery replays: its stream and sequence,
+/// its packet text without an offset (the offset is written when it is sent), attachments.
+#[derive(Debug)]
+pub struct Buffered {
+    pub room: Option<String>,
+    pub seq: u64,
+    pub text: String,
+    pub attachments: Vec<Bytes>,
+}
+
+/// After a recovery, the sequences `(lo, hi]` of each stream that the replay read from Redis
+/// before this node's subscription brought them (`lo`: where the subscription was). Its
+/// copies of those are dropped; the first sequence outside the range ends it (one at or below
+/// `lo` means Redis restarted and counts again). While any range is open, the client is
+/// ahead of the node in that stream, so its offsets are its own (`hi` where it is ahead).
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub all: Option<(u64, u64)>,
+    pub rooms: HashMap<String, (u64, u64)>,
+}
+
+impl Replayed {
+    pub fn is_empty(&self) -> bool {
+        self.all.is_none() && self.rooms.is_empty()
+    }
+
+    fn range(&self, room: Option<&str>) -> Option<(u64, u64)> {
+        match room {
+            None => self.all,
+            Some(r) => self.rooms.get(r).copied(),
+        }
+    }
+
+    fn end(&mut self, room: Option<&str>) {
+        match room {
+            None => self.all = None,
+            Some(r) => {
+                self.rooms.remove(r);
+            }
+        }
+    }
+
+    /// Whether broadcast `seq` of a stream is a copy of one replayed already (then dropped).
+    pub fn drops(&mut self, room: Option<&str>, seq: u64) -> bool {
+        match self.range(room) {
+            Some((lo, hi)) if lo < seq && seq <= hi => true,
+            Some(_) => {
+                self.end(room);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Ends the ranges the node's subscription has caught up with (`reached` per stream).
+    pub fn settle(&mut self, reached: impl Fn(Option<&str>) -> u64) {
+        if self.all.is_some_and(|(_, hi)| reached(None) >= hi) {
+            self.all = None;
+        }
+        self.rooms.retain(|r, (_, hi)| reached(Some(r)) < *hi);
+    }
+
+    /// Where the client is in a stream the node has reached `at`.
+    pub fn ahead(&self, room: Option<&str>, at: u64) -> u64 {
+        let hi = match room {
+            None => self.all.map(|(_, hi)| hi),
+            Some(r) => self.rooms.get(r).map(|(_, hi)| *hi),
+        };
+        hi.map_or(at, |hi| hi.max(at))
+    }
 }
 
 impl SocketState {

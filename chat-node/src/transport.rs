@@ -289,10 +289,20 @@ async fn polling_heartbeat<A: App>(srv: Arc<Server<A>>, s: Arc<Session>) {
         }
         next += interval.max(timeout);
     }
-    if !s.websocket.load(Ordering::SeqCst) {
-        finish(&srv, &s).await;
+    if s.websocket.load(Ordering::SeqCst) {
+        return;
     }
+    if s.closed_by_peer() {
+        // A client closes with its next long-poll usually in flight, and the two requests may
+        // arrive in either order: that poll still gets its noop (poll_get ends the session),
+        // not a 400 for a session that vanished a moment before it.
+        tokio::time::sleep(CLOSED_POLL_GRACE).await;
+    }
+    finish(&srv, &s).await;
 }
+
+/// How long a polling session the client closed waits for a long-poll that raced its close.
+const CLOSED_POLL_GRACE: Duration = Duration::from_millis(200);
 
 /// The websocket transport: one task per client reads and writes (pings come from the hub's
 /// [`ping_loop`](Hub::ping_loop) through the outbox).

@@ -3,7 +3,7 @@
 //! the other node and receives every message it missed, in order, with no duplicates.
 
 mod common;
-use common::{Driver, Proxy, TOKEN, http_post, node};
+use common::{Driver, Proxy, TOKEN, http_get, http_post, node};
 use connscale_test_support::RedisServer;
 use serde_json::json;
 
@@ -128,4 +128,102 @@ fn a_publish_that_timed_out_but_ran_is_delivered_once() {
         .collect();
     // `expect` consumed the first delivery of each.
     assert_eq!(got, Vec::<i64>::new(), "p received these a second time");
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw Socket.IO client: the websocket after Engine.IO's open packet.
+async fn raw(port: u16) -> Ws {
+    use futures::StreamExt;
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+    let _open = ws.next().await;
+    ws
+}
+
+/// The next text frame starting with `prefix` within 5 s (pings answered), or None.
+async fn next_text(ws: &mut Ws, prefix: &str) -> Option<String> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.starts_with(prefix) => return Some(t.to_string()),
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
+                ws.send(Message::text("3")).await.ok()?;
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Offsets are whatever a client sends. A malformed one with a valid pid replays from where the
+/// socket joined its room; a pid or offset of the wrong type, or a huge offset, gets a session
+/// (fresh, as the pid was spent); the node never falls over.
+#[test]
+fn malformed_offsets_get_a_full_replay_or_a_fresh_session() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let redis = RedisServer::start();
+    let a = node("a", Some(&redis.url()), &[]);
+    let (port, url) = (a.port, a.url());
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async move {
+        let mut ws = raw(port).await;
+        ws.send(Message::text("40")).await.expect("send");
+        let hello = next_text(&mut ws, "40").await.expect("CONNECT reply");
+        let pid = serde_json::from_str::<serde_json::Value>(&hello[2..]).expect("json")["pid"]
+            .as_str()
+            .expect("a pid")
+            .to_string();
+        ws.send(Message::text(r#"420["join-channel","r"]"#))
+            .await
+            .expect("send");
+        next_text(&mut ws, "430").await.expect("joined");
+        for m in ["m1", "m2"] {
+            let body = json!({"event": "system", "data": m, "room": "r"}).to_string();
+            let (code, _) = tokio::task::block_in_place(|| {
+                http_post(&format!("{url}/api/broadcast"), Some(TOKEN), &body)
+            });
+            assert_eq!(code, 200);
+            next_text(&mut ws, "42[\"system\"")
+                .await
+                .expect("delivered");
+        }
+        drop(ws);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+        let mut back = raw(port).await;
+        let claim = json!({"pid": pid, "offset": "9.zz-}{\"'"});
+        back.send(Message::text(format!("40{claim}")))
+            .await
+            .expect("send");
+        let again = next_text(&mut back, "40").await.expect("CONNECT reply");
+        assert!(again.contains(&pid), "recovered with its pid: {again}");
+        for m in ["m1", "m2"] {
+            let got = next_text(&mut back, "42[\"system\"").await;
+            assert!(
+                got.as_deref().is_some_and(|t| t.contains(m)),
+                "{m} replayed: {got:?}"
+            );
+        }
+        let huge = "1.".repeat(20_000);
+        for claim in [
+            json!({"pid": pid, "offset": 12}),
+            json!({"pid": 7, "offset": {"a": 1}}),
+            json!({"pid": "nobody", "offset": huge}),
+            json!({"pid": pid, "offset": [null]}),
+        ] {
+            let mut c = raw(port).await;
+            c.send(Message::text(format!("40{claim}")))
+                .await
+                .expect("send");
+            let reply = next_text(&mut c, "4").await;
+            assert!(reply.is_some(), "an answer to {claim:.80}");
+        }
+        let (code, _) = tokio::task::block_in_place(|| http_get(&format!("{url}/healthz")));
+        assert_eq!(code, 200, "the node is still up");
+    });
 }

@@ -17,6 +17,8 @@ section "chat-node vs Node.js Socket.IO" "python3 scripts/bench/chat_vs_node.py 
 python3 scripts/bench/chat_vs_node.py 10000
 section "chat-node's accept rate against the handshake floor" "python3 scripts/bench/accept_floor.py 5"
 python3 scripts/bench/accept_floor.py 5
+section "Fan-out: one Redis vs a 3-master Redis Cluster" "python3 scripts/bench/cluster_fanout.py 8000 16000 24000 32000"
+python3 scripts/bench/cluster_fanout.py 8000 16000 24000 32000
 section "loadtest: held connections, connect rate, CPU per message" "python3 scripts/bench/loadtest.py 60000 20000"
 python3 scripts/bench/loadtest.py 60000 20000
 section "Demo" "target/release/connscale demo --duration 120s --json --plot docs/bench/demo.svg"
