@@ -10,15 +10,10 @@ Everything shares the 2 cores. Usage: python3 scripts/bench/cluster_fanout.py [-
 `cargo build --release -p chat-node -p loadtest`. CHAT_NODE=path runs another chat-node build
 (e.g. an older commit's, for an A/B on one Redis).
 """
-import json, os, signal, socket, subprocess, sys, tempfile, time, ctypes
+import json, os, socket, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REL = os.path.join(ROOT, "target/release")
-_libc = ctypes.CDLL("libc.so.6")
-
-
-def die_with_parent():
-    _libc.prctl(1, signal.SIGKILL)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from chat_vs_node import REL, cpu_s, spawn, wait_port  # noqa: E402
 
 
 def free_port():
@@ -26,26 +21,6 @@ def free_port():
         s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
         if p < 55000:  # a cluster node's bus listens on port + 10000
             return p
-
-
-def wait_port(p, t=20):
-    end = time.time() + t
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", p), 0.2).close(); return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {p}")
-
-
-def cpu_s(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def spawn(cmd, env=None, cwd=None):
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
 
 def redis(port, d, cluster):

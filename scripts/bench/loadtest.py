@@ -11,13 +11,7 @@ Prints markdown tables. Usage: python3 scripts/bench/loadtest.py [CONNECTIONS] [
 import json, os, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chat_vs_node import REL, die_with_parent, free_port, wait_port  # noqa: E402
-
-HZ = os.sysconf("SC_CLK_TCK")
-
-def cpu_s(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / HZ
+from chat_vs_node import REL, cpu_s, die_with_parent, free_port, wait_port  # noqa: E402
 
 def node(port):
     return subprocess.Popen([os.path.join(REL, "chat-node"), "--port", str(port)],
