@@ -92,3 +92,53 @@ fn a_row_that_cannot_be_read_is_refused_with_its_line() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// `simulate --summary` (scripts/bench/simulator.sh's first table): one row per trace against
+/// classic with its pool and the oracle, the count of traces that meet every target, and the
+/// worst trace for each target.
+#[test]
+fn simulate_summary_prints_one_row_per_trace_and_the_worst_of_each_target() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = (dir.path().join("evening.csv"), dir.path().join("later.csv"));
+    std::fs::write(&a, messy_export()).expect("write");
+    let shifted = messy_export().replace("timestamp,value\n", "timestamp,value\n1699990000,40\n");
+    std::fs::write(&b, shifted).expect("write");
+    let (a, b) = (a.to_str().expect("utf8"), b.to_str().expect("utf8"));
+    let out = connscale(&["simulate", "--summary", "--trace", a, "--trace", b]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| evening") || l.starts_with("| later"))
+        .collect();
+    assert_eq!(rows.len(), 2, "one row per trace:\n{stdout}");
+    for row in rows {
+        assert_eq!(row.matches('|').count(), 7, "six columns: {row}");
+        assert!(row.contains(" met") || row.contains("missed"), "{row}");
+    }
+    assert!(
+        stdout.contains("| trace | rejected ÷ classic (≤ 0.10)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("every target met on ") && l.ends_with(" of 2 traces")),
+        "{stdout}"
+    );
+    for target in [
+        "rejected ÷ classic",
+        "inst-h ÷ classic",
+        "inst-h ÷ oracle",
+        "reconnects ÷ classic",
+    ] {
+        assert!(
+            stdout.contains(&format!("worst {target}: ")),
+            "no worst trace for {target}:\n{stdout}"
+        );
+    }
+}
