@@ -3,7 +3,7 @@
 use crate::broker::{Envelope, Positions, RedisBroker, SessionRecord};
 use crate::config::ChatConfig;
 use crate::offset;
-use crate::session::{Buffered, Frame, Session, SocketState};
+use crate::session::{Buffered, Frame, Kick, Session, SocketState};
 use axum::extract::ws::Utf8Bytes;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -23,6 +23,11 @@ pub struct Metrics {
     pub refused: AtomicU64,
     pub published: AtomicU64,
     pub publish_failed: AtomicU64,
+    /// Clients disconnected because they could not get every broadcast of their streams in
+    /// order: their outbox was full ([`Kick::Slow`]), or the subscription missed broadcasts
+    /// ([`Kick::Missed`]). Counted as their sessions end.
+    pub kicked_slow: AtomicU64,
+    pub kicked_missed: AtomicU64,
     /// Fan-out latency of remote broadcasts (publish → local delivery), microsecond buckets.
     pub fanout_us: [AtomicU64; 8],
     pub fanout_sum_us: AtomicU64,
@@ -188,6 +193,11 @@ impl Hub {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(sid)?;
+        match s.kicked() {
+            Some(Kick::Slow) => self.metrics.kicked_slow.fetch_add(1, Ordering::Relaxed),
+            Some(Kick::Missed) => self.metrics.kicked_missed.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
         let rooms: Vec<String> = {
             let mut st = s.lock_state();
             st.room_key = 0;
@@ -459,6 +469,23 @@ impl Hub {
         m.fanout_us[i].fetch_add(1, Ordering::Relaxed);
         m.fanout_sum_us.fetch_add(lat, Ordering::Relaxed);
         m.fanout_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The subscription missed broadcasts of a stream (a room, or None: all clients): every
+    /// local client receiving it is disconnected before anything later is delivered, so none
+    /// stays connected having silently missed one. Each reconnects and its offset, the last
+    /// broadcast it did get, recovers the rest from the stream.
+    pub fn on_missed(&self, room: Option<&str>) {
+        let kicked = self
+            .targets(room)
+            .into_iter()
+            .filter(|s| s.kick(Kick::Missed))
+            .count();
+        tracing::warn!(
+            room,
+            kicked,
+            "broadcasts missed: disconnecting the stream's clients"
+        );
     }
 
     /// Sends a recovering client what it missed in each of its streams (its rooms and the
@@ -835,6 +862,7 @@ fn ping_slice(sid: &str, slices: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Step;
 
     /// The offsets (as vectors) of the numbered messages queued for `s`, in order.
     fn offsets_sent(s: &Session) -> Vec<offset::Claimed> {
@@ -875,8 +903,13 @@ mod tests {
 
     /// What the subscription does with a broadcast: advance its stream, then deliver.
     fn deliver(hub: &Hub, b: &RedisBroker, n: u64, e: &Envelope) {
-        if b.advance(e.r.as_deref(), n) {
-            hub.on_remote(n, e.clone());
+        match b.advance(e.r.as_deref(), n) {
+            Step::Skip => {}
+            Step::Next => hub.on_remote(n, e.clone()),
+            Step::AfterGap => {
+                hub.on_missed(e.r.as_deref());
+                hub.on_remote(n, e.clone());
+            }
         }
     }
 
@@ -974,6 +1007,114 @@ mod tests {
         }
         let far = format!("{}.00000000-1", u64::MAX);
         assert_eq!(replayed("s3", Some(&far)).await.0, Some(3), "{far}");
+    }
+
+    /// A broadcast whose stream jumped (room seq 2, then 4): the room's clients here are
+    /// disconnected before it is delivered (they recover 3 and 4 from their offsets), and
+    /// /metrics counts them; a client of another room stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sequence_jump_disconnects_the_rooms_clients() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let (s, other) = (connected(&hub, "s1", false), connected(&hub, "s2", false));
+        hub.join(&s, "r").await;
+        hub.join(&other, "q").await;
+        for n in [1, 2, 4] {
+            deliver(&hub, &b, n, &envelope("r", n));
+        }
+        deliver(&hub, &b, 1, &envelope("q", 1));
+        let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
+        assert_eq!(got, [1, 2].map(Some), "nothing after the gap");
+        assert_eq!(s.kicked(), Some(Kick::Missed));
+        assert!(!other.is_closed(), "another room's client stays");
+        hub.remove("s1");
+        assert_eq!(hub.metrics.kicked_missed.load(Ordering::Relaxed), 1);
+    }
+
+    /// A client whose outbox fills is disconnected, counted as slow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_outbox_is_counted_as_slow() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let s = Arc::new(Session::new("s1".into(), 10.0, true, 64));
+        s.lock_state().connected = true;
+        hub.admit(s.clone()).unwrap();
+        hub.join(&s, "r").await;
+        for n in 1..=8 {
+            deliver(&hub, &b, n, &envelope("r", n));
+        }
+        assert_eq!(s.kicked(), Some(Kick::Slow));
+        hub.remove("s1");
+        assert_eq!(hub.metrics.kicked_slow.load(Ordering::Relaxed), 1);
+    }
+
+    /// Redis drops the node's subscription (as it does to a subscriber past its
+    /// `client-output-buffer-limit pubsub`) while another node keeps publishing to a room: a
+    /// client of the room here either gets every broadcast in order or is disconnected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_subscription_never_leaves_a_client_missing_broadcasts() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let (h, g) = (hub.clone(), hub.clone());
+        let sub = b.clone();
+        let task = tokio::spawn(async move {
+            sub.subscribe(move |n, e| h.on_remote(n, e), move |r| g.on_missed(r))
+                .await
+        });
+        let until = |f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !f() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        until(&|| b.is_up());
+        let s = connected(&hub, "s1", false);
+        hub.join(&s, "r").await;
+        let elsewhere = RedisBroker::new(&redis.url(), None).unwrap();
+        let publish = async |i: u64| {
+            elsewhere.publish_batch(&[&envelope("r", i)], 100, 60).await[0].expect("published")
+        };
+        let mut got = Vec::new();
+        let take = |s: &Session, got: &mut Vec<u64>| {
+            got.extend(offsets_sent(s).iter().filter_map(|o| o.room("r")))
+        };
+        for i in 1..=3 {
+            publish(i).await;
+        }
+        until(&|| b.positions().get(Some("r")) == 3);
+        let admin = redis::Client::open(redis.url()).unwrap();
+        let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        // Before the node resubscribes (its backoff is 100 ms): these never reach it.
+        for i in 4..=6 {
+            publish(i).await;
+        }
+        let mut last = 6;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !s.is_closed() && std::time::Instant::now() < deadline {
+            last += 1;
+            publish(last).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            take(&s, &mut got);
+            if got.last() == Some(&last) {
+                break;
+            }
+        }
+        take(&s, &mut got);
+        task.abort();
+        let in_order = got.iter().copied().eq(1..=got.len() as u64);
+        assert!(in_order, "got {got:?} while connected");
+        assert!(
+            s.is_closed() || got.len() as u64 == last,
+            "connected, got {got:?} of 1..={last}"
+        );
+        assert_eq!(s.kicked(), Some(Kick::Missed), "got {got:?}");
     }
 
     #[test]
