@@ -190,6 +190,12 @@ pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         ));
     };
     g(
+        "chat_publish_retried_total",
+        "counter",
+        "Broadcasts published on a second or later attempt (the first timed out or failed).",
+        m.publish_retried.load(Ordering::Relaxed),
+    );
+    g(
         "chat_redis_up",
         "gauge",
         "1 when Redis is reachable (always 0 without Redis).",

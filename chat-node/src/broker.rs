@@ -43,8 +43,10 @@ pub struct Envelope {
     pub b: Vec<String>,
     /// Publish time, Unix microseconds (for the fan-out latency histogram).
     pub t: u64,
-    /// The origin's own number for this broadcast (0 from a node that does not number them):
-    /// lets the origin recognise a publish it gave up on but Redis ran anyway.
+    /// The origin's own number for this broadcast (0 from a node that does not number them),
+    /// increasing in the order it publishes: lets the origin recognise a publish it gave up
+    /// on but Redis ran anyway, and every node the second copy of a publish retried after it
+    /// ran.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub i: u64,
 }
