@@ -101,6 +101,20 @@ pub async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     }
 }
 
+/// `chat_disconnects_total{reason}`: clients the node disconnected because they could not get
+/// every broadcast of their rooms in order (they recover on reconnect).
+fn kicks(m: &crate::hub::Metrics) -> String {
+    let slow = m.kicked_slow.load(Ordering::Relaxed);
+    let missed = m.kicked_missed.load(Ordering::Relaxed);
+    format!(
+        "# HELP chat_disconnects_total Clients disconnected so that none silently misses a \
+         broadcast: slow (outbox full), missed (the node's subscription missed broadcasts).\n\
+         # TYPE chat_disconnects_total counter\n\
+         chat_disconnects_total{{reason=\"slow\"}} {slow}\n\
+         chat_disconnects_total{{reason=\"missed\"}} {missed}\n"
+    )
+}
+
 pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     let m = &hub.metrics;
     let mut s = String::new();
@@ -168,6 +182,18 @@ pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         "counter",
         "Broadcasts not published (Redis down).",
         m.publish_failed.load(Ordering::Relaxed),
+    );
+    s.push_str(&kicks(m));
+    let mut g = |name: &str, kind: &str, help: &str, v: u64| {
+        s.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    };
+    g(
+        "chat_publish_retried_total",
+        "counter",
+        "Broadcasts published on a second or later attempt (the first timed out or failed).",
+        m.publish_retried.load(Ordering::Relaxed),
     );
     g(
         "chat_redis_up",

@@ -43,8 +43,10 @@ pub struct Envelope {
     pub b: Vec<String>,
     /// Publish time, Unix microseconds (for the fan-out latency histogram).
     pub t: u64,
-    /// The origin's own number for this broadcast (0 from a node that does not number them):
-    /// lets the origin recognise a publish it gave up on but Redis ran anyway.
+    /// The origin's own number for this broadcast (0 from a node that does not number them),
+    /// increasing in the order it publishes: lets the origin recognise a publish it gave up
+    /// on but Redis ran anyway, and every node the second copy of a publish retried after it
+    /// ran.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub i: u64,
 }
@@ -808,7 +810,7 @@ impl RedisBroker {
 
     /// A fresh subscription connection: subscribes to everything wanted and re-reads every
     /// stream's position (set, not raised: a Redis that came back empty counts again).
-    async fn attach(&self, conn: SubConn) -> Result<(), String> {
+    async fn attach(&self, conn: SubConn, missed: &impl Fn(Option<&str>)) -> Result<(), String> {
         let mut subs = self.subs.lock().await;
         subs.active.clear();
         subs.conn = Some(conn.clone());
@@ -819,24 +821,31 @@ impl RedisBroker {
         c.subscribe(&channels).await.map_err(|e| e.to_string())?;
         self.mark(true, "");
         subs.active.extend(channels);
-        self.resync(None).await;
+        self.resync(None, missed).await;
         for r in &rooms {
-            self.resync(Some(r)).await;
+            self.resync(Some(r), missed).await;
         }
         Ok(())
     }
 
-    /// Sets a stream's position from Redis (after a (re)subscription to it).
-    async fn resync(&self, room: Option<&str>) {
+    /// Sets a stream's position from Redis (after a (re)subscription to it). A stream that has
+    /// moved on from where this node had delivered it published broadcasts while it was not
+    /// subscribed: `missed` is told before anything later is delivered.
+    async fn resync(&self, room: Option<&str>, missed: &impl Fn(Option<&str>)) {
         let Some(n) = self.read_seq(room).await else {
             return;
         };
-        let mut p = self.positions_mut();
-        match room {
-            None => p.all = n,
-            Some(r) => {
-                p.rooms.insert(r.to_string(), n);
+        let was = {
+            let mut p = self.positions_mut();
+            match room {
+                None => std::mem::replace(&mut p.all, n),
+                Some(r) => p.rooms.insert(r.to_string(), n).unwrap_or(0),
             }
+        };
+        // 0: nothing delivered yet, so nothing a client here holds can be missing after it.
+        if was != 0 && n > was {
+            tracing::warn!(room, was, now = n, "broadcasts missed while resubscribing");
+            missed(room);
         }
     }
 
@@ -850,20 +859,32 @@ impl RedisBroker {
     /// Receives other nodes' broadcasts (with their sequence numbers) for ever, reconnecting
     /// after any failure with backoff capped at 1 s. Each stream's position is advanced before
     /// its broadcast is delivered; broadcasts of rooms no longer received here are dropped.
-    pub async fn subscribe(&self, deliver: impl Fn(u64, Envelope)) {
-        let deliver = |seq, env: Envelope| {
-            if self.advance(env.r.as_deref(), seq) {
+    /// A stream whose broadcasts did not all arrive (a sequence jump, or one that moved on
+    /// while the subscription was down) is passed to `missed` before the next is delivered:
+    /// its clients here can no longer get every broadcast in order.
+    pub async fn subscribe(&self, deliver: impl Fn(u64, Envelope), missed: impl Fn(Option<&str>)) {
+        let deliver = |seq, env: Envelope| match self.advance(env.r.as_deref(), seq) {
+            Step::Skip => {}
+            Step::Next => deliver(seq, env),
+            Step::AfterGap => {
+                tracing::warn!(
+                    room = env.r.as_deref(),
+                    seq,
+                    "broadcasts missing before this one"
+                );
+                missed(env.r.as_deref());
                 deliver(seq, env)
             }
         };
+        let missed = &missed;
         let mut backoff = Duration::from_millis(100);
         loop {
             let ended = match &self.backend {
-                Backend::Single(client) => self.listen_single(client, &deliver).await,
+                Backend::Single(client) => self.listen_single(client, &deliver, missed).await,
                 Backend::Cluster {
                     seeds, password, ..
                 } => {
-                    self.listen_cluster(seeds, password.as_deref(), &deliver)
+                    self.listen_cluster(seeds, password.as_deref(), &deliver, missed)
                         .await
                 }
             };
@@ -881,18 +902,20 @@ impl RedisBroker {
         }
     }
 
-    /// Raises a stream's position to `seq`; false for a room not received here.
-    pub(crate) fn advance(&self, room: Option<&str>, seq: u64) -> bool {
+    /// Raises a stream's position to `seq`, and says whether broadcasts are missing before it.
+    pub(crate) fn advance(&self, room: Option<&str>, seq: u64) -> Step {
         let mut p = self.positions_mut();
         let at = match room {
             None => &mut p.all,
             Some(r) => match p.rooms.get_mut(r) {
                 Some(at) => at,
-                None => return false,
+                None => return Step::Skip,
             },
         };
+        // At 0 the position is not known yet (a room just subscribed, read right after).
+        let gap = *at != 0 && seq > *at + 1;
         *at = (*at).max(seq);
-        true
+        if gap { Step::AfterGap } else { Step::Next }
     }
 
     /// One subscription to a single Redis, until its connection ends; Err if it never began.
@@ -900,13 +923,14 @@ impl RedisBroker {
         &self,
         client: &redis::Client,
         deliver: &impl Fn(u64, Envelope),
+        missed: &impl Fn(Option<&str>),
     ) -> Result<(), String> {
         let ps = tokio::time::timeout(Duration::from_secs(1), client.get_async_pubsub())
             .await
             .map_err(|_| "connect timeout".to_string())?
             .map_err(|e| e.to_string())?;
         let (sink, mut stream) = ps.split();
-        self.attach(SubConn::Single(sink)).await?;
+        self.attach(SubConn::Single(sink), missed).await?;
         while let Some(msg) = stream.next().await {
             if let Ok(body) = msg.get_payload::<String>() {
                 on_broadcast(&body, deliver);
@@ -923,6 +947,7 @@ impl RedisBroker {
         seeds: &[String],
         password: Option<&str>,
         deliver: &impl Fn(u64, Envelope),
+        missed: &impl Fn(Option<&str>),
     ) -> Result<(), String> {
         use redis::{FromRedisValue, PushKind};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -935,7 +960,7 @@ impl RedisBroker {
             .await
             .map_err(|_| "connect timeout".to_string())?
             .map_err(|e| e.to_string())?;
-        self.attach(SubConn::Cluster(conn.clone())).await?;
+        self.attach(SubConn::Cluster(conn.clone()), missed).await?;
         // Since a node's connection was lost, if it was: its channels come back once the
         // connection learns who serves their slots now (see `poke_shards`).
         let mut lost = false;
@@ -955,7 +980,7 @@ impl RedisBroker {
                             self.mark(true, "");
                             let ch = push.data.into_iter().next().map(String::from_redis_value);
                             if let Some(Ok(Some(room))) = ch.map(|c| c.map(|c| channel_room(&c))) {
-                                self.resync(room.as_deref()).await;
+                                self.resync(room.as_deref(), missed).await;
                             }
                         }
                         PushKind::Disconnection => {
@@ -1010,6 +1035,17 @@ impl RedisBroker {
             .into_iter()
             .all(|ok| ok)
     }
+}
+
+/// What the subscription does with a broadcast, given how far its stream had reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Its room is not received here (any longer): dropped.
+    Skip,
+    /// Delivered: nothing of its stream is missing before it.
+    Next,
+    /// Delivered, after the clients that missed what came between are told.
+    AfterGap,
 }
 
 /// How often a subscription that lost a shard's connection pokes the shards.

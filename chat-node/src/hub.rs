@@ -3,7 +3,7 @@
 use crate::broker::{Envelope, Positions, RedisBroker, SessionRecord};
 use crate::config::ChatConfig;
 use crate::offset;
-use crate::session::{Buffered, Frame, Session, SocketState};
+use crate::session::{Buffered, Frame, Kick, Session, SocketState};
 use axum::extract::ws::Utf8Bytes;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -23,6 +23,13 @@ pub struct Metrics {
     pub refused: AtomicU64,
     pub published: AtomicU64,
     pub publish_failed: AtomicU64,
+    /// Broadcasts published again after a failed attempt (see [`PUBLISH_RETRY_FOR`]).
+    pub publish_retried: AtomicU64,
+    /// Clients disconnected because they could not get every broadcast of their streams in
+    /// order: their outbox was full ([`Kick::Slow`]), or the subscription missed broadcasts
+    /// ([`Kick::Missed`]). Counted as their sessions end.
+    pub kicked_slow: AtomicU64,
+    pub kicked_missed: AtomicU64,
     /// Fan-out latency of remote broadcasts (publish → local delivery), microsecond buckets.
     pub fanout_us: [AtomicU64; 8],
     pub fanout_sum_us: AtomicU64,
@@ -62,6 +69,9 @@ pub struct Hub {
     last_broadcast: AtomicU64,
     /// This node's broadcasts that its clients got without an offset because publishing failed.
     unnumbered: Mutex<Unnumbered>,
+    /// Per stream and origin node, the highest [`Envelope::i`] delivered: a publish retried
+    /// after a timeout may have run twice, and its second copy must not reach clients again.
+    last_from: Mutex<HashMap<Option<String>, HashMap<String, u64>>>,
 }
 
 /// This node's broadcasts that failed to publish and went to its own clients unnumbered. A
@@ -110,6 +120,11 @@ const PUBLISH_BATCH: usize = 256;
 const MAX_LAG: u64 = 1024;
 /// The longest a batch waits for the subscription: it may be down while publishing works.
 const LAG_WAIT: Duration = Duration::from_millis(100);
+/// How long broadcasts that failed to publish while Redis was up (a timeout under overload)
+/// are tried again, the queue waiting behind them, before they go to this node's clients
+/// only: other nodes' clients would miss them while connected. Once Redis is known to be
+/// down, nothing is retried, so local clients are served at once.
+const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(2);
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -134,6 +149,7 @@ impl Hub {
             }
             None => (None, None),
         };
+        let first = now_us();
         Ok(Arc::new(Self {
             node: cfg.node_name(),
             cfg,
@@ -147,10 +163,13 @@ impl Hub {
             outgoing,
             outgoing_rx: Mutex::new(outgoing_rx),
             unpublished: AtomicUsize::new(0),
-            published_own: AtomicU64::new(0),
-            seen_own: AtomicU64::new(0),
-            last_broadcast: AtomicU64::new(0),
+            published_own: AtomicU64::new(first),
+            seen_own: AtomicU64::new(first),
+            // From the clock, not 0: other nodes drop numbers at or below the highest they
+            // have seen from this node's name, and a restarted node must start above them.
+            last_broadcast: AtomicU64::new(first),
             unnumbered: Mutex::default(),
+            last_from: Mutex::default(),
         }))
     }
 
@@ -188,6 +207,11 @@ impl Hub {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(sid)?;
+        match s.kicked() {
+            Some(Kick::Slow) => self.metrics.kicked_slow.fetch_add(1, Ordering::Relaxed),
+            Some(Kick::Missed) => self.metrics.kicked_missed.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
         let rooms: Vec<String> = {
             let mut st = s.lock_state();
             st.room_key = 0;
@@ -252,6 +276,10 @@ impl Hub {
             return;
         }
         r.remove(room);
+        self.last_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&Some(room.to_string()));
         if let Some(b) = &self.broker {
             b.want(room, false);
             let (b, room) = (b.clone(), room.to_string());
@@ -354,7 +382,8 @@ impl Hub {
                 .map(|a| base64::engine::general_purpose::STANDARD.encode(a))
                 .collect(),
             t: now_us(),
-            i: self.last_broadcast.fetch_add(1, Ordering::Relaxed) + 1,
+            // Numbered by the publisher, in publish order (see `Hub::repeated`).
+            i: 0,
         };
         self.unpublished.fetch_add(1, Ordering::SeqCst);
         let o = Outgoing {
@@ -372,8 +401,9 @@ impl Hub {
     /// queued (up to [`PUBLISH_BATCH`]). Published: local clients get each back through the
     /// subscription like every other node's clients, so each connection sees offsets in
     /// increasing order (recovery resumes after the last offset a client saw: a later offset
-    /// delivered early would be replayed twice). Not published (Redis down): this node's
-    /// clients still get it, unnumbered. Runs for the node's life; started once.
+    /// delivered early would be replayed twice). A batch that fails while Redis was up is
+    /// tried again for a while ([`PUBLISH_RETRY_FOR`]). Not published (Redis down): this
+    /// node's clients still get it, unnumbered. Runs for the node's life; started once.
     pub async fn publish_loop(self: Arc<Self>) {
         let (Some(b), Some(mut rx)) = (
             self.broker.clone(),
@@ -394,8 +424,15 @@ impl Hub {
             {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            for o in &mut batch {
+                o.env.i = self.last_broadcast.fetch_add(1, Ordering::Relaxed) + 1;
+            }
+            let was_up = b.is_up();
             let envs: Vec<&Envelope> = batch.iter().map(|o: &Outgoing| &o.env).collect();
-            let seqs = b.publish_batch(&envs, max_len, ttl).await;
+            let mut seqs = b.publish_batch(&envs, max_len, ttl).await;
+            if was_up {
+                self.retry_failed(&b, &batch, &mut seqs).await;
+            }
             let n = batch.len();
             for (o, seq) in batch.drain(..).zip(seqs) {
                 match seq {
@@ -416,6 +453,59 @@ impl Hub {
         }
     }
 
+    /// Publishes again, in order, the broadcasts of `batch` whose `seqs` are None, until all
+    /// are published or [`PUBLISH_RETRY_FOR`] has passed. One that ran although its attempt
+    /// failed comes back twice: [`Hub::repeated`] drops the second copy.
+    async fn retry_failed(&self, b: &RedisBroker, batch: &[Outgoing], seqs: &mut [Option<u64>]) {
+        let (max_len, ttl) = (
+            self.cfg.recovery_max_len,
+            self.cfg.recovery_window.as_secs().max(1),
+        );
+        let until = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
+        loop {
+            let failed: Vec<usize> = (0..seqs.len())
+                .filter(|&i| seqs[i].is_none() && !published_after(batch, seqs, i))
+                .collect();
+            if failed.is_empty() || tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let envs: Vec<&Envelope> = failed.iter().map(|&i| &batch[i].env).collect();
+            let again = b.publish_batch(&envs, max_len, ttl).await;
+            for (i, seq) in failed.into_iter().zip(again) {
+                if seq.is_some() {
+                    self.metrics.publish_retried.fetch_add(1, Ordering::Relaxed);
+                }
+                seqs[i] = seq;
+            }
+        }
+    }
+
+    /// Whether the subscription has delivered this broadcast already: a second copy of a
+    /// publish retried after it ran (each origin numbers its broadcasts in increasing order,
+    /// and publishes each stream's in that order).
+    fn repeated(&self, env: &Envelope) -> bool {
+        if env.i == 0 {
+            return false;
+        }
+        let mut m = self.last_from.lock().unwrap_or_else(|e| e.into_inner());
+        let per_origin = match m.get_mut(&env.r) {
+            Some(p) => p,
+            None => m.entry(env.r.clone()).or_default(),
+        };
+        match per_origin.get_mut(&env.o) {
+            Some(last) if env.i <= *last => true,
+            Some(last) => {
+                *last = env.i;
+                false
+            }
+            None => {
+                per_origin.insert(env.o.clone(), env.i);
+                false
+            }
+        }
+    }
+
     fn deliver_unpublished(&self, o: &Outgoing) {
         let e = &o.env;
         if e.i != 0 {
@@ -430,6 +520,9 @@ impl Hub {
     /// A broadcast as the subscription delivers it, in order within its stream (this node's own
     /// included), its stream's position already advanced to `seq`.
     pub fn on_remote(&self, seq: u64, env: Envelope) {
+        if self.repeated(&env) {
+            return;
+        }
         let delivered_already = env.o == self.node
             && env.i != 0
             && self
@@ -459,6 +552,23 @@ impl Hub {
         m.fanout_us[i].fetch_add(1, Ordering::Relaxed);
         m.fanout_sum_us.fetch_add(lat, Ordering::Relaxed);
         m.fanout_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The subscription missed broadcasts of a stream (a room, or None: all clients): every
+    /// local client receiving it is disconnected before anything later is delivered, so none
+    /// stays connected having silently missed one. Each reconnects and its offset, the last
+    /// broadcast it did get, recovers the rest from the stream.
+    pub fn on_missed(&self, room: Option<&str>) {
+        let kicked = self
+            .targets(room)
+            .into_iter()
+            .filter(|s| s.kick(Kick::Missed))
+            .count();
+        tracing::warn!(
+            room,
+            kicked,
+            "broadcasts missed: disconnecting the stream's clients"
+        );
     }
 
     /// Sends a recovering client what it missed in each of its streams (its rooms and the
@@ -649,6 +759,16 @@ impl Hub {
     }
 }
 
+/// Whether a broadcast of `batch` later than `i` in its stream was published: `i` published
+/// now would come after it, out of order (and other nodes would drop it as a repeat).
+fn published_after(batch: &[Outgoing], seqs: &[Option<u64>], i: usize) -> bool {
+    let room = &batch[i].env.r;
+    batch[i + 1..]
+        .iter()
+        .zip(&seqs[i + 1..])
+        .any(|(o, s)| s.is_some() && o.env.r == *room)
+}
+
 /// A recovering client's position in each of its streams, advanced as its replay is sent.
 struct Cursor {
     all: u64,
@@ -835,6 +955,7 @@ fn ping_slice(sid: &str, slices: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Step;
 
     /// The offsets (as vectors) of the numbered messages queued for `s`, in order.
     fn offsets_sent(s: &Session) -> Vec<offset::Claimed> {
@@ -875,8 +996,13 @@ mod tests {
 
     /// What the subscription does with a broadcast: advance its stream, then deliver.
     fn deliver(hub: &Hub, b: &RedisBroker, n: u64, e: &Envelope) {
-        if b.advance(e.r.as_deref(), n) {
-            hub.on_remote(n, e.clone());
+        match b.advance(e.r.as_deref(), n) {
+            Step::Skip => {}
+            Step::Next => hub.on_remote(n, e.clone()),
+            Step::AfterGap => {
+                hub.on_missed(e.r.as_deref());
+                hub.on_remote(n, e.clone());
+            }
         }
     }
 
@@ -974,6 +1100,219 @@ mod tests {
         }
         let far = format!("{}.00000000-1", u64::MAX);
         assert_eq!(replayed("s3", Some(&far)).await.0, Some(3), "{far}");
+    }
+
+    /// A broadcast whose stream jumped (room seq 2, then 4): the room's clients here are
+    /// disconnected before it is delivered (they recover 3 and 4 from their offsets), and
+    /// /metrics counts them; a client of another room stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sequence_jump_disconnects_the_rooms_clients() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let (s, other) = (connected(&hub, "s1", false), connected(&hub, "s2", false));
+        hub.join(&s, "r").await;
+        hub.join(&other, "q").await;
+        for n in [1, 2, 4] {
+            deliver(&hub, &b, n, &envelope("r", n));
+        }
+        deliver(&hub, &b, 1, &envelope("q", 1));
+        let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
+        assert_eq!(got, [1, 2].map(Some), "nothing after the gap");
+        assert_eq!(s.kicked(), Some(Kick::Missed));
+        assert!(!other.is_closed(), "another room's client stays");
+        hub.remove("s1");
+        assert_eq!(hub.metrics.kicked_missed.load(Ordering::Relaxed), 1);
+    }
+
+    /// A client whose outbox fills is disconnected, counted as slow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_outbox_is_counted_as_slow() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let s = Arc::new(Session::new("s1".into(), 10.0, true, 64));
+        s.lock_state().connected = true;
+        hub.admit(s.clone()).unwrap();
+        hub.join(&s, "r").await;
+        for n in 1..=8 {
+            deliver(&hub, &b, n, &envelope("r", n));
+        }
+        assert_eq!(s.kicked(), Some(Kick::Slow));
+        hub.remove("s1");
+        assert_eq!(hub.metrics.kicked_slow.load(Ordering::Relaxed), 1);
+    }
+
+    /// Redis drops the node's subscription (as it does to a subscriber past its
+    /// `client-output-buffer-limit pubsub`) while another node keeps publishing to a room: a
+    /// client of the room here either gets every broadcast in order or is disconnected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_subscription_never_leaves_a_client_missing_broadcasts() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let (h, g) = (hub.clone(), hub.clone());
+        let sub = b.clone();
+        let task = tokio::spawn(async move {
+            sub.subscribe(move |n, e| h.on_remote(n, e), move |r| g.on_missed(r))
+                .await
+        });
+        let until = |f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !f() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        until(&|| b.is_up());
+        let s = connected(&hub, "s1", false);
+        hub.join(&s, "r").await;
+        let elsewhere = RedisBroker::new(&redis.url(), None).unwrap();
+        let publish = async |i: u64| {
+            elsewhere.publish_batch(&[&envelope("r", i)], 100, 60).await[0].expect("published")
+        };
+        let mut got = Vec::new();
+        let take = |s: &Session, got: &mut Vec<u64>| {
+            got.extend(offsets_sent(s).iter().filter_map(|o| o.room("r")))
+        };
+        for i in 1..=3 {
+            publish(i).await;
+        }
+        until(&|| b.positions().get(Some("r")) == 3);
+        let admin = redis::Client::open(redis.url()).unwrap();
+        let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        // Before the node resubscribes (its backoff is 100 ms): these never reach it.
+        for i in 4..=6 {
+            publish(i).await;
+        }
+        let mut last = 6;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !s.is_closed() && std::time::Instant::now() < deadline {
+            last += 1;
+            publish(last).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            take(&s, &mut got);
+            if got.last() == Some(&last) {
+                break;
+            }
+        }
+        take(&s, &mut got);
+        task.abort();
+        let in_order = got.iter().copied().eq(1..=got.len() as u64);
+        assert!(in_order, "got {got:?} while connected");
+        assert!(
+            s.is_closed() || got.len() as u64 == last,
+            "connected, got {got:?} of 1..={last}"
+        );
+        assert_eq!(s.kicked(), Some(Kick::Missed), "got {got:?}");
+    }
+
+    /// A node named `name` on `redis` with its subscription and publisher running.
+    async fn live_node(redis: &connscale_test_support::RedisServer, name: &str) -> Arc<Hub> {
+        let hub = Hub::new(ChatConfig {
+            redis_url: Some(redis.url()),
+            node_id: Some(name.into()),
+            ..ChatConfig::default()
+        })
+        .unwrap();
+        let b = hub.broker.clone().unwrap();
+        let (h, g) = (hub.clone(), hub.clone());
+        tokio::spawn(async move {
+            b.subscribe(move |n, e| h.on_remote(n, e), move |r| g.on_missed(r))
+                .await
+        });
+        tokio::spawn(hub.clone().publish_loop());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !hub.broker.as_ref().unwrap().is_up() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        hub
+    }
+
+    /// The room's messages (their number) queued for `s` so far.
+    fn messages_sent(s: &Session) -> Vec<u64> {
+        let mut r = s.outbox.try_reader().expect("no other reader");
+        std::iter::from_fn(|| r.try_recv())
+            .filter_map(|f| match f {
+                Frame::Text(t) => t
+                    .as_str()
+                    .strip_prefix("42[\"new message\",")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok(),
+                Frame::Binary(_) => None,
+            })
+            .collect()
+    }
+
+    /// Redis drops the publishing node's command connection: the publish in flight fails, and
+    /// is published again instead of reaching only the publisher's own clients (another
+    /// node's client would miss it while connected). Sent twice, delivered once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_publish_is_retried_and_reaches_other_nodes_once() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (a, b) = (live_node(&redis, "a").await, live_node(&redis, "b").await);
+        let s = connected(&b, "s1", false);
+        b.join(&s, "r").await;
+        let say = async |i: u64| {
+            let p = SioPacket::event(serde_json::json!(["new message", i]), vec![]);
+            a.broadcast(Some("r"), None, &p).await;
+        };
+        let mut got = Vec::new();
+        let wait_for = async |n: usize, got: &mut Vec<u64>| {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while got.len() < n && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                got.extend(messages_sent(&s));
+            }
+        };
+        say(1).await;
+        wait_for(1, &mut got).await;
+        let admin = redis::Client::open(redis.url()).unwrap();
+        let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        say(2).await;
+        wait_for(2, &mut got).await;
+        // A duplicate of 2 would be delivered before this.
+        say(3).await;
+        wait_for(3, &mut got).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        got.extend(messages_sent(&s));
+        assert_eq!(got, [1, 2, 3], "b's client, while connected");
+        assert!(!s.is_closed());
+    }
+
+    /// The same broadcast twice in a stream (a publish retried after it ran): delivered once;
+    /// the same number from another origin or in another stream is another broadcast.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_copy_of_a_broadcast_is_dropped() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let s = connected(&hub, "s1", false);
+        hub.join(&s, "r").await;
+        hub.join(&s, "q").await;
+        let mut other = envelope("r", 1);
+        other.o = "third".into();
+        for (n, e) in [(1, envelope("r", 1)), (2, envelope("r", 1)), (3, other)] {
+            deliver(&hub, &b, n, &e);
+        }
+        deliver(&hub, &b, 1, &envelope("q", 1));
+        let got: Vec<(Option<u64>, Option<u64>)> = offsets_sent(&s)
+            .iter()
+            .map(|o| (o.room("r"), o.room("q")))
+            .collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(!s.is_closed(), "no gap: the copy's number still counts");
     }
 
     #[test]

@@ -82,7 +82,14 @@ pub async fn run(cfg: ChatConfig) -> anyhow::Result<()> {
     tokio::spawn(trim_loop());
     if let Some(b) = hub.broker.clone() {
         let h = hub.clone();
-        tokio::spawn(async move { b.subscribe(move |seq, env| h.on_remote(seq, env)).await });
+        tokio::spawn(async move {
+            let g = h.clone();
+            b.subscribe(
+                move |seq, env| h.on_remote(seq, env),
+                move |r| g.on_missed(r),
+            )
+            .await
+        });
         tokio::spawn(hub.clone().presence_loop());
         tokio::spawn(hub.clone().publish_loop());
     }

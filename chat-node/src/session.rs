@@ -337,9 +337,22 @@ pub struct Session {
     closed: AtomicBool,
     /// The client closed the session (an Engine.IO `1`): a pending long-poll is answered `6`.
     peer_closed: AtomicBool,
+    /// Why the node disconnected the client, if for a reason /metrics counts (a [`Kick`]).
+    kicked: std::sync::atomic::AtomicU8,
     /// [`clock_ms`] by which the client must CONNECT a namespace, or 0 once it has.
     connect_deadline: AtomicU64,
     pub close_notify: Notify,
+}
+
+/// Why the node disconnected a client that was keeping up with the protocol: counted in
+/// /metrics (`chat_disconnects_total{reason}`), since the client then recovers what it missed
+/// on reconnect instead of silently missing it while connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Its outbox was full: it reads slower than its rooms' traffic.
+    Slow = 1,
+    /// The node's subscription missed broadcasts of one of its streams (dropped or lagging).
+    Missed = 2,
 }
 
 impl Session {
@@ -360,6 +373,7 @@ impl Session {
             websocket: AtomicBool::new(websocket),
             closed: AtomicBool::new(false),
             peer_closed: AtomicBool::new(false),
+            kicked: std::sync::atomic::AtomicU8::new(0),
             connect_deadline: AtomicU64::new(0),
             close_notify: Notify::new(),
         }
@@ -374,7 +388,7 @@ impl Session {
             Ok(()) => true,
             Err(Full) => {
                 tracing::debug!(sid = %self.sid, "client too slow: queue full, disconnecting");
-                self.close();
+                self.kick(Kick::Slow);
                 false
             }
         }
@@ -440,6 +454,26 @@ impl Session {
         if !self.closed.swap(true, Ordering::SeqCst) {
             self.close_notify.notify_waiters();
             self.close_notify.notify_one();
+        }
+    }
+
+    /// Disconnects the client for a reason /metrics counts; the first reason given is kept.
+    /// False if the session was closed already.
+    pub fn kick(&self, why: Kick) -> bool {
+        let _ = self
+            .kicked
+            .compare_exchange(0, why as u8, Ordering::SeqCst, Ordering::SeqCst);
+        let was_open = !self.is_closed();
+        self.close();
+        was_open
+    }
+
+    /// Why the node disconnected the client, if it kicked it.
+    pub fn kicked(&self) -> Option<Kick> {
+        match self.kicked.load(Ordering::SeqCst) {
+            1 => Some(Kick::Slow),
+            2 => Some(Kick::Missed),
+            _ => None,
         }
     }
 

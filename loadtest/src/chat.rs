@@ -39,7 +39,22 @@ pub struct ChatReport {
     /// Deliveries expected: each message × its room-mates (excluding the sender).
     pub expected_deliveries: u64,
     pub delivered: u64,
+    /// Deliveries that never came (= `lost_for_good`).
     pub lost: u64,
+    /// Deliveries a receiver skipped while connected: a sender's message missing between two
+    /// of its messages received on one connection, that another room-mate did get (so the
+    /// node had it). Must be 0: a client that cannot keep up is disconnected instead.
+    pub lost_while_connected: u64,
+    /// Deliveries that came on a reconnected connection and were sent before it opened: missed
+    /// during a disconnect, then recovered.
+    pub recovered_after_reconnect: u64,
+    /// Deliveries that never came, however the receiver was connected (`lost`, by its new name).
+    pub lost_for_good: u64,
+    /// Messages the sender's node may never have taken in: those a sender sent on a connection
+    /// after the last one of it that any room-mate got (it was disconnected with them on the
+    /// wire). Their deliveries count in `lost_for_good`; a gap they leave is no loss while
+    /// connected.
+    pub never_delivered: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
     /// Deliveries of messages an earlier run sent (a node still working off an overload): not
@@ -54,6 +69,9 @@ pub struct ChatReport {
     /// where they went missing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lost_samples: Vec<(u64, u64, u64)>,
+    /// The first few deliveries lost while connected (receiver, sender, sequence number).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost_while_connected_samples: Vec<(u64, u64, u64)>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -67,13 +85,32 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// One receiver's view: per sender, the sequence numbers seen.
+/// One receiver's view: per sender, the sequence numbers seen, and which connection they
+/// came on (to tell a gap while connected from one across a reconnect).
 #[derive(Default)]
 struct Seen {
-    per_sender: HashMap<u64, (u64, Seqs)>, // sender → (highest seen, all seen)
+    per_sender: HashMap<u64, FromSender>,
     dup: u64,
     ooo: u64,
     stale: u64,
+    /// The connection deliveries arrive on now (0: the first), and when it opened (µs).
+    conn: u64,
+    conn_since: u64,
+    /// Deliveries sent before the connection they came on opened (see `recovered_after_reconnect`).
+    recovered: u64,
+    /// (sender, first, last) numbers missing between two deliveries on one connection: judged
+    /// at the end, once it is known whether they came later or any room-mate got them.
+    holes: Vec<(u64, u64, u64)>,
+}
+
+/// What one receiver has seen of one sender.
+#[derive(Default)]
+struct FromSender {
+    /// The highest number seen.
+    high: u64,
+    seen: Seqs,
+    /// The highest number seen on the connection `(connection, number)`.
+    on_conn: Option<(u64, u64)>,
 }
 
 impl Seen {
@@ -84,17 +121,41 @@ impl Seen {
             self.stale += 1;
             return false;
         }
-        let e = self.per_sender.entry(st.s).or_insert((0, Seqs::default()));
-        let first = e.1.is_empty();
-        if !e.1.insert(st.n) {
+        let (conn, since) = (self.conn, self.conn_since);
+        let e = self.per_sender.entry(st.s).or_default();
+        let first = e.seen.is_empty();
+        if !e.seen.insert(st.n) {
             self.dup += 1;
-        } else {
-            if !first && st.n < e.0 {
-                self.ooo += 1;
+            return true;
+        }
+        if !first && st.n < e.high {
+            self.ooo += 1;
+        }
+        e.high = e.high.max(st.n);
+        if conn > 0 && st.t < since {
+            self.recovered += 1;
+        }
+        match e.on_conn {
+            Some((c, last)) if c == conn && st.n <= last => {}
+            Some((c, last)) if c == conn && st.n > last + 1 => {
+                self.holes.push((st.s, last + 1, st.n - 1));
+                e.on_conn = Some((conn, st.n));
             }
-            e.0 = e.0.max(st.n);
+            _ => e.on_conn = Some((conn, st.n)),
         }
         true
+    }
+
+    /// Deliveries now come on a new connection, opened just now.
+    fn reconnected(&mut self) {
+        self.conn += 1;
+        self.conn_since = now_us();
+    }
+
+    fn got(&self, sender: u64, n: u64) -> bool {
+        self.per_sender
+            .get(&sender)
+            .is_some_and(|e| e.seen.contains(&n))
     }
 }
 
@@ -231,6 +292,8 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     ));
     let run_id: u64 = rand::random::<u32>() as u64 + 1;
     let sent_by: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    // Per sender, the first number it sent on each of its connections.
+    let starts_by: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
     let seen: Vec<Arc<Mutex<Seen>>> = (0..cfg.clients).map(|_| Arc::default()).collect();
     let ready = Arc::new(tokio::sync::Barrier::new(cfg.clients + 1));
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -254,8 +317,12 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             connected.clone(),
             reconnects.clone(),
         );
-        let (sending, reconnecting, failures) =
-            (sending.clone(), reconnecting.clone(), failures.clone());
+        let (sending, reconnecting, failures, starts_by) = (
+            sending.clone(),
+            reconnecting.clone(),
+            failures.clone(),
+            starts_by.clone(),
+        );
         let (duration, cfg_clients) = (cfg.duration, cfg.clients);
         tasks.push(tokio::spawn(async move {
             let mut rec = client::Recovery::default();
@@ -278,6 +345,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             let start = Instant::now() + gap.mul_f64(send_phase(i, cfg_clients));
             let mut next = tokio::time::Instant::from_std(start);
             let mut seq = 0u64;
+            let mut starts = vec![0u64];
             let mut latencies = LatencyBatch::new(hist);
             let stopped = stop.notified();
             tokio::pin!(stopped);
@@ -322,6 +390,8 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                             reconnecting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                             let Some((w, pid)) = again else { break };
                             ws = w;
+                            seen.lock().unwrap_or_else(|e| e.into_inner()).reconnected();
+                            starts.push(seq);
                             reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if pid != rec.pid {
                                 // Not recovered (no Redis, or the window passed): start over.
@@ -337,6 +407,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             }
             latencies.flush();
             sent_by.lock().unwrap_or_else(|e| e.into_inner()).insert(i as u64, seq);
+            starts_by.lock().unwrap_or_else(|e| e.into_inner()).insert(i as u64, starts);
         }));
     }
     ready.wait().await;
@@ -369,8 +440,17 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
         sent: sent_by.values().sum(),
         ..Default::default()
     };
+    let seen: Vec<_> = seen
+        .iter()
+        .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
+        .collect();
+    let seen: Vec<&Seen> = seen.iter().map(|g| &**g).collect();
+    let starts_by = starts_by.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let taken = taken_in(&seen, &sent_by, &starts_by, cfg.rooms);
+    judge_holes(&mut r, &seen, &taken);
+    r.never_delivered = never_delivered(&taken);
     for (recv, s) in seen.iter().enumerate() {
-        let s = s.lock().unwrap_or_else(|e| e.into_inner());
+        r.recovered_after_reconnect += s.recovered;
         r.duplicated += s.dup;
         r.out_of_order += s.ooo;
         r.from_earlier_runs += s.stale;
@@ -381,12 +461,12 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             {
                 continue;
             }
-            let got = s.per_sender.get(&sender).map(|e| e.1.count).unwrap_or(0);
+            let got = s.per_sender.get(&sender).map_or(0, |e| e.seen.count);
             r.expected_deliveries += count;
             r.delivered += got.min(count);
             r.lost += count.saturating_sub(got);
             if got < count && r.lost_samples.len() < 20 {
-                let have = s.per_sender.get(&sender).map(|e| &e.1);
+                let have = s.per_sender.get(&sender).map(|e| &e.seen);
                 r.lost_samples.extend(
                     (0..count)
                         .filter(|n| !have.is_some_and(|h| h.contains(n)))
@@ -396,6 +476,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             }
         }
     }
+    r.lost_for_good = r.lost;
     let h = hist.lock().unwrap_or_else(|e| e.into_inner());
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     r.latency_ms_p50 = ms(0.5);
@@ -403,6 +484,99 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     r.latency_ms_p999 = ms(0.999);
     r.latency_ms_max = h.max() as f64 / 1000.0;
     Ok(r)
+}
+
+/// Room-mates of receiver `recv` (its room, not itself) among `n` clients in `rooms` rooms.
+fn room_mates(recv: usize, n: usize, rooms: usize) -> impl Iterator<Item = usize> {
+    (0..n).filter(move |&o| o != recv && o % rooms == recv % rooms)
+}
+
+/// One connection of a sender: the numbers it sent on it (`first..=last`), and the highest of
+/// them any room-mate received (None: none). The node reads a connection's messages in order,
+/// so it took in every one up to `reached`; those after it may never have left the socket
+/// (the sender was disconnected with them on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SentOn {
+    first: u64,
+    last: u64,
+    reached: Option<u64>,
+}
+
+impl SentOn {
+    /// Whether the node took `n` in (sent on this connection, at or before `reached`).
+    fn took(&self, n: u64) -> bool {
+        (self.first..=self.last).contains(&n) && self.reached.is_some_and(|m| n <= m)
+    }
+
+    /// How many of its messages the node may never have taken in.
+    fn tail(&self) -> u64 {
+        match self.reached {
+            Some(m) => self.last - m,
+            None => self.last - self.first + 1,
+        }
+    }
+}
+
+/// Each sender's connections with how far its room-mates got into each.
+fn taken_in(
+    seen: &[&Seen],
+    sent_by: &HashMap<u64, u64>,
+    starts_by: &HashMap<u64, Vec<u64>>,
+    rooms: usize,
+) -> HashMap<u64, Vec<SentOn>> {
+    let mut out = HashMap::new();
+    for (&sender, &count) in sent_by {
+        let starts = starts_by.get(&sender).map_or(&[0][..], |v| v.as_slice());
+        let ends = starts.iter().skip(1).copied().chain([count]);
+        let mates: Vec<usize> = room_mates(sender as usize, seen.len(), rooms).collect();
+        let conns = starts
+            .iter()
+            .zip(ends)
+            .filter(|(a, end)| *a < end)
+            .map(|(&first, end)| {
+                let got = |n: &u64| mates.iter().any(|&o| seen[o].got(sender, *n));
+                let reached = (first..end).rev().find(got);
+                SentOn {
+                    first,
+                    last: end - 1,
+                    reached,
+                }
+            })
+            .collect();
+        out.insert(sender, conns);
+    }
+    out
+}
+
+/// Counts each hole a receiver saw on one connection that it never filled, of messages the
+/// node took in (see [`SentOn`]): lost while connected. A sender that did not report (it
+/// never finished) counts as having sent them all.
+fn judge_holes(r: &mut ChatReport, seen: &[&Seen], taken: &HashMap<u64, Vec<SentOn>>) {
+    for (recv, s) in seen.iter().enumerate() {
+        for &(sender, lo, hi) in &s.holes {
+            for n in lo..=hi {
+                let took = || {
+                    taken
+                        .get(&sender)
+                        .is_none_or(|conns| conns.iter().any(|c| c.took(n)))
+                };
+                if s.got(sender, n) || !took() {
+                    continue;
+                }
+                r.lost_while_connected += 1;
+                if r.lost_while_connected_samples.len() < 20 {
+                    r.lost_while_connected_samples
+                        .push((recv as u64, sender, n));
+                }
+            }
+        }
+    }
+}
+
+/// Messages the node may never have taken in: each sender connection's tail after the last
+/// one any room-mate received.
+fn never_delivered(taken: &HashMap<u64, Vec<SentOn>>) -> u64 {
+    taken.values().flatten().map(SentOn::tail).sum()
 }
 
 impl ChatReport {
@@ -420,6 +594,14 @@ impl ChatReport {
             self.latency_ms_p99,
             self.latency_ms_p999,
             self.latency_ms_max
+        );
+        t += &format!(
+            "lost while connected {}  missed during a disconnect and recovered {}  lost for good {} \
+             (never delivered to anyone {})\n",
+            self.lost_while_connected,
+            self.recovered_after_reconnect,
+            self.lost_for_good,
+            self.never_delivered
         );
         if !self.connect_failures.is_empty() {
             let causes: Vec<String> = self
@@ -509,7 +691,64 @@ mod tests {
         assert!(seen.record(7, &st(7, 1, 1)));
         assert!(seen.record(7, &st(7, 2, 3)) && seen.record(7, &st(7, 2, 2)));
         assert_eq!((seen.dup, seen.ooo, seen.stale), (1, 1, 2));
-        assert_eq!(seen.per_sender[&1].1.count, 2);
+        assert_eq!(seen.per_sender[&1].seen.count, 2);
+    }
+
+    /// Receiver 0 skips sender 2's #2 on one connection while the node had it (a later one
+    /// from the same sender connection arrived): lost while connected. It then misses #4
+    /// across a reconnect and gets #5 (sent before the new connection opened) on it:
+    /// recovered, #4 lost for good but not while connected. #7 and #8, the end of the sender's
+    /// first connection that nobody got, never reached the node: no loss while connected.
+    #[test]
+    fn gaps_on_one_connection_are_told_from_gaps_across_a_reconnect() {
+        let st = |n, t| Stamp { r: 1, s: 2, n, t };
+        let (mut a, mut b) = (Seen::default(), Seen::default());
+        for n in [0, 1, 3] {
+            assert!(a.record(1, &st(n, 1)));
+        }
+        let sent_at = now_us();
+        a.reconnected();
+        for n in [5, 6, 9] {
+            assert!(a.record(1, &st(n, if n == 5 { sent_at } else { now_us() + 1 })));
+        }
+        for n in [0, 1, 2, 3, 4, 5, 6, 9] {
+            b.record(1, &st(n, 1));
+        }
+        let seen = [&a, &b, &Seen::default()];
+        let sent_by: HashMap<u64, u64> = [(0, 0), (1, 0), (2, 10)].into_iter().collect();
+        let starts: HashMap<u64, Vec<u64>> = [(2, vec![0, 9])].into_iter().collect();
+        let taken = taken_in(&seen, &sent_by, &starts, 1);
+        let mut r = ChatReport::default();
+        judge_holes(&mut r, &seen, &taken);
+        assert_eq!(r.lost_while_connected_samples, [(0, 2, 2)]);
+        assert_eq!(r.lost_while_connected, 1);
+        assert_eq!(a.recovered, 1);
+        assert_eq!(never_delivered(&taken), 2, "#7 and #8");
+    }
+
+    /// A far-off number from a misbehaving server is neither a hole to walk nor a panic.
+    #[test]
+    fn a_wild_sequence_number_is_ignored() {
+        let mut s = Seen::default();
+        s.record(
+            1,
+            &Stamp {
+                r: 1,
+                s: 1,
+                n: 0,
+                t: 0,
+            },
+        );
+        s.record(
+            1,
+            &Stamp {
+                r: 1,
+                s: 1,
+                n: u64::MAX,
+                t: 0,
+            },
+        );
+        assert!(s.holes.is_empty());
     }
 
     #[test]

@@ -112,6 +112,10 @@ enum Cmd {
         /// Fail (exit 1) if more messages than this are lost or duplicated.
         #[arg(long)]
         max_lost: Option<u64>,
+        /// Fail (exit 1) if more deliveries than this are lost while their receiver was
+        /// connected (a client that cannot keep up must be disconnected instead; 0 is right).
+        #[arg(long)]
+        max_lost_while_connected: Option<u64>,
         /// Fail (exit 1) if the p99 latency exceeds this many milliseconds.
         #[arg(long)]
         slo_p99: Option<f64>,
@@ -276,6 +280,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             duration,
             source_ips,
             max_lost,
+            max_lost_while_connected,
             slo_p99,
             json,
         } => {
@@ -298,6 +303,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 print!("{}", r.table());
             }
             let ok = max_lost.is_none_or(|m| r.lost + r.duplicated <= m)
+                && max_lost_while_connected.is_none_or(|m| r.lost_while_connected <= m)
                 && slo_p99.is_none_or(|s| r.latency_ms_p99 <= s);
             Ok(if ok {
                 ExitCode::SUCCESS

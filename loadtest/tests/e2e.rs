@@ -129,6 +129,46 @@ async fn heavy_loss_detection_catches_really_dropped_messages() {
     assert_eq!(r.duplicated, 0);
 }
 
+/// Redis drops the nodes' subscriptions again and again (as it does to subscribers past their
+/// `client-output-buffer-limit pubsub`) while the clients chat: no client stays connected having
+/// missed a message; those that missed some are disconnected and recover them.
+#[tokio::test]
+async fn heavy_dropped_subscriptions_lose_nothing_while_connected() {
+    let redis = RedisServer::start();
+    let (_a, ua) = node(Some(&redis.url()));
+    let (_b, ub) = node(Some(&redis.url()));
+    let run = tokio::spawn(chat::run(chat_cfg(vec![ua, ub], 4)));
+    let addr = redis.addr();
+    let kills = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(1_200));
+        for _ in 0..4 {
+            kill_subscribers(addr);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let r = run.await.expect("join").expect("chat");
+    kills.await.expect("kills");
+    assert_eq!(r.lost_while_connected, 0, "{}", r.table());
+    assert!(r.reconnects > 0, "nobody was disconnected: {}", r.table());
+    assert_eq!(r.duplicated, 0, "{}", r.table());
+}
+
+/// `CLIENT KILL TYPE pubsub` in RESP over a plain socket (loadtest has no Redis client).
+fn kill_subscribers(addr: std::net::SocketAddr) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("redis");
+    c.write_all(b"*4\r\n$6\r\nCLIENT\r\n$4\r\nKILL\r\n$4\r\nTYPE\r\n$6\r\npubsub\r\n")
+        .expect("CLIENT KILL");
+    let mut reply = [0u8; 64];
+    let n = c.read(&mut reply).expect("reply");
+    assert_eq!(
+        reply.first(),
+        Some(&b':'),
+        "{:?}",
+        String::from_utf8_lossy(&reply[..n])
+    );
+}
+
 /// A chat-node with a hard connection cap, and optionally its agent with a (lower) health cap.
 fn capped_node(
     hard_cap: usize,
