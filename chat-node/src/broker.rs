@@ -810,7 +810,7 @@ impl RedisBroker {
 
     /// A fresh subscription connection: subscribes to everything wanted and re-reads every
     /// stream's position (set, not raised: a Redis that came back empty counts again).
-    async fn attach(&self, conn: SubConn, missed: &impl Fn(Option<&str>)) -> Result<(), String> {
+    async fn attach(&self, conn: SubConn) -> Result<(), String> {
         let mut subs = self.subs.lock().await;
         subs.active.clear();
         subs.conn = Some(conn.clone());
@@ -821,31 +821,38 @@ impl RedisBroker {
         c.subscribe(&channels).await.map_err(|e| e.to_string())?;
         self.mark(true, "");
         subs.active.extend(channels);
-        self.resync(None, missed).await;
+        self.resync(None).await;
         for r in &rooms {
-            self.resync(Some(r), missed).await;
+            self.resync(Some(r)).await;
         }
         Ok(())
     }
 
-    /// Sets a stream's position from Redis (after a (re)subscription to it). A stream that has
-    /// moved on from where this node had delivered it published broadcasts while it was not
-    /// subscribed: `missed` is told before anything later is delivered.
-    async fn resync(&self, room: Option<&str>, missed: &impl Fn(Option<&str>)) {
+    /// Sets a stream's position from Redis (after a (re)subscription to it), unless this node
+    /// has delivered some of it already and Redis has moved on since. Then the broadcasts in
+    /// between were either published after the subscription (on their way through it, in
+    /// order) or before it (missed): the next delivery tells which, as a jump past the kept
+    /// position ([`Step::AfterGap`]), before anything later reaches a client. Judging now
+    /// would disconnect the clients of every room whose broadcasts are merely in flight.
+    async fn resync(&self, room: Option<&str>) {
         let Some(n) = self.read_seq(room).await else {
             return;
         };
-        let was = {
-            let mut p = self.positions_mut();
-            match room {
-                None => std::mem::replace(&mut p.all, n),
-                Some(r) => p.rooms.insert(r.to_string(), n).unwrap_or(0),
-            }
+        let mut p = self.positions_mut();
+        let at = match room {
+            None => &mut p.all,
+            Some(r) => p.rooms.entry(r.to_string()).or_insert(0),
         };
-        // 0: nothing delivered yet, so nothing a client here holds can be missing after it.
-        if was != 0 && n > was {
-            tracing::warn!(room, was, now = n, "broadcasts missed while resubscribing");
-            missed(room);
+        // 0: nothing delivered yet; below: a Redis that came back empty counts again.
+        if *at == 0 || n < *at {
+            *at = n;
+        } else if n > *at {
+            tracing::debug!(
+                room,
+                was = *at,
+                now = n,
+                "stream moved on while resubscribing"
+            );
         }
     }
 
@@ -859,9 +866,9 @@ impl RedisBroker {
     /// Receives other nodes' broadcasts (with their sequence numbers) for ever, reconnecting
     /// after any failure with backoff capped at 1 s. Each stream's position is advanced before
     /// its broadcast is delivered; broadcasts of rooms no longer received here are dropped.
-    /// A stream whose broadcasts did not all arrive (a sequence jump, or one that moved on
-    /// while the subscription was down) is passed to `missed` before the next is delivered:
-    /// its clients here can no longer get every broadcast in order.
+    /// A stream whose broadcasts did not all arrive (a sequence jump, also past what was
+    /// published while the subscription was down: see `resync`) is passed to `missed` before
+    /// the next is delivered: its clients here can no longer get every broadcast in order.
     pub async fn subscribe(&self, deliver: impl Fn(u64, Envelope), missed: impl Fn(Option<&str>)) {
         let deliver = |seq, env: Envelope| match self.advance(env.r.as_deref(), seq) {
             Step::Skip => {}
@@ -876,15 +883,14 @@ impl RedisBroker {
                 deliver(seq, env)
             }
         };
-        let missed = &missed;
         let mut backoff = Duration::from_millis(100);
         loop {
             let ended = match &self.backend {
-                Backend::Single(client) => self.listen_single(client, &deliver, missed).await,
+                Backend::Single(client) => self.listen_single(client, &deliver).await,
                 Backend::Cluster {
                     seeds, password, ..
                 } => {
-                    self.listen_cluster(seeds, password.as_deref(), &deliver, missed)
+                    self.listen_cluster(seeds, password.as_deref(), &deliver)
                         .await
                 }
             };
@@ -923,14 +929,13 @@ impl RedisBroker {
         &self,
         client: &redis::Client,
         deliver: &impl Fn(u64, Envelope),
-        missed: &impl Fn(Option<&str>),
     ) -> Result<(), String> {
         let ps = tokio::time::timeout(Duration::from_secs(1), client.get_async_pubsub())
             .await
             .map_err(|_| "connect timeout".to_string())?
             .map_err(|e| e.to_string())?;
         let (sink, mut stream) = ps.split();
-        self.attach(SubConn::Single(sink), missed).await?;
+        self.attach(SubConn::Single(sink)).await?;
         while let Some(msg) = stream.next().await {
             if let Ok(body) = msg.get_payload::<String>() {
                 on_broadcast(&body, deliver);
@@ -947,7 +952,6 @@ impl RedisBroker {
         seeds: &[String],
         password: Option<&str>,
         deliver: &impl Fn(u64, Envelope),
-        missed: &impl Fn(Option<&str>),
     ) -> Result<(), String> {
         use redis::{FromRedisValue, PushKind};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -960,7 +964,7 @@ impl RedisBroker {
             .await
             .map_err(|_| "connect timeout".to_string())?
             .map_err(|e| e.to_string())?;
-        self.attach(SubConn::Cluster(conn.clone()), missed).await?;
+        self.attach(SubConn::Cluster(conn.clone())).await?;
         // Since a node's connection was lost, if it was: its channels come back once the
         // connection learns who serves their slots now (see `poke_shards`).
         let mut lost = false;
@@ -980,7 +984,7 @@ impl RedisBroker {
                             self.mark(true, "");
                             let ch = push.data.into_iter().next().map(String::from_redis_value);
                             if let Some(Ok(Some(room))) = ch.map(|c| c.map(|c| channel_room(&c))) {
-                                self.resync(room.as_deref(), missed).await;
+                                self.resync(room.as_deref()).await;
                             }
                         }
                         PushKind::Disconnection => {
