@@ -706,8 +706,10 @@ mod tests {
         for n in [0, 1, 3] {
             assert!(a.record(1, &st(n, 1)));
         }
-        let sent_at = now_us();
         a.reconnected();
+        // Sent before the new connection opened (one µs: now_us() taken just before
+        // reconnected() can fall in the same microsecond, and then it would not be).
+        let sent_at = a.conn_since - 1;
         for n in [5, 6, 9] {
             assert!(a.record(1, &st(n, if n == 5 { sent_at } else { now_us() + 1 })));
         }
