@@ -183,12 +183,6 @@ pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         "Broadcasts not published (Redis down).",
         m.publish_failed.load(Ordering::Relaxed),
     );
-    s.push_str(&kicks(m));
-    let mut g = |name: &str, kind: &str, help: &str, v: u64| {
-        s.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-        ));
-    };
     g(
         "chat_publish_retried_total",
         "counter",
@@ -201,6 +195,7 @@ pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         "1 when Redis is reachable (always 0 without Redis).",
         u64::from(hub.broker.as_ref().is_some_and(|b| b.is_up())),
     );
+    s.push_str(&kicks(m));
     s.push_str("# HELP chat_fanout_seconds Publish-to-delivery latency of broadcasts (through Redis).\n# TYPE chat_fanout_seconds histogram\n");
     let mut cum = 0;
     for (i, b) in FANOUT_BUCKETS_US.iter().enumerate() {
