@@ -276,7 +276,7 @@ variable "scale_in_evaluation_periods" {
 }
 
 variable "scale_in_adjustment" {
-  description = "Instances removed per scale-in (policy scale_in.step)."
+  description = "Instances the fallback alarm removes per scale-in (policy scale_in.step, at most 1: the alarm cannot check what the rest would carry)."
   type        = number
 }
 

@@ -32,6 +32,8 @@ pub struct TerraformVars {
     /// Seconds per alarm period.
     pub scale_in_period: u64,
     pub scale_in_evaluation_periods: u64,
+    /// Instances the fallback alarm removes per scale-in: `scale_in.step`, at most
+    /// [`FALLBACK_SCALE_IN_STEP`].
     pub scale_in_adjustment: u32,
     /// Seconds.
     pub scale_in_cooldown: u64,
@@ -72,6 +74,12 @@ pub struct WarmPoolVar {
     pub pool_state: &'static str,
     pub reuse_on_scale_in: bool,
 }
+
+/// The most instances the fallback alarms remove at once. The engine removes up to
+/// `scale_in.step` only while the rest would hold the demand at or below `max_after`; a
+/// CloudWatch alarm and a simple scaling policy cannot check that, so the fallback removes one
+/// node per cooldown, as the classic setup does.
+pub const FALLBACK_SCALE_IN_STEP: u32 = 1;
 
 /// The module's variables for a policy, or an error naming the key AWS cannot express.
 pub fn vars(p: &Policy) -> Result<TerraformVars, String> {
@@ -129,7 +137,7 @@ pub fn vars(p: &Policy) -> Result<TerraformVars, String> {
         scale_in_threshold: p.scale_in.threshold,
         scale_in_period: 60,
         scale_in_evaluation_periods: p.scale_in.sustain.as_secs().div_ceil(60).max(1),
-        scale_in_adjustment: p.scale_in.step,
+        scale_in_adjustment: p.scale_in.step.min(FALLBACK_SCALE_IN_STEP),
         scale_in_cooldown: p.scale_in.cooldown.as_secs(),
         schedules,
         warm_pool,
@@ -231,5 +239,14 @@ mod tests {
         assert_eq!(v["scale_out_threshold"], 25_000);
         assert_eq!(v["scale_out_steps"][2]["upper"], Value::Null);
         assert_eq!(v["warm_pool"]["pool_state"], "Stopped");
+    }
+
+    /// The engine may remove the whole surplus at once; the alarm, which cannot check what the
+    /// rest would carry, removes one node.
+    #[test]
+    fn the_fallback_alarm_removes_one_node_whatever_the_step() {
+        let mut p = Policy::default_policy();
+        p.scale_in.step = 10;
+        assert_eq!(terraform_vars(&p).unwrap()["scale_in_adjustment"], 1);
     }
 }

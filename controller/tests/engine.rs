@@ -79,7 +79,8 @@ fn scale_in_waits_for_sustain_then_drains_the_least_connected() {
     let sustain = p.scale_in.sustain.as_secs() as i64;
     let e = Engine::new(p);
     let mut st = EngineState::default();
-    let conns = [9_000, 8_000, 3_000, 9_500, 2_000, 8_800];
+    // The rest must hold 83,000 at ≤ max_after (24,000): 4 nodes can, 3 cannot, so 2 go.
+    let conns = [20_000, 18_000, 3_000, 21_000, 2_000, 19_000];
     let mut t = 0;
     while t < sustain {
         let d = e.evaluate(&obs(t, fleet(&conns)), &mut st);
@@ -102,7 +103,10 @@ fn scale_in_waits_for_sustain_then_drains_the_least_connected() {
         }
     );
     // Cooldown: nothing more right after.
-    let d = e.evaluate(&obs(t + 10, fleet(&[9_000, 8_000, 9_500, 8_800])), &mut st);
+    let d = e.evaluate(
+        &obs(t + 10, fleet(&[20_000, 18_000, 21_000, 19_000])),
+        &mut st,
+    );
     assert!(d.scale_in.is_empty(), "{d:?}");
 }
 
@@ -177,8 +181,9 @@ fn a_rising_trend_adds_capacity_before_the_threshold() {
     let e = Engine::new(Policy::default_policy());
     let mut st = EngineState::default();
     let mut d = None;
-    // 4 nodes climbing 500 connections per 10 s each: 200 conns/s in total.
-    for k in 0..12 {
+    // 4 nodes climbing 500 connections per 10 s each: 200 conns/s in total, up to 24,500 each,
+    // under the first step's 25,000.
+    for k in 0..20 {
         let c = 15_000 + 500 * k as u64;
         d = Some(e.evaluate(&obs(k * 10, fleet(&[c; 4])), &mut st));
         if d.as_ref().is_some_and(|d| d.desired > 4) {
