@@ -2,6 +2,7 @@
 
 use crate::{Shared, lock};
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use connscale_common::prometheus::{CONTENT_TYPE, Exposition, Kind};
 
 pub fn router(status: Shared) -> Router {
     Router::new()
@@ -33,117 +34,107 @@ async fn health(State(s): State<Shared>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     let st = lock(&s).clone();
-    let mut out = String::new();
-    let mut g = |name: &str, help: &str, kind: &str, value: String| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    };
-    g(
+    let mut out = Exposition::new();
+    out.metric(
         "connscale_connections",
+        Kind::Gauge,
         "Established TCP connections on the service ports.",
-        "gauge",
-        st.connections.to_string(),
+        st.connections,
     );
-    g(
+    out.metric(
         "connscale_host_established",
+        Kind::Gauge,
         "Host-wide established TCP connections (CurrEstab).",
-        "gauge",
-        st.host_established.to_string(),
+        st.host_established,
     );
-    g(
+    out.metric(
         "connscale_cap",
+        Kind::Gauge,
         "Connection cap at which /health turns 503.",
-        "gauge",
-        st.cap.to_string(),
+        st.cap,
     );
-    g(
+    out.metric(
         "connscale_healthy",
+        Kind::Gauge,
         "1 when /health answers 200.",
-        "gauge",
-        u8::from(st.health.is_healthy()).to_string(),
+        u8::from(st.health.is_healthy()),
     );
-    g(
+    out.metric(
         "connscale_listening",
+        Kind::Gauge,
         "1 when every counted port has a listener (the service is up).",
-        "gauge",
-        u8::from(st.listening).to_string(),
+        u8::from(st.listening),
     );
-    g(
+    out.metric(
         "connscale_draining",
+        Kind::Gauge,
         "1 while the node drains for scale-in.",
-        "gauge",
-        u8::from(st.health == crate::health::HealthState::Draining).to_string(),
+        u8::from(st.health == crate::health::HealthState::Draining),
     );
-    g(
+    out.metric(
         "connscale_count_method_netlink",
+        Kind::Gauge,
         "1 when counting through netlink, 0 on the /proc fallback.",
-        "gauge",
-        u8::from(st.method == crate::count::Method::Netlink).to_string(),
+        u8::from(st.method == crate::count::Method::Netlink),
     );
-    g(
+    out.metric(
         "connscale_samples_total",
+        Kind::Counter,
         "Samples taken.",
-        "counter",
-        st.samples.to_string(),
+        st.samples,
     );
-    g(
+    out.metric(
         "connscale_sample_errors_total",
+        Kind::Counter,
         "Samples that failed.",
-        "counter",
-        st.sample_errors.to_string(),
+        st.sample_errors,
     );
-    g(
+    out.metric(
         "connscale_buffered_points",
+        Kind::Gauge,
         "Statistic sets waiting to be published.",
-        "gauge",
-        st.buffered_points.to_string(),
+        st.buffered_points,
     );
-    g(
+    out.metric(
         "connscale_dropped_points_total",
+        Kind::Counter,
         "Statistic sets dropped for age while the sink was unreachable.",
-        "counter",
-        st.dropped_points.to_string(),
+        st.dropped_points,
     );
-    g(
+    out.metric(
         "connscale_published_points_total",
+        Kind::Counter,
         "Statistic sets published.",
-        "counter",
-        st.published_points.to_string(),
+        st.published_points,
     );
-    g(
+    out.metric(
         "connscale_publish_errors_total",
+        Kind::Counter,
         "Failed publish calls.",
-        "counter",
-        st.publish_errors.to_string(),
+        st.publish_errors,
     );
     if let Some(ok) = st.close_available {
-        g(
-            "connscale_drain_close_available",
-            "drain.method = close: 1 when the agent can close connections (CAP_NET_ADMIN and SOCK_DESTROY).",
-            "gauge",
-            u8::from(ok).to_string(),
-        );
+        out.metric("connscale_drain_close_available", Kind::Gauge, "drain.method = close: 1 when the agent can close connections (CAP_NET_ADMIN and SOCK_DESTROY).", u8::from(ok));
     }
     if let Some(n) = st.drain.open_at_start {
-        g(
+        out.metric(
             "connscale_drain_open_at_close_start",
+            Kind::Gauge,
             "Connections open when the last close drain began closing them.",
-            "gauge",
-            n.to_string(),
+            n,
         );
     }
-    g(
+    out.metric(
         "connscale_drain_closed_total",
+        Kind::Counter,
         "Connections the agent closed itself in the last drain (method close).",
-        "counter",
-        st.drain.closed.to_string(),
+        st.drain.closed,
     );
-    g(
+    out.metric(
         "connscale_drain_seconds",
+        Kind::Gauge,
         "Duration of the last finished drain, from the scale-in signal (0: none finished).",
-        "gauge",
-        st.drain.seconds.to_string(),
+        st.drain.seconds,
     );
-    ([("content-type", "text/plain; version=0.0.4")], out)
+    ([("content-type", CONTENT_TYPE)], out.finish())
 }

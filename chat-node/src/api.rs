@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use connscale_common::prometheus::{CONTENT_TYPE, Exposition, Kind};
 use connscale_common::sio::SioPacket;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -103,100 +104,115 @@ pub async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
 
 /// `chat_disconnects_total{reason}`: clients the node disconnected because they could not get
 /// every broadcast of their rooms in order (they recover on reconnect).
-fn kicks(m: &crate::hub::Metrics) -> String {
-    let slow = m.kicked_slow.load(Ordering::Relaxed);
-    let missed = m.kicked_missed.load(Ordering::Relaxed);
-    format!(
-        "# HELP chat_disconnects_total Clients disconnected so that none silently misses a \
-         broadcast: slow (outbox full), missed (the node's subscription missed broadcasts).\n\
-         # TYPE chat_disconnects_total counter\n\
-         chat_disconnects_total{{reason=\"slow\"}} {slow}\n\
-         chat_disconnects_total{{reason=\"missed\"}} {missed}\n"
-    )
+fn kicks(out: &mut Exposition, m: &crate::hub::Metrics) {
+    const NAME: &str = "chat_disconnects_total";
+    out.family(
+        NAME,
+        Kind::Counter,
+        "Clients disconnected so that none silently misses a broadcast: slow (outbox full), \
+         missed (the node's subscription missed broadcasts).",
+    );
+    out.sample(
+        NAME,
+        &[("reason", "slow")],
+        m.kicked_slow.load(Ordering::Relaxed),
+    );
+    out.sample(
+        NAME,
+        &[("reason", "missed")],
+        m.kicked_missed.load(Ordering::Relaxed),
+    );
 }
 
 pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     let m = &hub.metrics;
-    let mut s = String::new();
-    let mut g = |name: &str, kind: &str, help: &str, v: u64| {
-        s.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-        ));
-    };
-    g(
+    let mut out = Exposition::new();
+    out.metric(
         "chat_connections",
-        "gauge",
+        Kind::Gauge,
         "Connected clients on this node.",
         hub.connections() as u64,
     );
-    g(
+    out.metric(
         "chat_rooms",
-        "gauge",
+        Kind::Gauge,
         "Rooms with at least one local member.",
         hub.room_count() as u64,
     );
-    g(
+    out.metric(
         "chat_users",
-        "gauge",
+        Kind::Gauge,
         "Logged-in users on this node.",
         hub.users.load(Ordering::Relaxed).max(0) as u64,
     );
-    g(
+    out.metric(
         "chat_messages_in_total",
-        "counter",
+        Kind::Counter,
         "Socket.IO packets received.",
         m.messages_in.load(Ordering::Relaxed),
     );
-    g(
+    out.metric(
         "chat_messages_out_total",
-        "counter",
+        Kind::Counter,
         "Packets delivered to local clients.",
         m.messages_out.load(Ordering::Relaxed),
     );
-    g(
+    out.metric(
         "chat_malformed_total",
-        "counter",
+        Kind::Counter,
         "Connections closed for malformed or oversized packets.",
         m.malformed.load(Ordering::Relaxed),
     );
-    g(
+    out.metric(
         "chat_rate_limited_total",
-        "counter",
+        Kind::Counter,
         "Connections closed for flooding.",
         m.rate_limited.load(Ordering::Relaxed),
     );
-    g(
+    out.metric(
         "chat_refused_total",
-        "counter",
+        Kind::Counter,
         "Connections refused (cap or draining).",
         m.refused.load(Ordering::Relaxed),
     );
-    g(
+    out.metric(
         "chat_published_total",
-        "counter",
+        Kind::Counter,
         "Broadcasts published to Redis.",
         m.published.load(Ordering::Relaxed),
     );
-    g(
+    out.metric(
         "chat_publish_failed_total",
-        "counter",
+        Kind::Counter,
         "Broadcasts not published (Redis down).",
         m.publish_failed.load(Ordering::Relaxed),
     );
-    g(
+    out.metric(
         "chat_publish_retried_total",
-        "counter",
+        Kind::Counter,
         "Broadcasts published on a second or later attempt (the first timed out or failed).",
         m.publish_retried.load(Ordering::Relaxed),
     );
-    g(
+    out.metric(
         "chat_redis_up",
-        "gauge",
+        Kind::Gauge,
         "1 when Redis is reachable (always 0 without Redis).",
         u64::from(hub.broker.as_ref().is_some_and(|b| b.is_up())),
     );
-    s.push_str(&kicks(m));
-    s.push_str("# HELP chat_fanout_seconds Publish-to-delivery latency of broadcasts (through Redis).\n# TYPE chat_fanout_seconds histogram\n");
+    kicks(&mut out, m);
+    fanout(&mut out, m);
+    ([("content-type", CONTENT_TYPE)], out.finish()).into_response()
+}
+
+/// `chat_fanout_seconds`: publish-to-delivery latency, as a histogram.
+fn fanout(out: &mut Exposition, m: &crate::hub::Metrics) {
+    const NAME: &str = "chat_fanout_seconds";
+    out.family(
+        NAME,
+        Kind::Histogram,
+        "Publish-to-delivery latency of broadcasts (through Redis).",
+    );
+    let bucket = format!("{NAME}_bucket");
     let mut cum = 0;
     for (i, b) in FANOUT_BUCKETS_US.iter().enumerate() {
         cum += m.fanout_us[i].load(Ordering::Relaxed);
@@ -205,14 +221,13 @@ pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         } else {
             format!("{}", *b as f64 / 1e6)
         };
-        s.push_str(&format!(
-            "chat_fanout_seconds_bucket{{le=\"{le}\"}} {cum}\n"
-        ));
+        out.sample(&bucket, &[("le", &le)], cum);
     }
-    s.push_str(&format!(
-        "chat_fanout_seconds_sum {}\nchat_fanout_seconds_count {}\n",
-        m.fanout_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-        m.fanout_count.load(Ordering::Relaxed)
-    ));
-    ([("content-type", "text/plain; version=0.0.4")], s).into_response()
+    let sum = m.fanout_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+    out.sample(&format!("{NAME}_sum"), &[], sum);
+    out.sample(
+        &format!("{NAME}_count"),
+        &[],
+        m.fanout_count.load(Ordering::Relaxed),
+    );
 }
