@@ -110,6 +110,32 @@ fn scale_in_waits_for_sustain_then_drains_the_least_connected() {
     assert!(d.scale_in.is_empty(), "{d:?}");
 }
 
+/// After a spike the surplus goes in one action: as many nodes as the rest can hold at
+/// max_after, up to `scale_in.step`, not two per sustain period.
+#[test]
+fn scale_in_removes_the_whole_surplus_the_rest_can_hold_at_once() {
+    let p = Policy::default_policy();
+    let (sustain, max_after) = (p.scale_in.sustain.as_secs() as i64, p.scale_in_max_after());
+    assert!(
+        p.scale_in.step >= 9,
+        "the default step no longer allows this case"
+    );
+    let e = Engine::new(p);
+    let mut st = EngineState::default();
+    // 12 nodes at 5,000: 60,000 fit on 3 at 20,000 ≤ 24,000, not on 2 (30,000).
+    let conns = [5_000; 12];
+    let mut t = 0;
+    let d = loop {
+        let d = e.evaluate(&obs(t, fleet(&conns)), &mut st);
+        if !d.scale_in.is_empty() || t > sustain + 600 {
+            break d;
+        }
+        t += 10;
+    };
+    assert_eq!((d.desired, d.scale_in.len()), (3, 9), "{d:?}");
+    assert!(60_000 / 3 <= max_after as u64);
+}
+
 #[test]
 fn scale_in_never_leaves_the_rest_above_max_after() {
     let p = Policy::default_policy();
