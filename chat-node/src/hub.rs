@@ -590,8 +590,7 @@ impl Hub {
     /// delivery stood when the client began recovering: from there on, what arrives live is
     /// buffered for it (see [`Numbered::frame_for`]). Call it once the client has joined its
     /// rooms, before its CONNECT is answered. None when that cannot be read whole: a stream
-    /// trimmed past the offset (`recovery_max_len`), expired or older than the recovery
-    /// window, or unreadable. Replaying part of it would leave a hole before the live
+    /// trimmed past the offset (`recovery_max_len`), expired, or unreadable. Replaying part of it would leave a hole before the live
     /// broadcasts on a connection that says it was recovered; the caller answers as a fresh
     /// session instead, which the client knows is not recovered.
     pub async fn read_replay(
@@ -605,19 +604,15 @@ impl Hub {
         let cur = Cursor::start(offset.and_then(offset::Claimed::parse), rec, &rooms);
         // At or past where the buffer of live broadcasts begins, in every stream.
         let need = b.positions().clone();
-        let limit = self.cfg.recovery_max_len.max(1) as usize;
+        let chunk = self.cfg.recovery_max_len.clamp(1, REPLAY_READ) as usize;
         let streams = cur.streams();
         let reads = streams.iter().map(|(room, after)| {
-            read_whole(b, room.as_deref(), *after, need.get(room.as_deref()), limit)
+            read_whole(b, room.as_deref(), *after, need.get(room.as_deref()), chunk)
         });
         let reads: Vec<Vec<(u64, Envelope)>> = futures::future::join_all(reads)
             .await
             .into_iter()
             .collect::<Option<_>>()?;
-        let oldest = now_us().saturating_sub(self.cfg.recovery_window.as_micros() as u64);
-        if reads.iter().flatten().any(|(_, e)| e.t < oldest) {
-            return None;
-        }
         Some(Replay {
             cur,
             missed: merge_by_time(streams, reads),
@@ -631,10 +626,11 @@ impl Hub {
         let Some(b) = &self.broker else { return 0 };
         let Replay { mut cur, missed } = r;
         let old = s.lock_state().old_sids.clone();
+        let oldest = now_us().saturating_sub(self.cfg.recovery_window.as_micros() as u64);
         let mut sent = 0;
         for (room, n, env) in missed {
             cur.set(room.as_deref(), n);
-            if env.x.as_ref().is_some_and(|x| old.contains(x)) {
+            if env.t < oldest || env.x.as_ref().is_some_and(|x| old.contains(x)) {
                 continue;
             }
             s.send_text(format!("4{}", with_offset(&env.p, &cur.text())));
@@ -821,26 +817,26 @@ pub struct Replay {
     missed: Vec<(Option<String>, u64, Envelope)>,
 }
 
-/// How many reads one stream's replay may take (`recovery_max_len` each): a stream trimmed
-/// to about that length needs one or two.
-const MAX_REPLAY_READS: usize = 16;
+/// Most envelopes one replay read asks for: a few hundred KB, well within the 1-s command
+/// timeout of a loaded Redis (a replay of `recovery_max_len` takes several).
+const REPLAY_READ: u64 = 1_000;
 
 /// A stream's envelopes after `after`, without a gap, up to at least `need` (in reads of
-/// `limit`); None if the stream no longer holds them all (trimmed past `after`, expired) or
-/// cannot be read.
+/// `chunk`); None if the stream no longer holds them all (trimmed past `after`, expired) or
+/// cannot be read. Bounded by `need`: a stream that moves on meanwhile is not chased.
 async fn read_whole(
     b: &RedisBroker,
     room: Option<&str>,
     after: u64,
     need: u64,
-    limit: usize,
+    chunk: usize,
 ) -> Option<Vec<(u64, Envelope)>> {
     let mut out = Vec::new();
     let mut at = after;
-    for _ in 0..MAX_REPLAY_READS {
-        let chunk = b.read_after_checked(room, at, limit).await?;
-        let full = chunk.len() >= limit;
-        for (n, env) in chunk {
+    loop {
+        let rows = b.read_after_checked(room, at, chunk).await?;
+        let full = rows.len() >= chunk;
+        for (n, env) in rows {
             if n != at + 1 {
                 tracing::debug!(room, after = at, next = n, "replay would skip: not recovered");
                 return None;
@@ -849,10 +845,9 @@ async fn read_whole(
             out.push((n, env));
         }
         if at >= need || !full {
-            break;
+            return (at >= need).then_some(out);
         }
     }
-    (at >= need).then_some(out)
 }
 
 /// A recovering client's position in each of its streams, advanced as its replay is sent.
