@@ -590,9 +590,10 @@ impl Hub {
     /// delivery stood when the client began recovering: from there on, what arrives live is
     /// buffered for it (see [`Numbered::frame_for`]). Call it once the client has joined its
     /// rooms, before its CONNECT is answered. None when that cannot be read whole: a stream
-    /// trimmed past the offset (`recovery_max_len`), expired, or unreadable. Replaying part of it would leave a hole before the live
-    /// broadcasts on a connection that says it was recovered; the caller answers as a fresh
-    /// session instead, which the client knows is not recovered.
+    /// trimmed past the offset (`recovery_max_len`), expired, or unreadable. Replaying part of
+    /// it would leave a hole before the live broadcasts on a connection that says it was
+    /// recovered; the caller answers as a fresh session instead, which the client knows is
+    /// not recovered.
     pub async fn read_replay(
         &self,
         s: &Session,
@@ -838,7 +839,12 @@ async fn read_whole(
         let full = rows.len() >= chunk;
         for (n, env) in rows {
             if n != at + 1 {
-                tracing::debug!(room, after = at, next = n, "replay would skip: not recovered");
+                tracing::debug!(
+                    room,
+                    after = at,
+                    next = n,
+                    "replay would skip: not recovered"
+                );
                 return None;
             }
             at = n;

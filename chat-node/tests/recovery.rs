@@ -331,7 +331,11 @@ fn heavy_a_client_that_missed_more_than_one_read_recovers_all_of_it() {
     let (recovered, before, after) = away_for_more_than_one_read(0);
     assert!(recovered, "the stream holds everything p missed");
     let got: Vec<i64> = before.into_iter().chain(after).collect();
-    assert_eq!(got, (0..110).collect::<Vec<_>>(), "every message once, in order");
+    assert_eq!(
+        got,
+        (0..110).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
 }
 
 /// The room's stream no longer holds what p missed (4 KB nodes: trimmed to about 20): p
@@ -340,7 +344,14 @@ fn heavy_a_client_that_missed_more_than_one_read_recovers_all_of_it() {
 #[test]
 fn heavy_a_client_whose_missed_messages_were_trimmed_gets_a_fresh_session() {
     let (recovered, before, after) = away_for_more_than_one_read(4096);
-    assert!(!recovered, "p cannot get what it missed: not a recovered session");
+    assert!(
+        !recovered,
+        "p cannot get what it missed: not a recovered session"
+    );
     assert_eq!(before, (0..20).collect::<Vec<_>>());
-    assert_eq!(after, (80..110).collect::<Vec<_>>(), "every message since it joined again");
+    assert_eq!(
+        after,
+        (80..110).collect::<Vec<_>>(),
+        "every message since it joined again"
+    );
 }

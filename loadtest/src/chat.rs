@@ -35,6 +35,10 @@ pub struct ChatReport {
     pub connect_failures: BTreeMap<String, usize>,
     /// Reconnections after a node went away (each with a recovery attempt).
     pub reconnects: usize,
+    /// Reconnections the server answered as a fresh session (a new pid, socket.io-client's
+    /// `recovered` false): what the client missed then is lost for good, not while
+    /// connected, and it joined its room again.
+    pub not_recovered: usize,
     pub sent: u64,
     /// Deliveries expected: each message × its room-mates (excluding the sender).
     pub expected_deliveries: u64,
@@ -299,6 +303,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let stop = Arc::new(tokio::sync::Notify::new());
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reconnects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let not_recovered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let reconnecting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let failures: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
@@ -317,11 +322,12 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             connected.clone(),
             reconnects.clone(),
         );
-        let (sending, reconnecting, failures, starts_by) = (
+        let (sending, reconnecting, failures, starts_by, not_recovered) = (
             sending.clone(),
             reconnecting.clone(),
             failures.clone(),
             starts_by.clone(),
+            not_recovered.clone(),
         );
         let (duration, cfg_clients) = (cfg.duration, cfg.clients);
         tasks.push(tokio::spawn(async move {
@@ -388,6 +394,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                                 // could not replay all it missed): start over.
                                 rec.pid = pid;
                                 rec.offset = None;
+                                not_recovered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 client::emit(&mut ws, json!(["add user", format!("c{i}")])).await;
                                 let mut before = Vec::new();
                                 client::emit_acked(&mut ws, json!(["join-channel", room]), 0, Duration::from_secs(10), &mut before).await;
@@ -433,6 +440,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let mut r = ChatReport {
         clients_connected: connected.load(std::sync::atomic::Ordering::Relaxed),
         reconnects: reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        not_recovered: not_recovered.load(std::sync::atomic::Ordering::Relaxed),
         connect_failures: failures.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         sent: sent_by.values().sum(),
         ..Default::default()
@@ -628,6 +636,12 @@ impl ChatReport {
             self.lost_for_good,
             self.never_delivered
         );
+        if self.reconnects > 0 {
+            t += &format!(
+                "reconnects {} (answered as a fresh session: {})\n",
+                self.reconnects, self.not_recovered
+            );
+        }
         if !self.connect_failures.is_empty() {
             let causes: Vec<String> = self
                 .connect_failures

@@ -79,7 +79,7 @@ def main():
     rates = [int(r) for r in args] or [32000, 64000]
     server_js = reference_server() if "Node.js" in servers else None
     print("| server (2 processes) | Redis pubsub limit | send rate msg/s | delivered/expected | p99 ms | lost while connected | "
-          "recovered after reconnect | lost for good (never delivered) | reconnects | disconnects slow / missed |")
+          "recovered after reconnect | lost for good (never delivered) | reconnects (not recovered) | disconnects slow / missed |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, limit in LIMITS.items():
         for rate in rates:
@@ -88,7 +88,7 @@ def main():
                 kicks = "—" if k is None else " / ".join(str(sum(x.get(w, 0) for x in k)) for w in ("slow", "missed"))
                 print(f"| {server} | {name} | {rate:,} | {c.get('delivered')}/{c.get('expected_deliveries')} | {c.get('latency_ms_p99')} | "
                       f"{c.get('lost_while_connected')} | {c.get('recovered_after_reconnect')} | {c.get('lost_for_good')} "
-                      f"({c.get('never_delivered')}) | {c.get('reconnects')} | {kicks} |", flush=True)
+                      f"({c.get('never_delivered')}) | {c.get('reconnects')} ({c.get('not_recovered')}) | {kicks} |", flush=True)
                 if c.get("lost_while_connected_samples"):
                     print(f"  {server}: lost while connected (receiver, sender, n): {c['lost_while_connected_samples'][:5]}", file=sys.stderr, flush=True)
 
