@@ -35,6 +35,8 @@ def disconnects(port):
         if line.startswith("chat_disconnects_total{"):
             reason = line.split('"')[1]
             out[reason] = out.get(reason, 0) + int(float(line.split()[-1]))
+        elif line.startswith(("chat_publish_failed_total ", "chat_publish_retried_total ", "chat_rate_limited_total ")):
+            out[line.split()[0]] = int(float(line.split()[-1]))
     return out
 
 
@@ -89,6 +91,10 @@ def main():
                 print(f"| {server} | {name} | {rate:,} | {c.get('delivered')}/{c.get('expected_deliveries')} | {c.get('latency_ms_p99')} | "
                       f"{c.get('lost_while_connected')} | {c.get('recovered_after_reconnect')} | {c.get('lost_for_good')} "
                       f"({c.get('never_delivered')}) | {c.get('reconnects')} ({c.get('not_recovered')}) | {kicks} |", flush=True)
+                if k is not None:
+                    print(f"  {server} {name} {rate}: publishes failed {sum(x.get('chat_publish_failed_total', 0) for x in k)}, "
+                          f"retried {sum(x.get('chat_publish_retried_total', 0) for x in k)}, "
+                          f"rate-limited {sum(x.get('chat_rate_limited_total', 0) for x in k)}", file=sys.stderr, flush=True)
                 if c.get("lost_while_connected_samples"):
                     print(f"  {server}: lost while connected (receiver, sender, n): {c['lost_while_connected_samples'][:5]}", file=sys.stderr, flush=True)
 
