@@ -336,6 +336,8 @@ struct Subs {
 const RETRY_MS: u64 = 500;
 /// How long a probe may take before another caller may probe.
 const PROBE_BUDGET_MS: u64 = 1_500;
+/// How often a recovery read is tried before the stream counts as unreadable.
+const READ_TRIES: u32 = 3;
 
 impl RedisBroker {
     /// Validates the URL; connecting happens lazily and is retried for ever. `password` is the
@@ -614,29 +616,49 @@ impl RedisBroker {
             .collect()
     }
 
-    /// Envelopes of each stream with sequence numbers above its `after`, oldest first, one
-    /// read per stream, all at once (a stream that cannot be read gives none).
-    pub async fn read_after_each(
-        &self,
-        streams: &[(Option<String>, u64)],
-        limit: usize,
-    ) -> Vec<Vec<(u64, Envelope)>> {
-        let reads = streams
-            .iter()
-            .map(|(room, after)| self.read_after(room.as_deref(), *after, limit));
-        futures::future::join_all(reads).await
-    }
-
-    /// Envelopes of a room's stream with sequence numbers above `after`, oldest first.
+    /// Envelopes of a room's stream with sequence numbers above `after`, oldest first (none
+    /// if it cannot be read).
     pub async fn read_after(
         &self,
         room: Option<&str>,
         after: u64,
         limit: usize,
     ) -> Vec<(u64, Envelope)> {
+        self.read_after_once(room, after, limit)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Like [`read_after`](Self::read_after), but None when the stream could not be read,
+    /// after a few tries ([`READ_TRIES`], [`RETRY_MS`] apart: a shard failing over, a
+    /// timeout under load): a recovery must not take "unreadable" for "nothing missed".
+    pub async fn read_after_checked(
+        &self,
+        room: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Option<Vec<(u64, Envelope)>> {
+        for attempt in 1..=READ_TRIES {
+            if let Some(rows) = self.read_after_once(room, after, limit).await {
+                return Some(rows);
+            }
+            if attempt < READ_TRIES {
+                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            }
+        }
+        tracing::warn!(room, after, "could not read a recovery stream");
+        None
+    }
+
+    async fn read_after_once(
+        &self,
+        room: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Option<Vec<(u64, Envelope)>> {
         let key = stream_key(room);
         type Rows = Vec<(String, Vec<(String, String)>)>;
-        let rows: Option<Rows> = self
+        let rows: Rows = self
             .run(async |c| {
                 redis::cmd("XRANGE")
                     .arg(key)
@@ -647,15 +669,16 @@ impl RedisBroker {
                     .query_async(c)
                     .await
             })
-            .await;
-        rows.unwrap_or_default()
-            .into_iter()
-            .filter_map(|(id, fields)| {
-                let seq = id.split('-').next()?.parse().ok()?;
-                let body = fields.into_iter().find(|(k, _)| k == "e")?.1;
-                Some((seq, serde_json::from_str(&body).ok()?))
-            })
-            .collect()
+            .await?;
+        Some(
+            rows.into_iter()
+                .filter_map(|(id, fields)| {
+                    let seq = id.split('-').next()?.parse().ok()?;
+                    let body = fields.into_iter().find(|(k, _)| k == "e")?.1;
+                    Some((seq, serde_json::from_str(&body).ok()?))
+                })
+                .collect(),
+        )
     }
 
     /// A stream's sequence in Redis (0 if it has none yet), or None if it cannot be read.

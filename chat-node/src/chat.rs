@@ -53,7 +53,9 @@ impl Chat {
 
 impl App for Chat {
     /// With Redis, a client presenting a known `pid` gets its rooms and name back and the
-    /// messages it missed after `offset`; any other client gets a fresh `pid`.
+    /// messages it missed after `offset`, if all of them can still be replayed; any other
+    /// client gets a fresh `pid` (socket.io-client: `recovered` false), as Socket.IO answers
+    /// when it cannot restore a session.
     async fn connect(&self, c: Connecting<'_>) -> Answered {
         if c.nsp != "/" {
             return c.refuse("Invalid namespace");
@@ -78,9 +80,7 @@ impl App for Chat {
             None => None,
         };
         let reply = |pid: &str| Map::from_iter([("pid".to_string(), json!(pid))]);
-        // The socket's state is set before the CONNECT is accepted: until then the fan-out
-        // passes it by, and from then on it finds the state complete.
-        let Some(rec) = record else {
+        let fresh = |c: Connecting<'_>| {
             let since = b.current_seq();
             let pid = crate::session::new_sid();
             {
@@ -88,7 +88,12 @@ impl App for Chat {
                 st.pid = Some(pid.clone());
                 st.since = since;
             }
-            return c.accept(reply(&pid));
+            c.accept(reply(&pid))
+        };
+        // The socket's state is set before the CONNECT is accepted: until then the fan-out
+        // passes it by, and from then on it finds the state complete.
+        let Some(rec) = record else {
+            return fresh(c);
         };
         let pid = claimed.unwrap_or_default();
         // Opaque to the client, and anything at all from a bad one: the hub reads it or ignores it.
@@ -99,20 +104,40 @@ impl App for Chat {
             .map(str::to_string);
         {
             let mut st = s.lock_state();
+            // Set now, so a connection closed meanwhile saves the record again.
             st.pid = Some(pid.clone());
-            st.since = rec.since;
-            st.old_sids = rec.sids.clone();
             st.username = rec.username.clone();
+            st.since = rec.since;
+            // Where replay starts in each room until it has run: a connection closed during
+            // its replay saves these, not this node's positions (which would skip the rest).
+            st.joined_at = rec.joined_at.clone().into_iter().collect();
+            st.old_sids = rec.sids.clone();
             st.recovering = Some(Vec::new());
         }
-        let answered = c.accept(reply(&pid));
+        // Joined (and buffering live broadcasts) before the replay is read, and read whole
+        // before the CONNECT is answered: recovered only if nothing missed is left out.
         for r in &rec.rooms {
             hub.join(&s, r).await;
         }
+        let Some(replay) = hub.read_replay(&s, offset.as_deref(), &rec).await else {
+            tracing::debug!(sid = %s.sid, offset, "cannot replay everything missed: a fresh session");
+            for r in &rec.rooms {
+                hub.leave(&s, r);
+            }
+            {
+                let mut st = s.lock_state();
+                st.recovering = None;
+                st.username = None;
+                st.old_sids.clear();
+                st.joined_at.clear();
+            }
+            return fresh(c);
+        };
         if rec.username.is_some() {
             hub.users.fetch_add(1, Ordering::Relaxed);
         }
-        let n = hub.replay(&s, offset.as_deref(), &rec).await;
+        let answered = c.accept(reply(&pid));
+        let n = hub.send_replay(&s, replay);
         tracing::debug!(sid = %s.sid, replayed = n, offset, "recovered session");
         answered
     }

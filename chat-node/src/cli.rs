@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// Config: TOML (--config, default /etc/connscale/chat-node.toml if present), overridden by
 /// PORT, REDIS_URL, NODE_ID, CHAT_API_TOKEN, CHAT_MAX_CONNECTIONS, CHAT_BIND,
 /// CHAT_DRAIN_WINDOW, CHAT_RATE_PER_SEC, CHAT_RATE_BURST, CHAT_PING_INTERVAL, CHAT_PING_TIMEOUT,
-/// CHAT_CONNECT_TIMEOUT, CHAT_MAX_QUEUED_BYTES, then
+/// CHAT_CONNECT_TIMEOUT, CHAT_MAX_QUEUED_BYTES, CHAT_RECOVERY_MAX_LEN, then
 /// by flags. See chat-node/chat-node.example.toml for every key.
 ///
 /// Secrets as systemd credentials (LoadCredential=): $CREDENTIALS_DIRECTORY/api-token is the

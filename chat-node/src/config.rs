@@ -134,6 +134,10 @@ const OVERRIDES: &[EnvOverride] = &[
         var: "CHAT_MAX_QUEUED_BYTES",
         key: "max_queued_bytes",
     },
+    EnvOverride {
+        var: "CHAT_RECOVERY_MAX_LEN",
+        key: "recovery_max_len",
+    },
 ];
 
 /// Loads the file (default `/etc/connscale/chat-node.toml`, optional) with env overrides.

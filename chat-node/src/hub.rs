@@ -314,7 +314,9 @@ impl Hub {
             }
             let frame = {
                 let mut st = s.lock_state();
-                if !st.connected {
+                // A socket recovering before its CONNECT is answered buffers what is numbered
+                // (its replay is read up to where the buffer begins).
+                if !st.connected && (st.recovering.is_none() || numbered.is_none()) {
                     continue;
                 }
                 match numbered {
@@ -571,22 +573,63 @@ impl Hub {
         );
     }
 
-    /// Sends a recovering client what it missed in each of its streams (its rooms and the
-    /// broadcasts to all) after its offset, then what arrived live meanwhile, skipping anything
-    /// already replayed; each packet carries the client's vector as it advances. Reads are
-    /// one per stream the client receives, not proportional to all traffic.
-    pub async fn replay(&self, s: &Session, offset: Option<&str>, rec: &SessionRecord) -> usize {
+    /// Recovers a client: [`Hub::read_replay`], then [`Hub::send_replay`]; None (nothing sent)
+    /// when what it missed cannot be replayed whole.
+    pub async fn replay(
+        &self,
+        s: &Session,
+        offset: Option<&str>,
+        rec: &SessionRecord,
+    ) -> Option<usize> {
+        let r = self.read_replay(s, offset, rec).await?;
+        Some(self.send_replay(s, r))
+    }
+
+    /// Reads what a recovering client missed in each of its streams (its rooms and the
+    /// broadcasts to all) after its offset, every stream up to at least where this node's
+    /// delivery stood when the client began recovering: from there on, what arrives live is
+    /// buffered for it (see [`Numbered::frame_for`]). Call it once the client has joined its
+    /// rooms, before its CONNECT is answered. None when that cannot be read whole: a stream
+    /// trimmed past the offset (`recovery_max_len`), expired, or unreadable. Replaying part of
+    /// it would leave a hole before the live broadcasts on a connection that says it was
+    /// recovered; the caller answers as a fresh session instead, which the client knows is
+    /// not recovered.
+    pub async fn read_replay(
+        &self,
+        s: &Session,
+        offset: Option<&str>,
+        rec: &SessionRecord,
+    ) -> Option<Replay> {
+        let b = self.broker.as_ref()?;
+        let rooms: Vec<String> = s.lock_state().rooms.iter().cloned().collect();
+        let cur = Cursor::start(offset.and_then(offset::Claimed::parse), rec, &rooms);
+        // At or past where the buffer of live broadcasts begins, in every stream.
+        let need = b.positions().clone();
+        let chunk = self.cfg.recovery_max_len.clamp(1, REPLAY_READ) as usize;
+        let streams = cur.streams();
+        let reads = streams.iter().map(|(room, after)| {
+            read_whole(b, room.as_deref(), *after, need.get(room.as_deref()), chunk)
+        });
+        let reads: Vec<Vec<(u64, Envelope)>> = futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect::<Option<_>>()?;
+        Some(Replay {
+            cur,
+            missed: merge_by_time(streams, reads),
+        })
+    }
+
+    /// Sends a recovering client its replay, then what arrived live meanwhile, skipping
+    /// anything already replayed; each packet carries the client's vector as it advances.
+    /// Returns how many were replayed.
+    pub fn send_replay(&self, s: &Session, r: Replay) -> usize {
         let Some(b) = &self.broker else { return 0 };
-        let (rooms, old): (Vec<String>, Vec<String>) = {
-            let st = s.lock_state();
-            (st.rooms.iter().cloned().collect(), st.old_sids.clone())
-        };
-        let mut cur = Cursor::start(offset.and_then(offset::Claimed::parse), rec, &rooms);
-        let limit = self.cfg.recovery_max_len as usize;
+        let Replay { mut cur, missed } = r;
+        let old = s.lock_state().old_sids.clone();
         let oldest = now_us().saturating_sub(self.cfg.recovery_window.as_micros() as u64);
-        let reads = b.read_after_each(&cur.streams(), limit).await;
         let mut sent = 0;
-        for (room, n, env) in merge_by_time(cur.streams(), reads) {
+        for (room, n, env) in missed {
             cur.set(room.as_deref(), n);
             if env.t < oldest || env.x.as_ref().is_some_and(|x| old.contains(x)) {
                 continue;
@@ -767,6 +810,50 @@ fn published_after(batch: &[Outgoing], seqs: &[Option<u64>], i: usize) -> bool {
         .iter()
         .zip(&seqs[i + 1..])
         .any(|(o, s)| s.is_some() && o.env.r == *room)
+}
+
+/// What a recovering client missed, read whole ([`Hub::read_replay`]) and not yet sent.
+pub struct Replay {
+    cur: Cursor,
+    missed: Vec<(Option<String>, u64, Envelope)>,
+}
+
+/// Most envelopes one replay read asks for: a few hundred KB, well within the 1-s command
+/// timeout of a loaded Redis (a replay of `recovery_max_len` takes several).
+const REPLAY_READ: u64 = 1_000;
+
+/// A stream's envelopes after `after`, without a gap, up to at least `need` (in reads of
+/// `chunk`); None if the stream no longer holds them all (trimmed past `after`, expired) or
+/// cannot be read. Bounded by `need`: a stream that moves on meanwhile is not chased.
+async fn read_whole(
+    b: &RedisBroker,
+    room: Option<&str>,
+    after: u64,
+    need: u64,
+    chunk: usize,
+) -> Option<Vec<(u64, Envelope)>> {
+    let mut out = Vec::new();
+    let mut at = after;
+    loop {
+        let rows = b.read_after_checked(room, at, chunk).await?;
+        let full = rows.len() >= chunk;
+        for (n, env) in rows {
+            if n != at + 1 {
+                tracing::debug!(
+                    room,
+                    after = at,
+                    next = n,
+                    "replay would skip: not recovered"
+                );
+                return None;
+            }
+            at = n;
+            out.push((n, env));
+        }
+        if at >= need || !full {
+            return (at >= need).then_some(out);
+        }
+    }
 }
 
 /// A recovering client's position in each of its streams, advanced as its replay is sent.
@@ -1100,6 +1187,89 @@ mod tests {
         }
         let far = format!("{}.00000000-1", u64::MAX);
         assert_eq!(replayed("s3", Some(&far)).await.0, Some(3), "{far}");
+    }
+
+    /// More missed than one read holds (`recovery_max_len` 3, 6 missed): the replay reads on
+    /// until it reaches where the live broadcasts, buffered from before the CONNECT was
+    /// answered, begin; the client gets every offset once, in order (a replay cut at 3 left a
+    /// hole before the live 7 and 8).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_longer_than_one_read_reaches_the_live_broadcasts() {
+        let redis = connscale_test_support::RedisServer::start();
+        let hub = Hub::new(ChatConfig {
+            redis_url: Some(redis.url()),
+            recovery_max_len: 3,
+            ..ChatConfig::default()
+        })
+        .unwrap();
+        let b = hub.broker.clone().unwrap();
+        let envs: Vec<Envelope> = (1..=8).map(|i| envelope("r", i)).collect();
+        b.publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
+            .await;
+        let other = connected(&hub, "s0", false);
+        hub.join(&other, "r").await;
+        for (n, e) in (1..=6).zip(&envs) {
+            deliver(&hub, &b, n, e);
+        }
+        // Recovering, its CONNECT not answered yet: joined, and live broadcasts buffered.
+        let s = connected(&hub, "s1", true);
+        s.lock_state().connected = false;
+        hub.join(&s, "r").await;
+        let rec = SessionRecord {
+            rooms: vec!["r".into()],
+            ..SessionRecord::default()
+        };
+        let held = offset::encode(0, [("r", 0)]);
+        let replay = hub.read_replay(&s, Some(&held), &rec).await;
+        deliver(&hub, &b, 7, &envs[6]);
+        assert!(offsets_sent(&s).is_empty(), "nothing before the CONNECT");
+        s.lock_state().connected = true;
+        hub.send_replay(&s, replay.expect("the stream holds all it missed"));
+        deliver(&hub, &b, 8, &envs[7]);
+        let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
+        assert_eq!(got, (1..=8).map(Some).collect::<Vec<_>>());
+    }
+
+    /// The stream no longer holds what the client missed (trimmed past its offset): nothing
+    /// is replayed and the caller answers as a fresh session, instead of a recovered one
+    /// with a hole; an offset the stream still covers is recovered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_the_stream_no_longer_holds_is_refused() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let envs: Vec<Envelope> = (1..=6).map(|i| envelope("r", i)).collect();
+        b.publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
+            .await;
+        let admin = redis::Client::open(redis.url()).unwrap();
+        let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+        let _: u64 = redis::cmd("XTRIM")
+            .arg(crate::broker::stream_key(Some("r")))
+            .arg("MAXLEN")
+            .arg(2)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let other = connected(&hub, "s0", false);
+        hub.join(&other, "r").await;
+        for (n, e) in (1..=6).zip(&envs) {
+            deliver(&hub, &b, n, e);
+        }
+        let rec = SessionRecord {
+            rooms: vec!["r".into()],
+            ..SessionRecord::default()
+        };
+        let s = connected(&hub, "s1", true);
+        hub.join(&s, "r").await;
+        let held = offset::encode(0, [("r", 1)]);
+        assert!(hub.replay(&s, Some(&held), &rec).await.is_none());
+        assert!(offsets_sent(&s).is_empty(), "nothing replayed");
+        hub.remove("s1");
+        let s = connected(&hub, "s2", true);
+        hub.join(&s, "r").await;
+        let held = offset::encode(0, [("r", 4)]);
+        assert_eq!(hub.replay(&s, Some(&held), &rec).await, Some(2));
+        let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
+        assert_eq!(got, [5, 6].map(Some));
     }
 
     /// A broadcast whose stream jumped (room seq 2, then 4): the room's clients here are

@@ -5,7 +5,8 @@
 mod common;
 use common::{Driver, Proxy, TOKEN, http_get, http_post, node};
 use connscale_test_support::RedisServer;
-use serde_json::json;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 #[test]
 fn heavy_drain_with_recovery_loses_and_duplicates_nothing() {
@@ -226,4 +227,131 @@ fn malformed_offsets_get_a_full_replay_or_a_fresh_session() {
         let (code, _) = tokio::task::block_in_place(|| http_get(&format!("{url}/healthz")));
         assert_eq!(code, 200, "the node is still up");
     });
+}
+
+/// Waits until an event matching `pred` has been seen; its index in `d.seen` (kept there, so
+/// what came before and after it can be told apart).
+fn wait_seen(d: &mut Driver, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(i) = d.seen.iter().position(&pred) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        d.drain_events(100);
+    }
+}
+
+/// The room's messages p received in `events`, in order.
+fn messages(events: &[Value]) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|e| e["ev"] == "event" && e["id"] == "p" && e["name"] == "new message")
+        .filter_map(|e| e["args"][0]["message"].as_i64())
+        .collect()
+}
+
+/// What p saw when it was away for 60 of the room's 110 messages with a replay read of 20
+/// (`CHAT_RECOVERY_MAX_LEN`), Redis's streams in nodes of at most `node_bytes` bytes (0: no
+/// limit, 100 entries): whether its reconnect was recovered, and the messages it received
+/// before and after. A session that was not recovered joins its room again, as an app does.
+fn away_for_more_than_one_read(node_bytes: u32) -> (bool, Vec<i64>, Vec<i64>) {
+    let redis = RedisServer::start();
+    let admin = redis::Client::open(redis.url()).expect("redis url");
+    let mut admin = admin.get_connection().expect("redis connection");
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("stream-node-max-bytes")
+        .arg(node_bytes)
+        .query(&mut admin)
+        .expect("CONFIG SET");
+    let env = [
+        ("CHAT_RATE_PER_SEC", "1000"),
+        ("CHAT_RATE_BURST", "1000"),
+        ("CHAT_RECOVERY_MAX_LEN", "20"),
+    ];
+    let (mut a, b) = (
+        node("a", Some(&redis.url()), &env),
+        node("b", Some(&redis.url()), &env),
+    );
+    let lb = Proxy::start(vec![a.port]);
+    let mut d = Driver::start();
+    d.connect("p", &lb.url(), json!({"transports": ["websocket"]}));
+    d.emit("p", "add user", json!(["p"]));
+    d.emit_ack("p", "join-channel", json!(["room"]));
+    d.connect("s", &b.url(), json!({"transports": ["websocket"]}));
+    d.emit("s", "add user", json!(["s"]));
+    d.emit_ack("s", "join-channel", json!(["room"]));
+    let n = 110;
+    let mut recovered = None;
+    for i in 0..n {
+        if i == 20 {
+            // Nowhere to reconnect to while node a drains p off.
+            lb.set(vec![]);
+            let (code, _) = http_post(&format!("{}/api/drain", a.url()), Some(TOKEN), "");
+            assert_eq!(code, 202);
+            d.expect(10, "p is drained off node a", |e| {
+                e["ev"] == "disconnect" && e["id"] == "p"
+            });
+        }
+        if i == 80 {
+            lb.set(vec![b.port]);
+            let at = wait_seen(&mut d, 10, "p reconnects", |e| {
+                e["ev"] == "connect" && e["id"] == "p"
+            });
+            let r = d.seen[at]["recovered"] == true;
+            if !r {
+                d.emit("p", "add user", json!(["p"]));
+                d.emit_ack("p", "join-channel", json!(["room"]));
+            }
+            recovered = Some((r, at));
+        }
+        d.emit(
+            "s",
+            "new message",
+            json!([{"message": i, "channel": "room"}]),
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    wait_seen(&mut d, 30, "p receives the last message", |e| {
+        e["id"] == "p" && e["name"] == "new message" && e["args"][0]["message"] == n - 1
+    });
+    d.drain_events(500);
+    let (recovered, at) = recovered.expect("p reconnected");
+    let (before, after) = (messages(&d.seen[..at]), messages(&d.seen[at..]));
+    assert_eq!(a.process.wait_exit(Duration::from_secs(15)), Some(0));
+    (recovered, before, after)
+}
+
+/// The room's stream still holds all 60 messages p missed (nodes of 100 entries, none
+/// trimmed): its replay reads on past the first 20 and it is recovered with every message
+/// once, in order. A replay cut at 20 left a hole of 40 before the live messages.
+#[test]
+fn heavy_a_client_that_missed_more_than_one_read_recovers_all_of_it() {
+    let (recovered, before, after) = away_for_more_than_one_read(0);
+    assert!(recovered, "the stream holds everything p missed");
+    let got: Vec<i64> = before.into_iter().chain(after).collect();
+    assert_eq!(
+        got,
+        (0..110).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+}
+
+/// The room's stream no longer holds what p missed (4 KB nodes: trimmed to about 20): p
+/// gets a fresh session, as Socket.IO answers when it cannot restore one, and from its new
+/// join on every message. A replay of what was left said `recovered` over a hole.
+#[test]
+fn heavy_a_client_whose_missed_messages_were_trimmed_gets_a_fresh_session() {
+    let (recovered, before, after) = away_for_more_than_one_read(4096);
+    assert!(
+        !recovered,
+        "p cannot get what it missed: not a recovered session"
+    );
+    assert_eq!(before, (0..20).collect::<Vec<_>>());
+    assert_eq!(
+        after,
+        (80..110).collect::<Vec<_>>(),
+        "every message since it joined again"
+    );
 }

@@ -35,6 +35,10 @@ pub struct ChatReport {
     pub connect_failures: BTreeMap<String, usize>,
     /// Reconnections after a node went away (each with a recovery attempt).
     pub reconnects: usize,
+    /// Reconnections the server answered as a fresh session (a new pid, socket.io-client's
+    /// `recovered` false): what the client missed then is lost for good, not while
+    /// connected, and it joined its room again.
+    pub not_recovered: usize,
     pub sent: u64,
     /// Deliveries expected: each message × its room-mates (excluding the sender).
     pub expected_deliveries: u64,
@@ -299,6 +303,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let stop = Arc::new(tokio::sync::Notify::new());
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reconnects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let not_recovered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let reconnecting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let failures: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
@@ -317,11 +322,12 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             connected.clone(),
             reconnects.clone(),
         );
-        let (sending, reconnecting, failures, starts_by) = (
+        let (sending, reconnecting, failures, starts_by, not_recovered) = (
             sending.clone(),
             reconnecting.clone(),
             failures.clone(),
             starts_by.clone(),
+            not_recovered.clone(),
         );
         let (duration, cfg_clients) = (cfg.duration, cfg.clients);
         tasks.push(tokio::spawn(async move {
@@ -339,7 +345,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             client::emit(&mut ws, json!(["add user", format!("c{i}")])).await;
             // Acked: nobody sends before every client is in its room.
-            client::emit_acked(&mut ws, json!(["join-channel", room]), 0, Duration::from_secs(10)).await;
+            client::emit_acked(&mut ws, json!(["join-channel", room]), 0, Duration::from_secs(10), &mut Vec::new()).await;
             ready.wait().await;
             let gap = Duration::from_secs_f64(1.0 / per_client_rate.max(1e-6));
             let start = Instant::now() + gap.mul_f64(send_phase(i, cfg_clients));
@@ -364,17 +370,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                         timer.as_mut().reset(next);
                     }
                     m = client::recv(&mut ws) => match m {
-                        Incoming::Packet(_) => {
-                            let Some(Delivery(_, DeliveryBody { message: stamp }, off)) = m.packet().and_then(parse_delivery) else { continue };
-                            if let Some(off) = off {
-                                let o = rec.offset.get_or_insert_with(String::new);
-                                o.clear();
-                                o.push_str(&off);
-                            }
-                            if seen.lock().unwrap_or_else(|e| e.into_inner()).record(run_id, &stamp) {
-                                latencies.record(now_us().saturating_sub(stamp.t).max(1));
-                            }
-                        }
+                        Incoming::Packet(t) => take_delivery(&t, run_id, &mut rec, &seen, &mut latencies),
                         Incoming::Closed => {
                             // The node went away (drain, crash): reconnect through the same
                             // target (a balancer routes elsewhere) and recover what was missed.
@@ -394,10 +390,18 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                             starts.push(seq);
                             reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if pid != rec.pid {
-                                // Not recovered (no Redis, or the window passed): start over.
+                                // Not recovered (no Redis, the window passed, or the server
+                                // could not replay all it missed): start over.
                                 rec.pid = pid;
+                                rec.offset = None;
+                                not_recovered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 client::emit(&mut ws, json!(["add user", format!("c{i}")])).await;
-                                client::emit_acked(&mut ws, json!(["join-channel", room]), 0, Duration::from_secs(10)).await;
+                                let mut before = Vec::new();
+                                client::emit_acked(&mut ws, json!(["join-channel", room]), 0, Duration::from_secs(10), &mut before).await;
+                                // The room's messages that came before the ack were delivered.
+                                for t in before {
+                                    take_delivery(&t, run_id, &mut rec, &seen, &mut latencies);
+                                }
                             }
                         }
                         _ => {}
@@ -436,6 +440,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let mut r = ChatReport {
         clients_connected: connected.load(std::sync::atomic::Ordering::Relaxed),
         reconnects: reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        not_recovered: not_recovered.load(std::sync::atomic::Ordering::Relaxed),
         connect_failures: failures.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         sent: sent_by.values().sum(),
         ..Default::default()
@@ -484,6 +489,34 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     r.latency_ms_p999 = ms(0.999);
     r.latency_ms_max = h.max() as f64 / 1000.0;
     Ok(r)
+}
+
+/// One packet a client received (the Engine.IO message text): a delivery updates the offset
+/// it recovers from and is recorded with its latency; anything else is ignored.
+fn take_delivery(
+    text: &str,
+    run_id: u64,
+    rec: &mut client::Recovery,
+    seen: &Mutex<Seen>,
+    latencies: &mut LatencyBatch,
+) {
+    let Some(Delivery(_, DeliveryBody { message: stamp }, off)) =
+        text.get(1..).and_then(parse_delivery)
+    else {
+        return;
+    };
+    if let Some(off) = off {
+        let o = rec.offset.get_or_insert_with(String::new);
+        o.clear();
+        o.push_str(&off);
+    }
+    if seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .record(run_id, &stamp)
+    {
+        latencies.record(now_us().saturating_sub(stamp.t).max(1));
+    }
 }
 
 /// Room-mates of receiver `recv` (its room, not itself) among `n` clients in `rooms` rooms.
@@ -603,6 +636,12 @@ impl ChatReport {
             self.lost_for_good,
             self.never_delivered
         );
+        if self.reconnects > 0 {
+            t += &format!(
+                "reconnects {} (answered as a fresh session: {})\n",
+                self.reconnects, self.not_recovered
+            );
+        }
         if !self.connect_failures.is_empty() {
             let causes: Vec<String> = self
                 .connect_failures

@@ -183,9 +183,16 @@ pub async fn emit(ws: &mut Ws, args: serde_json::Value) -> bool {
         .is_ok()
 }
 
-/// Sends an event with an ack id and waits (answering pings, skipping other frames) until the
-/// server acknowledges it, so what the event does (join a room, say) has happened.
-pub async fn emit_acked(ws: &mut Ws, args: serde_json::Value, id: u64, timeout: Duration) -> bool {
+/// Sends an event with an ack id and waits (answering pings) until the server acknowledges it,
+/// so what the event does (join a room, say) has happened. The Socket.IO packets that came
+/// before the ack go to `before` (a room's messages may arrive between the join and its ack).
+pub async fn emit_acked(
+    ws: &mut Ws,
+    args: serde_json::Value,
+    id: u64,
+    timeout: Duration,
+    before: &mut Vec<Utf8Bytes>,
+) -> bool {
     let mut p = SioPacket::event(args, vec![]);
     p.id = Some(id);
     if ws
@@ -209,6 +216,7 @@ pub async fn emit_acked(ws: &mut Ws, args: serde_json::Value, id: u64, timeout: 
                         {
                             return true;
                         }
+                        before.push(t.clone());
                     }
                     _ => {}
                 },

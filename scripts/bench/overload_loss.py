@@ -1,14 +1,19 @@
 """No silent loss under overload: `loadtest chat` past what two chat-nodes on one redis-server
 carry on this machine, with Redis's default `client-output-buffer-limit pubsub` and with a
-tight one (Redis then drops the nodes' subscriptions as they fall behind). Per run: deliveries,
-p99, lost while connected (must be 0), missed during a disconnect and recovered, lost for good,
-reconnects, and the nodes' chat_disconnects_total by reason.
-Usage: python3 scripts/bench/overload_loss.py [RATE ...]   (release builds in target/release)
+tight one (Redis then drops the nodes' subscriptions as they fall behind), and the same runs
+against two processes of the reference Node.js Socket.IO server (socket.io 4.8.4 +
+@socket.io/redis-adapter, unmodified, `scripts/reference-server`) on their own fresh Redis.
+Per run: deliveries, p99, lost while connected (must be 0), missed during a disconnect and
+recovered, lost for good, reconnects, and chat-node's chat_disconnects_total by reason (the
+reference server has no such count: it never disconnects a client that falls behind).
+Usage: python3 scripts/bench/overload_loss.py [--only chat-node|node] [RATE ...]
+(release builds in target/release; npm for the reference server)
 """
 import json, os, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster_fanout import REL, free_port, spawn, wait_port, node  # noqa: E402
+from chat_vs_node import ROOT, spawn  # noqa: E402
+from cluster_fanout import chat, free_port, wait_port, node  # noqa: E402
 
 LIMITS = {"default": None, "tight (pubsub 256kb 64kb 1)": "pubsub 262144 65536 1"}
 
@@ -30,39 +35,68 @@ def disconnects(port):
         if line.startswith("chat_disconnects_total{"):
             reason = line.split('"')[1]
             out[reason] = out.get(reason, 0) + int(float(line.split()[-1]))
+        elif line.startswith(("chat_publish_failed_total ", "chat_publish_retried_total ", "chat_rate_limited_total ")):
+            out[line.split()[0]] = int(float(line.split()[-1]))
     return out
 
 
-def chat(ports, rate):
-    targets = [a for p in ports for a in ("--target", f"http://127.0.0.1:{p}")]
-    cmd = [os.path.join(REL, "loadtest"), "chat", *targets, "--clients", "200", "--rooms", "10",
-           "--send-rate", str(rate), "--duration", "5s", "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    return json.loads(out.stdout) if out.stdout.strip() else {}
+def reference_server():
+    """The reference server's server.js, installed once by scripts/reference-server."""
+    out = subprocess.run([os.path.join(ROOT, "scripts/reference-server")], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def node_js(server_js, url):
+    """One reference server process on a free port: (process, port)."""
+    port = free_port()
+    p = spawn(["node", server_js], {"PORT": str(port), "REDIS_URL": url}, cwd=os.path.dirname(server_js))
+    wait_port(port)
+    return p, port
+
+
+def run(server, limit, rate, server_js):
+    """One run on a fresh Redis and fresh server processes: (loadtest report, disconnects)."""
+    with tempfile.TemporaryDirectory() as d:
+        r, url = redis(d, limit)
+        nodes = []
+        try:
+            for n in ("a", "b"):
+                nodes.append(node(url, n) if server == "chat-node" else node_js(server_js, url))
+            time.sleep(1)
+            c = chat([p for _, p in nodes], rate)
+            k = [disconnects(p) for _, p in nodes] if server == "chat-node" else None
+        finally:
+            for p, _ in nodes:
+                p.kill(); p.wait()
+            r.kill(); r.wait()
+    return c, k
 
 
 def main():
-    rates = [int(r) for r in sys.argv[1:]] or [20000, 60000]
-    print("| Redis pubsub limit | send rate msg/s | delivered/expected | p99 ms | lost while connected | "
-          "recovered after reconnect | lost for good (never delivered) | reconnects | disconnects slow / missed |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    args = sys.argv[1:]
+    servers = ["chat-node", "Node.js"]
+    if args[:1] == ["--only"]:
+        servers = [{"chat-node": "chat-node", "node": "Node.js"}[args[1]]]
+        args = args[2:]
+    rates = [int(r) for r in args] or [32000, 64000]
+    server_js = reference_server() if "Node.js" in servers else None
+    print("| server (2 processes) | Redis pubsub limit | send rate msg/s | delivered/expected | p99 ms | lost while connected | "
+          "recovered after reconnect | lost for good (never delivered) | reconnects (not recovered) | disconnects slow / missed |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, limit in LIMITS.items():
         for rate in rates:
-            with tempfile.TemporaryDirectory() as d:
-                r, url = redis(d, limit)
-                nodes = [node(url, n) for n in ("a", "b")]
-                try:
-                    time.sleep(1)
-                    c = chat([p for _, p in nodes], rate)
-                    k = [disconnects(p) for _, p in nodes]
-                finally:
-                    for p, _ in nodes:
-                        p.kill()
-                    r.kill()
-            slow, missed = (sum(x.get(w, 0) for x in k) for w in ("slow", "missed"))
-            print(f"| {name} | {rate:,} | {c.get('delivered')}/{c.get('expected_deliveries')} | {c.get('latency_ms_p99')} | "
-                  f"{c.get('lost_while_connected')} | {c.get('recovered_after_reconnect')} | {c.get('lost_for_good')} "
-                  f"({c.get('never_delivered')}) | {c.get('reconnects')} | {slow} / {missed} |", flush=True)
+            for server in servers:
+                c, k = run(server, limit, rate, server_js)
+                kicks = "—" if k is None else " / ".join(str(sum(x.get(w, 0) for x in k)) for w in ("slow", "missed"))
+                print(f"| {server} | {name} | {rate:,} | {c.get('delivered')}/{c.get('expected_deliveries')} | {c.get('latency_ms_p99')} | "
+                      f"{c.get('lost_while_connected')} | {c.get('recovered_after_reconnect')} | {c.get('lost_for_good')} "
+                      f"({c.get('never_delivered')}) | {c.get('reconnects')} ({c.get('not_recovered')}) | {kicks} |", flush=True)
+                if k is not None:
+                    print(f"  {server} {name} {rate}: publishes failed {sum(x.get('chat_publish_failed_total', 0) for x in k)}, "
+                          f"retried {sum(x.get('chat_publish_retried_total', 0) for x in k)}, "
+                          f"rate-limited {sum(x.get('chat_rate_limited_total', 0) for x in k)}", file=sys.stderr, flush=True)
+                if c.get("lost_while_connected_samples"):
+                    print(f"  {server}: lost while connected (receiver, sender, n): {c['lost_while_connected_samples'][:5]}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
