@@ -784,19 +784,21 @@ impl RedisBroker {
     /// Subscribes to a wanted room unless it is subscribed already, and reads how far its
     /// stream is; returns once the subscription is confirmed, so a client that has joined gets
     /// every broadcast published after. Redis down: returns at once, and the subscription
-    /// takes the room when it reconnects.
-    pub async fn watch(&self, room: &str) {
+    /// takes the room when it reconnects. False when the subscription connection is up but
+    /// the SUBSCRIBE failed or timed out: the room's broadcasts from other nodes would not
+    /// arrive, so the caller must not count a client in it.
+    pub async fn watch(&self, room: &str) -> bool {
         let mut subs = self.subs.lock().await;
         let ch = channel(Some(room));
         if !self.wanted().contains(room) || subs.active.contains(&ch) {
-            return;
+            return true;
         }
         self.positions_mut()
             .rooms
             .entry(room.to_string())
             .or_insert(0);
         let Some(conn) = subs.conn.as_mut() else {
-            return;
+            return true;
         };
         let done = tokio::time::timeout(
             Duration::from_secs(1),
@@ -804,8 +806,8 @@ impl RedisBroker {
         )
         .await;
         if !matches!(done, Ok(Ok(()))) {
-            tracing::warn!(room, "could not subscribe to a room: retried on reconnect");
-            return;
+            tracing::warn!(room, "could not subscribe to a room: the join is refused");
+            return false;
         }
         subs.active.insert(ch);
         // After the subscription: every later broadcast arrives through it.
@@ -814,6 +816,7 @@ impl RedisBroker {
             let at = p.rooms.entry(room.to_string()).or_insert(0);
             *at = (*at).max(n);
         }
+        true
     }
 
     /// Unsubscribes from a room no local client wants any longer and forgets its position.

@@ -116,10 +116,15 @@ impl App for Chat {
         }
         // Joined (and buffering live broadcasts) before the replay is read, and read whole
         // before the CONNECT is answered: recovered only if nothing missed is left out.
+        let mut joined = true;
         for r in &rec.rooms {
-            hub.join(&s, r).await;
+            joined &= hub.join(&s, r).await;
         }
-        let Some(replay) = hub.read_replay(&s, offset.as_deref(), &rec).await else {
+        let replay = match joined {
+            true => hub.read_replay(&s, offset.as_deref(), &rec).await,
+            false => None,
+        };
+        let Some(replay) = replay else {
             tracing::debug!(sid = %s.sid, offset, "cannot replay everything missed: a fresh session");
             for r in &rec.rooms {
                 hub.leave(&s, r);
@@ -233,14 +238,15 @@ async fn on_event(hub: &Arc<Hub>, s: &Arc<Session>, p: SioPacket) {
             };
             let ch: String = ch.chars().take(128).collect();
             let joining = name == "join-channel";
-            if joining {
-                hub.join(s, &ch).await;
-            }
-            let notice = json!(["channel notice", {"channel": ch, "username": user, "action": if joining { "joined" } else { "left" }}]);
-            hub.broadcast(Some(&ch), Some(&s.sid), &SioPacket::event(notice, vec![]))
-                .await;
-            if !joining {
-                hub.leave(s, &ch);
+            if joining && !hub.join(s, &ch).await {
+                ack = json!([{"error": "could not subscribe to the channel, try again"}]);
+            } else {
+                let notice = json!(["channel notice", {"channel": ch, "username": user, "action": if joining { "joined" } else { "left" }}]);
+                hub.broadcast(Some(&ch), Some(&s.sid), &SioPacket::event(notice, vec![]))
+                    .await;
+                if !joining {
+                    hub.leave(s, &ch);
+                }
             }
         }
         _ => {}

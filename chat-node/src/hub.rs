@@ -226,8 +226,11 @@ impl Hub {
 
     /// Puts a socket in a room. The room's first local member subscribes the node to it, and
     /// every join returns once that subscription is confirmed (Redis up), so the client gets
-    /// every broadcast to the room published after.
-    pub async fn join(&self, s: &Session, room: &str) {
+    /// every broadcast to the room published after. False, and the socket is not in the room,
+    /// when the node could not subscribe (the SUBSCRIBE failed or timed out while Redis was
+    /// reachable): a member then would miss other nodes' broadcasts while connected.
+    #[must_use = "false: the socket is not in the room"]
+    pub async fn join(&self, s: &Session, room: &str) -> bool {
         {
             let mut st = s.lock_state();
             if st.rooms.insert(room.to_string()) {
@@ -245,7 +248,11 @@ impl Hub {
             set.insert(s.sid.clone());
         }
         if let Some(b) = &self.broker {
-            b.watch(room).await;
+            if !b.watch(room).await {
+                // Not subscribed: in the room, the socket would miss other nodes' broadcasts.
+                self.leave(s, room);
+                return false;
+            }
             let at = b.positions().get(Some(room));
             // Joining again changes nothing: replay in the room still starts at the first join.
             s.lock_state()
@@ -253,6 +260,7 @@ impl Hub {
                 .entry(room.to_string())
                 .or_insert(at);
         }
+        true
     }
 
     pub fn leave(&self, s: &Session, room: &str) {
@@ -1118,12 +1126,12 @@ mod tests {
         assert_eq!(seqs, (1..=6).map(Some).collect::<Vec<_>>());
         // Another client keeps the room subscribed; the subscription has delivered 1..=2.
         let other = connected(&hub, "s0", false);
-        hub.join(&other, "r").await;
+        assert!(hub.join(&other, "r").await);
         for (n, e) in (1..=2).zip(&envs) {
             deliver(&hub, &b, n, e);
         }
         let s = connected(&hub, "s1", true);
-        hub.join(&s, "r").await;
+        assert!(hub.join(&s, "r").await);
         // The client had seen up to 3 on its old node; 4..=6 are in the stream.
         deliver(&hub, &b, 3, &envs[2]);
         let rec = SessionRecord {
@@ -1165,7 +1173,7 @@ mod tests {
         let replayed = async |sid: &str, held: Option<&str>| {
             let s = connected(&hub, sid, true);
             for r in &rec.rooms {
-                hub.join(&s, r).await;
+                assert!(hub.join(&s, r).await);
             }
             hub.replay(&s, held, &rec).await;
             let last = offsets_sent(&s).pop().expect("something replayed");
@@ -1207,14 +1215,14 @@ mod tests {
         b.publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
             .await;
         let other = connected(&hub, "s0", false);
-        hub.join(&other, "r").await;
+        assert!(hub.join(&other, "r").await);
         for (n, e) in (1..=6).zip(&envs) {
             deliver(&hub, &b, n, e);
         }
         // Recovering, its CONNECT not answered yet: joined, and live broadcasts buffered.
         let s = connected(&hub, "s1", true);
         s.lock_state().connected = false;
-        hub.join(&s, "r").await;
+        assert!(hub.join(&s, "r").await);
         let rec = SessionRecord {
             rooms: vec!["r".into()],
             ..SessionRecord::default()
@@ -1250,7 +1258,7 @@ mod tests {
             .await
             .unwrap();
         let other = connected(&hub, "s0", false);
-        hub.join(&other, "r").await;
+        assert!(hub.join(&other, "r").await);
         for (n, e) in (1..=6).zip(&envs) {
             deliver(&hub, &b, n, e);
         }
@@ -1259,13 +1267,13 @@ mod tests {
             ..SessionRecord::default()
         };
         let s = connected(&hub, "s1", true);
-        hub.join(&s, "r").await;
+        assert!(hub.join(&s, "r").await);
         let held = offset::encode(0, [("r", 1)]);
         assert!(hub.replay(&s, Some(&held), &rec).await.is_none());
         assert!(offsets_sent(&s).is_empty(), "nothing replayed");
         hub.remove("s1");
         let s = connected(&hub, "s2", true);
-        hub.join(&s, "r").await;
+        assert!(hub.join(&s, "r").await);
         let held = offset::encode(0, [("r", 4)]);
         assert_eq!(hub.replay(&s, Some(&held), &rec).await, Some(2));
         let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
@@ -1280,8 +1288,8 @@ mod tests {
         let redis = connscale_test_support::RedisServer::start();
         let (hub, b) = hub_on(&redis);
         let (s, other) = (connected(&hub, "s1", false), connected(&hub, "s2", false));
-        hub.join(&s, "r").await;
-        hub.join(&other, "q").await;
+        assert!(hub.join(&s, "r").await);
+        assert!(hub.join(&other, "q").await);
         for n in [1, 2, 4] {
             deliver(&hub, &b, n, &envelope("r", n));
         }
@@ -1302,7 +1310,7 @@ mod tests {
         let s = Arc::new(Session::new("s1".into(), 10.0, true, 64));
         s.lock_state().connected = true;
         hub.admit(s.clone()).unwrap();
-        hub.join(&s, "r").await;
+        assert!(hub.join(&s, "r").await);
         for n in 1..=8 {
             deliver(&hub, &b, n, &envelope("r", n));
         }
@@ -1332,7 +1340,7 @@ mod tests {
         };
         until(&|| b.is_up());
         let s = connected(&hub, "s1", false);
-        hub.join(&s, "r").await;
+        assert!(hub.join(&s, "r").await);
         let elsewhere = RedisBroker::new(&redis.url(), None).unwrap();
         let publish = async |i: u64| {
             elsewhere.publish_batch(&[&envelope("r", i)], 100, 60).await[0].expect("published")
@@ -1381,6 +1389,31 @@ mod tests {
     }
 
     /// A node named `name` on `redis` with its subscription and publisher running.
+    /// A SUBSCRIBE that times out (Redis stopped, its connection still open) refuses the join:
+    /// a member of a room the node is not subscribed to would miss the other nodes'
+    /// broadcasts while connected. Once Redis answers, the same join succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_the_node_cannot_subscribe_for_is_refused() {
+        let redis = connscale_test_support::RedisServer::start();
+        let hub = live_node(&redis, "a").await;
+        let s = connected(&hub, "s1", false);
+        let pid = redis.pid() as i32;
+        // SAFETY: signals a child process this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let joined = hub.join(&s, "r").await;
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        assert!(!joined, "joined a room the node is not subscribed to");
+        assert!(!s.lock_state().rooms.contains("r"));
+        assert_eq!(hub.room_count(), 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut again = false;
+        while !again && tokio::time::Instant::now() < deadline {
+            again = hub.join(&s, "r").await;
+        }
+        assert!(again, "no join once Redis answers again");
+        assert!(s.lock_state().rooms.contains("r"));
+    }
+
     async fn live_node(redis: &connscale_test_support::RedisServer, name: &str) -> Arc<Hub> {
         let hub = Hub::new(ChatConfig {
             redis_url: Some(redis.url()),
@@ -1427,7 +1460,7 @@ mod tests {
         let redis = connscale_test_support::RedisServer::start();
         let (a, b) = (live_node(&redis, "a").await, live_node(&redis, "b").await);
         let s = connected(&b, "s1", false);
-        b.join(&s, "r").await;
+        assert!(b.join(&s, "r").await);
         let say = async |i: u64| {
             let p = SioPacket::event(serde_json::json!(["new message", i]), vec![]);
             a.broadcast(Some("r"), None, &p).await;
@@ -1469,8 +1502,8 @@ mod tests {
         let redis = connscale_test_support::RedisServer::start();
         let (hub, b) = hub_on(&redis);
         let s = connected(&hub, "s1", false);
-        hub.join(&s, "r").await;
-        hub.join(&s, "q").await;
+        assert!(hub.join(&s, "r").await);
+        assert!(hub.join(&s, "q").await);
         let mut other = envelope("r", 1);
         other.o = "third".into();
         for (n, e) in [(1, envelope("r", 1)), (2, envelope("r", 1)), (3, other)] {
