@@ -616,23 +616,11 @@ impl RedisBroker {
             .collect()
     }
 
-    /// Envelopes of a room's stream with sequence numbers above `after`, oldest first (none
-    /// if it cannot be read).
+    /// Envelopes of a room's stream with sequence numbers above `after`, oldest first; None
+    /// when the stream could not be read, after a few tries ([`READ_TRIES`], [`RETRY_MS`]
+    /// apart: a shard failing over, a timeout under load): a recovery must not take
+    /// "unreadable" for "nothing missed".
     pub async fn read_after(
-        &self,
-        room: Option<&str>,
-        after: u64,
-        limit: usize,
-    ) -> Vec<(u64, Envelope)> {
-        self.read_after_once(room, after, limit)
-            .await
-            .unwrap_or_default()
-    }
-
-    /// Like [`read_after`](Self::read_after), but None when the stream could not be read,
-    /// after a few tries ([`READ_TRIES`], [`RETRY_MS`] apart: a shard failing over, a
-    /// timeout under load): a recovery must not take "unreadable" for "nothing missed".
-    pub async fn read_after_checked(
         &self,
         room: Option<&str>,
         after: u64,
@@ -1230,6 +1218,7 @@ mod tests {
         let kept: Vec<(u64, u64)> = b
             .read_after(Some("r1"), 0, 100)
             .await
+            .expect("readable")
             .into_iter()
             .map(|(n, e)| (n, e.t))
             .collect();

@@ -581,18 +581,6 @@ impl Hub {
         );
     }
 
-    /// Recovers a client: [`Hub::read_replay`], then [`Hub::send_replay`]; None (nothing sent)
-    /// when what it missed cannot be replayed whole.
-    pub async fn replay(
-        &self,
-        s: &Session,
-        offset: Option<&str>,
-        rec: &SessionRecord,
-    ) -> Option<usize> {
-        let r = self.read_replay(s, offset, rec).await?;
-        Some(self.send_replay(s, r))
-    }
-
     /// Reads what a recovering client missed in each of its streams (its rooms and the
     /// broadcasts to all) after its offset, every stream up to at least where this node's
     /// delivery stood when the client began recovering: from there on, what arrives live is
@@ -843,7 +831,7 @@ async fn read_whole(
     let mut out = Vec::new();
     let mut at = after;
     loop {
-        let rows = b.read_after_checked(room, at, chunk).await?;
+        let rows = b.read_after(room, at, chunk).await?;
         let full = rows.len() >= chunk;
         for (n, env) in rows {
             if n != at + 1 {
@@ -1102,6 +1090,29 @@ mod tests {
     }
 
     /// A session that has sent its CONNECT (`recovering`: and is being recovered).
+    /// Recovers a client as `Chat::connect` does: [`Hub::read_replay`], then
+    /// [`Hub::send_replay`]; None (nothing sent) when what it missed cannot be replayed whole.
+    async fn replay(
+        hub: &Hub,
+        s: &Session,
+        offset: Option<&str>,
+        rec: &SessionRecord,
+    ) -> Option<usize> {
+        let r = hub.read_replay(s, offset, rec).await?;
+        Some(hub.send_replay(s, r))
+    }
+
+    /// Runs one command on `redis` over a connection of its own, as an operator would.
+    async fn admin(redis: &connscale_test_support::RedisServer, args: &[&str]) {
+        let c = redis::Client::open(redis.url()).unwrap();
+        let mut c = c.get_multiplexed_async_connection().await.unwrap();
+        let _: redis::Value = redis::cmd(args[0])
+            .arg(&args[1..])
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+
     fn connected(hub: &Hub, sid: &str, recovering: bool) -> Arc<Session> {
         let s = Arc::new(Session::new(sid.into(), 10.0, true, 1 << 20));
         hub.admit(s.clone()).unwrap();
@@ -1139,7 +1150,7 @@ mod tests {
             ..SessionRecord::default()
         };
         let held = offset::encode(0, [("r", 3)]);
-        hub.replay(&s, Some(&held), &rec).await;
+        replay(&hub, &s, Some(&held), &rec).await;
         for (n, e) in (4..=6).zip(&envs[3..]) {
             deliver(&hub, &b, n, e);
         }
@@ -1175,7 +1186,7 @@ mod tests {
             for r in &rec.rooms {
                 assert!(hub.join(&s, r).await);
             }
-            hub.replay(&s, held, &rec).await;
+            replay(&hub, &s, held, &rec).await;
             let last = offsets_sent(&s).pop().expect("something replayed");
             hub.remove(sid);
             (last.room("a"), last.room("b"), last.all)
@@ -1248,15 +1259,8 @@ mod tests {
         let envs: Vec<Envelope> = (1..=6).map(|i| envelope("r", i)).collect();
         b.publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
             .await;
-        let admin = redis::Client::open(redis.url()).unwrap();
-        let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
-        let _: u64 = redis::cmd("XTRIM")
-            .arg(crate::broker::stream_key(Some("r")))
-            .arg("MAXLEN")
-            .arg(2)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
+        let key = crate::broker::stream_key(Some("r"));
+        admin(&redis, &["XTRIM", &key, "MAXLEN", "2"]).await;
         let other = connected(&hub, "s0", false);
         assert!(hub.join(&other, "r").await);
         for (n, e) in (1..=6).zip(&envs) {
@@ -1269,13 +1273,13 @@ mod tests {
         let s = connected(&hub, "s1", true);
         assert!(hub.join(&s, "r").await);
         let held = offset::encode(0, [("r", 1)]);
-        assert!(hub.replay(&s, Some(&held), &rec).await.is_none());
+        assert!(replay(&hub, &s, Some(&held), &rec).await.is_none());
         assert!(offsets_sent(&s).is_empty(), "nothing replayed");
         hub.remove("s1");
         let s = connected(&hub, "s2", true);
         assert!(hub.join(&s, "r").await);
         let held = offset::encode(0, [("r", 4)]);
-        assert_eq!(hub.replay(&s, Some(&held), &rec).await, Some(2));
+        assert_eq!(replay(&hub, &s, Some(&held), &rec).await, Some(2));
         let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
         assert_eq!(got, [5, 6].map(Some));
     }
@@ -1353,15 +1357,7 @@ mod tests {
             publish(i).await;
         }
         until(&|| b.positions().get(Some("r")) == 3);
-        let admin = redis::Client::open(redis.url()).unwrap();
-        let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut admin)
-            .await
-            .unwrap();
+        admin(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
         // Before the node resubscribes (its backoff is 100 ms): these never reach it.
         for i in 4..=6 {
             publish(i).await;
@@ -1475,15 +1471,7 @@ mod tests {
         };
         say(1).await;
         wait_for(1, &mut got).await;
-        let admin = redis::Client::open(redis.url()).unwrap();
-        let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("normal")
-            .query_async(&mut admin)
-            .await
-            .unwrap();
+        admin(&redis, &["CLIENT", "KILL", "TYPE", "normal"]).await;
         say(2).await;
         wait_for(2, &mut got).await;
         // A duplicate of 2 would be delivered before this.
