@@ -3,7 +3,7 @@
 //! the other node and receives every message it missed, in order, with no duplicates.
 
 mod common;
-use common::{Driver, Proxy, TOKEN, http_get, http_post, node};
+use common::{Driver, TOKEN, TwoNodes, http_get, http_post, node, two_nodes};
 use connscale_test_support::RedisServer;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -13,18 +13,15 @@ fn heavy_drain_with_recovery_loses_and_duplicates_nothing() {
     let redis = RedisServer::start();
     // The sender emits 100 messages/s: above the default per-client rate limit (20/s).
     let fast = [("CHAT_RATE_PER_SEC", "1000"), ("CHAT_RATE_BURST", "1000")];
-    let (mut a, b) = (
-        node("a", Some(&redis.url()), &fast),
-        node("b", Some(&redis.url()), &fast),
-    );
-    let lb = Proxy::start(vec![a.port]);
-    let mut d = Driver::start();
-    d.connect("p", &lb.url(), json!({"transports": ["websocket"]}));
-    d.emit("p", "add user", json!(["p"]));
-    d.emit_ack("p", "join-channel", json!(["room"]));
-    d.connect("s", &b.url(), json!({"transports": ["websocket"]}));
-    d.emit("s", "add user", json!(["s"]));
-    d.emit_ack("s", "join-channel", json!(["room"]));
+    let TwoNodes {
+        mut d,
+        lb,
+        b,
+        mut a,
+    } = two_nodes(&redis.url(), &fast);
+    for id in ["p", "s"] {
+        d.emit_ack(id, "join-channel", json!(["room"]));
+    }
 
     let n = 300;
     for i in 0..n {
@@ -270,18 +267,15 @@ fn away_for_more_than_one_read(node_bytes: u32) -> (bool, Vec<i64>, Vec<i64>) {
         ("CHAT_RATE_BURST", "1000"),
         ("CHAT_RECOVERY_MAX_LEN", "20"),
     ];
-    let (mut a, b) = (
-        node("a", Some(&redis.url()), &env),
-        node("b", Some(&redis.url()), &env),
-    );
-    let lb = Proxy::start(vec![a.port]);
-    let mut d = Driver::start();
-    d.connect("p", &lb.url(), json!({"transports": ["websocket"]}));
-    d.emit("p", "add user", json!(["p"]));
-    d.emit_ack("p", "join-channel", json!(["room"]));
-    d.connect("s", &b.url(), json!({"transports": ["websocket"]}));
-    d.emit("s", "add user", json!(["s"]));
-    d.emit_ack("s", "join-channel", json!(["room"]));
+    let TwoNodes {
+        mut d,
+        lb,
+        b,
+        mut a,
+    } = two_nodes(&redis.url(), &env);
+    for id in ["p", "s"] {
+        d.emit_ack(id, "join-channel", json!(["room"]));
+    }
     let n = 110;
     let mut recovered = None;
     for i in 0..n {

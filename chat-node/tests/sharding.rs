@@ -6,7 +6,7 @@
 //! recovers what it missed.
 
 mod common;
-use common::{Driver, Proxy, TOKEN, eventually, http_post, node};
+use common::{Driver, TOKEN, TwoNodes, eventually, http_post, node, two_nodes};
 use connscale_test_support::RedisCluster;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -134,18 +134,14 @@ fn heavy_thirty_rooms_spread_over_the_shards_and_subscriptions_follow_members() 
 fn heavy_a_client_in_rooms_on_several_shards_recovers_every_room() {
     let cluster = RedisCluster::start(3);
     let fast = [("CHAT_RATE_PER_SEC", "1000"), ("CHAT_RATE_BURST", "1000")];
-    let (mut a, b) = (
-        node("a", Some(&cluster.url()), &fast),
-        node("b", Some(&cluster.url()), &fast),
-    );
     let rooms = rooms_on_distinct_masters(&cluster, 2, 2);
     assert_eq!(rooms.len(), 4, "two rooms on each of two masters");
-    let lb = Proxy::start(vec![a.port]);
-    let mut d = Driver::start();
-    d.connect("p", &lb.url(), json!({"transports": ["websocket"]}));
-    d.connect("s", &b.url(), json!({"transports": ["websocket"]}));
-    d.emit("p", "add user", json!(["p"]));
-    d.emit("s", "add user", json!(["s"]));
+    let TwoNodes {
+        mut d,
+        lb,
+        b,
+        mut a,
+    } = two_nodes(&cluster.url(), &fast);
     for r in &rooms {
         d.emit_ack("p", "join-channel", json!([r]));
         d.emit_ack("s", "join-channel", json!([r]));
@@ -191,10 +187,6 @@ fn heavy_a_client_in_rooms_on_several_shards_recovers_every_room() {
 fn heavy_delivery_resumes_after_a_master_fails_over_and_recovery_works() {
     let mut cluster = RedisCluster::start_with_replicas(3, 1);
     let fast = [("CHAT_RATE_PER_SEC", "1000"), ("CHAT_RATE_BURST", "1000")];
-    let (mut a, b) = (
-        node("a", Some(&cluster.url()), &fast),
-        node("b", Some(&cluster.url()), &fast),
-    );
     // A room whose master is not the one holding presence and recovery records.
     let home = cluster.master_of("{connscale}:chat").expect("a master");
     let room = (0..100)
@@ -205,12 +197,13 @@ fn heavy_delivery_resumes_after_a_master_fails_over_and_recovery_works() {
                 .is_some_and(|p| p != home)
         })
         .expect("a room on another master");
-    let lb = Proxy::start(vec![a.port]);
-    let mut d = Driver::start();
-    d.connect("p", &lb.url(), json!({"transports": ["websocket"]}));
-    d.connect("s", &b.url(), json!({"transports": ["websocket"]}));
+    let TwoNodes {
+        mut d,
+        lb,
+        b,
+        mut a,
+    } = two_nodes(&cluster.url(), &fast);
     for id in ["p", "s"] {
-        d.emit(id, "add user", json!([id]));
         d.emit_ack(id, "join-channel", json!([room]));
     }
     d.emit_ack(

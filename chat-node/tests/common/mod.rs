@@ -85,6 +85,30 @@ pub fn http_post(url: &str, token: Option<&str>, body: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// The set-up of the drain-and-recover tests: nodes `a` and `b` on `redis` (with `env`), a
+/// balancer in front of `a` only (a drained `a`'s clients reconnect through it wherever the
+/// test points it), and a driver whose client `p` connects through the balancer and `s` to
+/// `b`, both logged in (`add user`) and in no room yet.
+pub struct TwoNodes {
+    pub d: Driver,
+    pub lb: Proxy,
+    pub b: Node,
+    pub a: Node,
+}
+
+pub fn two_nodes(redis: &str, env: &[(&str, &str)]) -> TwoNodes {
+    let (a, b) = (node("a", Some(redis), env), node("b", Some(redis), env));
+    let lb = Proxy::start(vec![a.port]);
+    let mut d = Driver::start();
+    let websocket = serde_json::json!({"transports": ["websocket"]});
+    d.connect("p", &lb.url(), websocket.clone());
+    d.connect("s", &b.url(), websocket);
+    for id in ["p", "s"] {
+        d.emit(id, "add user", serde_json::json!([id]));
+    }
+    TwoNodes { d, lb, b, a }
+}
+
 /// Polls `f` every 100 ms until it returns Some, or panics after `secs` with `what`.
 pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
