@@ -9,7 +9,6 @@
 //! that reconnects (to any node) presenting its `pid` gets them back, and what it missed.
 
 use crate::app::{Answered, App, Connecting, Disconnect};
-use crate::broker::SessionRecord;
 use crate::hub::Hub;
 use crate::session::Session;
 use connscale_common::sio::{SioPacket, SioType};
@@ -35,16 +34,7 @@ impl Chat {
         let (pid, rec) = {
             let mut st = s.lock_state();
             let Some(pid) = st.pid.take() else { return };
-            let mut sids = st.old_sids.clone();
-            sids.push(s.sid.clone());
-            let rec = SessionRecord {
-                rooms: st.rooms.iter().cloned().collect(),
-                username: st.username.clone(),
-                sids,
-                since: st.since,
-                joined_at: st.joined_at.iter().map(|(r, n)| (r.clone(), *n)).collect(),
-            };
-            (pid, rec)
+            (pid, st.record(&s.sid))
         };
         b.save_session(&pid, &rec, self.hub.cfg.recovery_window.as_secs().max(1))
             .await;

@@ -630,9 +630,10 @@ impl Hub {
             if env.t < oldest || env.x.as_ref().is_some_and(|x| old.contains(x)) {
                 continue;
             }
-            s.send_text(format!("4{}", with_offset(&env.p, &cur.text())));
+            let text = format!("4{}", with_offset(&env.p, &cur.text()));
+            s.send_replayed(Frame::Text(text.into()));
             for a in decode_attachments(&env) {
-                s.send(Frame::Binary(a));
+                s.send_replayed(Frame::Binary(a));
             }
             sent += 1;
         }
@@ -852,10 +853,12 @@ async fn read_whole(
     }
 }
 
-/// A recovering client's position in each of its streams, advanced as its replay is sent.
+/// A recovering client's position in each of its streams, advanced as its replay is sent,
+/// and where its replay began in each.
 struct Cursor {
     all: u64,
     rooms: BTreeMap<String, u64>,
+    began: (u64, BTreeMap<String, u64>),
 }
 
 impl Cursor {
@@ -871,8 +874,12 @@ impl Cursor {
                 let got = claimed.as_ref().and_then(|c| c.room(r)).unwrap_or(0);
                 (r.clone(), got.max(joined))
             })
-            .collect();
-        Self { all, rooms }
+            .collect::<BTreeMap<_, _>>();
+        Self {
+            all,
+            began: (all, rooms.clone()),
+            rooms,
+        }
     }
 
     fn streams(&self) -> Vec<(Option<String>, u64)> {
@@ -903,8 +910,10 @@ impl Cursor {
         offset::encode(self.all, self.rooms.iter().map(|(r, n)| (r.as_str(), *n)))
     }
 
-    /// Ends the recovery: the socket starts again where the replay left it, and the streams in
-    /// which the replay read ahead of the node's subscription (`reached`) get their ranges.
+    /// Ends the recovery: the streams in which the replay read ahead of the node's
+    /// subscription (`reached`) get their ranges. A later recovery may start where this one
+    /// began, not where it ended: the replay is queued, not yet read, and a client
+    /// disconnected before reading it all (its outbox full) claims an offset inside it.
     fn finish(self, st: &mut SocketState, reached: &Positions) {
         let range = |room: Option<&str>, hi: u64| {
             let lo = reached.get(room);
@@ -916,8 +925,9 @@ impl Cursor {
             .iter()
             .filter_map(|(r, hi)| Some((r.clone(), range(Some(r), *hi)?)))
             .collect();
-        st.since = self.all;
-        st.joined_at = self.rooms.into_iter().collect();
+        let (all, rooms) = self.began;
+        st.since = all;
+        st.joined_at = rooms.into_iter().collect();
     }
 }
 
@@ -1247,6 +1257,42 @@ mod tests {
         deliver(&hub, &b, 8, &envs[7]);
         let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
         assert_eq!(got, (1..=8).map(Some).collect::<Vec<_>>());
+    }
+
+    /// A client disconnected before it read its whole replay (its outbox overflowed with it,
+    /// at 64,000 msg/s) claims an offset inside that replay when it comes back: its record
+    /// lets the next replay start there. It started where the first replay ended, and the
+    /// rest of the first replay was lost for good (with a hole while connected when a
+    /// sender's later messages came after it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_gone_before_its_replay_was_read_recovers_the_rest() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let envs: Vec<Envelope> = (1..=6).map(|i| envelope("r", i)).collect();
+        b.publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
+            .await;
+        let other = connected(&hub, "s0", false);
+        assert!(hub.join(&other, "r").await);
+        for (n, e) in (1..=6).zip(&envs) {
+            deliver(&hub, &b, n, e);
+        }
+        let first = SessionRecord {
+            rooms: vec!["r".into()],
+            ..SessionRecord::default()
+        };
+        let s = connected(&hub, "s1", true);
+        assert!(hub.join(&s, "r").await);
+        let held = offset::encode(0, [("r", 2)]);
+        assert_eq!(replay(&hub, &s, Some(&held), &first).await, Some(4));
+        // It read 3 and 4 of its replay, then was disconnected: the record it leaves.
+        let again = s.lock_state().record(&s.sid);
+        hub.remove("s1");
+        let s = connected(&hub, "s2", true);
+        assert!(hub.join(&s, "r").await);
+        let held = offset::encode(0, [("r", 4)]);
+        assert_eq!(replay(&hub, &s, Some(&held), &again).await, Some(2));
+        let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
+        assert_eq!(got, [5, 6].map(Some));
     }
 
     /// The stream no longer holds what the client missed (trimmed past its offset): nothing

@@ -4,6 +4,7 @@
 //! connection's own task; the polling transport drains it on each long-poll GET. A slow client
 //! whose queue fills is disconnected rather than allowed to grow memory without bound.
 
+use crate::broker::SessionRecord;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use connscale_common::sio::{self, EioType, SioPacket};
@@ -41,7 +42,8 @@ impl Frame {
 /// The bound is in bytes, not frames, and generous (default 1 MiB, `max_queued_bytes`): a busy
 /// room sends a client thousands of small frames a second, and a recovering client gets its
 /// missed messages at once. A 256-frame bound cut such clients off after 128 ms of backlog;
-/// they reconnected, recovered, overflowed again, and the node spent its CPU replaying.
+/// they reconnected, recovered, overflowed again, and the node spent its CPU replaying. A
+/// recovery's replay is queued outside the bound ([`Session::send_replayed`]).
 #[derive(Debug)]
 pub struct Outbox {
     queue: Mutex<Queue>,
@@ -52,7 +54,9 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct Queue {
-    frames: VecDeque<Frame>,
+    /// Each frame, and whether it is a replay's (see [`Outbox::push_replayed`]).
+    frames: VecDeque<(Frame, bool)>,
+    /// What the frames cost, replays' excluded: the bound applies to this.
     bytes: usize,
 }
 
@@ -83,10 +87,19 @@ impl Outbox {
                 return Err(Full);
             }
             q.bytes += cost;
-            q.frames.push_back(f);
+            q.frames.push_back((f, false));
         }
         self.ready.notify_one();
         Ok(())
+    }
+
+    /// Queues a frame of a recovery's replay, outside the bound. A replay is bounded already
+    /// (by the recovery stream's length, and read whole into memory before it is queued), and
+    /// counted in the bound it would cut off every client that missed more than the bound
+    /// holds at once: each came back with the same offset, and overflowed again.
+    fn push_replayed(&self, f: Frame) {
+        self.queue().frames.push_back((f, true));
+        self.ready.notify_one();
     }
 
     /// The reading end, once no other transport holds it.
@@ -129,10 +142,12 @@ impl Reader<'_> {
     /// The next frame if one is queued.
     pub fn try_recv(&mut self) -> Option<Frame> {
         let mut q = self.outbox.queue();
-        let f = q.frames.pop_front();
-        if let Some(f) = &f {
-            q.bytes -= f.cost();
-        }
+        let f = q.frames.pop_front().map(|(f, replayed)| {
+            if !replayed {
+                q.bytes -= f.cost();
+            }
+            f
+        });
         // The buffer is given back once drained, so idle clients hold none.
         if q.frames.is_empty() && q.frames.capacity() > 0 {
             q.frames = VecDeque::new();
@@ -185,11 +200,11 @@ pub struct SocketState {
     pub pending: Option<Box<SioPacket>>,
     /// Private session id for connection state recovery (issued only with Redis).
     pub pid: Option<String>,
-    /// The all-clients stream's position when this socket connected (or was recovered):
-    /// replay starts here if the client never received an offset.
+    /// The all-clients stream's position when this socket connected (or where its last
+    /// recovery's replay began): replay starts here if the client never received an offset.
     pub since: u64,
-    /// Each room's position when this socket joined it (or was recovered into it): replay in
-    /// a room its offset does not name starts here.
+    /// Each room's position when this socket joined it (or where its last recovery's replay
+    /// began in it): replay in a room its offset does not name starts here.
     pub joined_at: HashMap<String, u64>,
     /// The XOR of the rooms' [`room_hash`](crate::offset::room_hash)es: sockets in the same
     /// rooms have the same offset vector, so they share one frame of each broadcast.
@@ -275,6 +290,24 @@ impl Replayed {
 }
 
 impl SocketState {
+    /// What a recovery of this socket (`sid`) needs: its rooms, name, every sid it had, and
+    /// where replay may start in each stream.
+    pub fn record(&self, sid: &str) -> SessionRecord {
+        let mut sids = self.old_sids.clone();
+        sids.push(sid.to_string());
+        SessionRecord {
+            rooms: self.rooms.iter().cloned().collect(),
+            username: self.username.clone(),
+            sids,
+            since: self.since,
+            joined_at: self
+                .joined_at
+                .iter()
+                .map(|(r, n)| (r.clone(), *n))
+                .collect(),
+        }
+    }
+
     /// Whether the socket on `nsp` is connected.
     pub fn is_connected(&self, nsp: &str) -> bool {
         if nsp == "/" {
@@ -392,6 +425,16 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// Queues a frame of this client's replay (see [`Outbox::push_replayed`]); false if the
+    /// session is closed.
+    pub fn send_replayed(&self, f: Frame) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        self.outbox.push_replayed(f);
+        true
     }
 
     pub fn send_text(&self, s: impl Into<Utf8Bytes>) -> bool {
@@ -581,6 +624,39 @@ mod tests {
         }
         assert!(!s.send_text(frame));
         assert!(s.is_closed());
+    }
+
+    /// A replay ten times the bound is queued whole, ahead of live frames that still get the
+    /// whole bound; reading the replay frees none of it, and the first live frame over the
+    /// bound still closes the session.
+    #[test]
+    fn a_replay_is_queued_outside_the_bound() {
+        let cost = 100 + FRAME_OVERHEAD;
+        let s = Session::new("x".into(), 1.0, true, 4 * cost);
+        let frame = |c: char| Frame::Text(c.to_string().repeat(100).into());
+        for _ in 0..40 {
+            assert!(s.send_replayed(frame('r')));
+        }
+        for _ in 0..4 {
+            assert!(s.send(frame('l')), "live frames get the whole bound");
+        }
+        let mut r = s.outbox.try_reader().expect("reader");
+        let first: Vec<Frame> = std::iter::from_fn(|| r.try_recv()).take(40).collect();
+        assert!(
+            first
+                .iter()
+                .all(|f| matches!(f, Frame::Text(t) if t.starts_with('r')))
+        );
+        drop(r);
+        assert!(
+            !s.send(frame('l')),
+            "the bound is still full of live frames"
+        );
+        assert!(s.is_closed());
+        assert!(
+            !s.send_replayed(frame('r')),
+            "closed: nothing more is queued"
+        );
     }
 
     #[test]
