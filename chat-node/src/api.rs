@@ -194,6 +194,12 @@ pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         m.publish_retried.load(Ordering::Relaxed),
     );
     out.metric(
+        "chat_replay_queued_bytes",
+        Kind::Gauge,
+        "Bytes of recoveries' replays queued beyond their clients' max_queued_bytes (at most max_replay_bytes).",
+        hub.replay_budget.used() as u64,
+    );
+    out.metric(
         "chat_redis_up",
         Kind::Gauge,
         "1 when Redis is reachable (always 0 without Redis).",

@@ -25,6 +25,10 @@ pub struct ChatConfig {
     pub max_message_bytes: usize,
     /// Most bytes queued for one client; a client that falls further behind is disconnected.
     pub max_queued_bytes: usize,
+    /// Most bytes of recoveries' replays queued across the node beyond their clients'
+    /// `max_queued_bytes` (a client back from an overload may have missed more than that);
+    /// past it, a replay counts in its client's bound.
+    pub max_replay_bytes: usize,
     /// Per-connection rate limit: sustained packets per second, and burst.
     pub rate_per_sec: f64,
     pub rate_burst: f64,
@@ -66,6 +70,7 @@ impl Default for ChatConfig {
             max_connections: 30_000,
             max_message_bytes: 64 * 1024,
             max_queued_bytes: 1 << 20,
+            max_replay_bytes: 256 << 20,
             rate_per_sec: 20.0,
             rate_burst: 40.0,
             allowed_origins: Vec::new(),
@@ -133,6 +138,10 @@ const OVERRIDES: &[EnvOverride] = &[
     EnvOverride {
         var: "CHAT_MAX_QUEUED_BYTES",
         key: "max_queued_bytes",
+    },
+    EnvOverride {
+        var: "CHAT_MAX_REPLAY_BYTES",
+        key: "max_replay_bytes",
     },
     EnvOverride {
         var: "CHAT_RECOVERY_MAX_LEN",

@@ -3,7 +3,7 @@
 use crate::broker::{Envelope, Positions, RedisBroker, SessionRecord};
 use crate::config::ChatConfig;
 use crate::offset;
-use crate::session::{Buffered, Frame, Kick, Session, SocketState};
+use crate::session::{Buffered, Frame, Kick, ReplayBudget, Session, SocketState};
 use axum::extract::ws::Utf8Bytes;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -72,6 +72,8 @@ pub struct Hub {
     /// Per stream and origin node, the highest [`Envelope::i`] delivered: a publish retried
     /// after a timeout may have run twice, and its second copy must not reach clients again.
     last_from: Mutex<HashMap<Option<String>, HashMap<String, u64>>>,
+    /// Replays queued beyond their clients' bounds (`max_replay_bytes`).
+    pub replay_budget: Arc<ReplayBudget>,
 }
 
 /// This node's broadcasts that failed to publish and went to its own clients unnumbered. A
@@ -150,6 +152,7 @@ impl Hub {
             None => (None, None),
         };
         let first = now_us();
+        let replay_budget = cfg.max_replay_bytes;
         Ok(Arc::new(Self {
             node: cfg.node_name(),
             cfg,
@@ -170,6 +173,7 @@ impl Hub {
             last_broadcast: AtomicU64::new(first),
             unnumbered: Mutex::default(),
             last_from: Mutex::default(),
+            replay_budget: ReplayBudget::new(replay_budget),
         }))
     }
 
@@ -631,9 +635,9 @@ impl Hub {
                 continue;
             }
             let text = format!("4{}", with_offset(&env.p, &cur.text()));
-            s.send_replayed(Frame::Text(text.into()));
+            s.send_replayed(Frame::Text(text.into()), &self.replay_budget);
             for a in decode_attachments(&env) {
-                s.send_replayed(Frame::Binary(a));
+                s.send_replayed(Frame::Binary(a), &self.replay_budget);
             }
             sent += 1;
         }

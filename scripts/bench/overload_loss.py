@@ -6,7 +6,8 @@ against two processes of the reference Node.js Socket.IO server (socket.io 4.8.4
 Per run: deliveries, p99, lost while connected (must be 0), missed during a disconnect and
 recovered, lost for good, reconnects, and chat-node's chat_disconnects_total by reason (the
 reference server has no such count: it never disconnects a client that falls behind).
-Usage: python3 scripts/bench/overload_loss.py [--only chat-node|node] [RATE ...]
+Usage: python3 scripts/bench/overload_loss.py [--only chat-node|node] [--repeat N] [RATE ...]
+(each row: N runs, their counts summed)
 (release builds in target/release; npm for the reference server)
 """
 import json, os, subprocess, sys, tempfile, time, urllib.request
@@ -72,31 +73,55 @@ def run(server, limit, rate, server_js):
     return c, k
 
 
+SUMMED = ("delivered", "expected_deliveries", "lost_while_connected", "recovered_after_reconnect", "lost_for_good",
+          "never_delivered", "reconnects", "not_recovered")
+
+
+def runs(server, limit, rate, server_js, repeat):
+    """`repeat` runs: their reports summed (p99: the worst run's), how many lost deliveries
+    while connected, and chat-node's disconnects summed."""
+    total, worst, lossy, kicks = {k: 0 for k in SUMMED}, 0.0, 0, None
+    for _ in range(repeat):
+        c, k = run(server, limit, rate, server_js)
+        for key in SUMMED:
+            total[key] += c.get(key) or 0
+        worst = max(worst, c.get("latency_ms_p99") or 0.0)
+        lossy += bool(c.get("lost_while_connected"))
+        if k is not None:
+            kicks = [a + sum(x.get(w, 0) for x in k) for a, w in zip(kicks or [0, 0], ("slow", "missed"))]
+            print(f"  {server} {limit} {rate}: publishes failed {sum(x.get('chat_publish_failed_total', 0) for x in k)}, "
+                  f"retried {sum(x.get('chat_publish_retried_total', 0) for x in k)}, "
+                  f"rate-limited {sum(x.get('chat_rate_limited_total', 0) for x in k)}", file=sys.stderr, flush=True)
+        if c.get("lost_while_connected_samples"):
+            print(f"  {server}: lost while connected (receiver, sender, n): {c['lost_while_connected_samples'][:5]}",
+                  file=sys.stderr, flush=True)
+    return total, worst, lossy, kicks
+
+
 def main():
     args = sys.argv[1:]
     servers = ["chat-node", "Node.js"]
-    if args[:1] == ["--only"]:
-        servers = [{"chat-node": "chat-node", "node": "Node.js"}[args[1]]]
+    repeat = 1
+    while args[:1] in (["--only"], ["--repeat"]):
+        if args[0] == "--only":
+            servers = [{"chat-node": "chat-node", "node": "Node.js"}[args[1]]]
+        else:
+            repeat = int(args[1])
         args = args[2:]
     rates = [int(r) for r in args] or [32000, 64000]
     server_js = reference_server() if "Node.js" in servers else None
-    print("| server (2 processes) | Redis pubsub limit | send rate msg/s | delivered/expected | p99 ms | lost while connected | "
-          "recovered after reconnect | lost for good (never delivered) | reconnects (not recovered) | disconnects slow / missed |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| server (2 processes) | Redis pubsub limit | send rate msg/s | runs (with a loss while connected) | delivered/expected | "
+          "worst p99 ms | lost while connected | recovered after reconnect | lost for good (never delivered) | "
+          "reconnects (not recovered) | disconnects slow / missed |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, limit in LIMITS.items():
         for rate in rates:
             for server in servers:
-                c, k = run(server, limit, rate, server_js)
-                kicks = "—" if k is None else " / ".join(str(sum(x.get(w, 0) for x in k)) for w in ("slow", "missed"))
-                print(f"| {server} | {name} | {rate:,} | {c.get('delivered')}/{c.get('expected_deliveries')} | {c.get('latency_ms_p99')} | "
-                      f"{c.get('lost_while_connected')} | {c.get('recovered_after_reconnect')} | {c.get('lost_for_good')} "
-                      f"({c.get('never_delivered')}) | {c.get('reconnects')} ({c.get('not_recovered')}) | {kicks} |", flush=True)
-                if k is not None:
-                    print(f"  {server} {name} {rate}: publishes failed {sum(x.get('chat_publish_failed_total', 0) for x in k)}, "
-                          f"retried {sum(x.get('chat_publish_retried_total', 0) for x in k)}, "
-                          f"rate-limited {sum(x.get('chat_rate_limited_total', 0) for x in k)}", file=sys.stderr, flush=True)
-                if c.get("lost_while_connected_samples"):
-                    print(f"  {server}: lost while connected (receiver, sender, n): {c['lost_while_connected_samples'][:5]}", file=sys.stderr, flush=True)
+                t, worst, lossy, k = runs(server, limit, rate, server_js, repeat)
+                kicks = "—" if k is None else " / ".join(map(str, k))
+                print(f"| {server} | {name} | {rate:,} | {repeat} ({lossy}) | {t['delivered']}/{t['expected_deliveries']} | {worst} | "
+                      f"{t['lost_while_connected']} | {t['recovered_after_reconnect']} | {t['lost_for_good']} "
+                      f"({t['never_delivered']}) | {t['reconnects']} ({t['not_recovered']}) | {kicks} |", flush=True)
 
 
 if __name__ == "__main__":
