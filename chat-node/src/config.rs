@@ -136,6 +136,10 @@ const OVERRIDES: &[EnvOverride] = &[
         key: "rate_burst",
     },
     EnvOverride {
+        var: "CHAT_MAX_MESSAGE_BYTES",
+        key: "max_message_bytes",
+    },
+    EnvOverride {
         var: "CHAT_MAX_QUEUED_BYTES",
         key: "max_queued_bytes",
     },

@@ -1137,6 +1137,35 @@ mod tests {
         s
     }
 
+    /// Room "r" with `n` broadcasts published, and delivered here to client s0, who keeps the
+    /// node subscribed to it.
+    async fn busy_room(hub: &Hub, b: &RedisBroker, n: u64) -> Vec<Envelope> {
+        let envs: Vec<Envelope> = (1..=n).map(|i| envelope("r", i)).collect();
+        b.publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
+            .await;
+        let other = connected(hub, "s0", false);
+        assert!(hub.join(&other, "r").await);
+        for (n, e) in (1..=n).zip(&envs) {
+            deliver(hub, b, n, e);
+        }
+        envs
+    }
+
+    /// A client `sid` being recovered into room "r" (joined, its CONNECT sent).
+    async fn recovering_in_r(hub: &Hub, sid: &str) -> Arc<Session> {
+        let s = connected(hub, sid, true);
+        assert!(hub.join(&s, "r").await);
+        s
+    }
+
+    /// The record of a socket that was in room "r".
+    fn was_in_r() -> SessionRecord {
+        SessionRecord {
+            rooms: vec!["r".into()],
+            ..SessionRecord::default()
+        }
+    }
+
     /// A client recovering on a node whose subscription lags: the replay reads offsets from
     /// the stream that the subscription brings afterwards, and the client from a node that was
     /// ahead already holds some. Each offset reaches it once, in order.
@@ -1159,10 +1188,7 @@ mod tests {
         assert!(hub.join(&s, "r").await);
         // The client had seen up to 3 on its old node; 4..=6 are in the stream.
         deliver(&hub, &b, 3, &envs[2]);
-        let rec = SessionRecord {
-            rooms: vec!["r".into()],
-            ..SessionRecord::default()
-        };
+        let rec = was_in_r();
         let held = offset::encode(0, [("r", 3)]);
         replay(&hub, &s, Some(&held), &rec).await;
         for (n, e) in (4..=6).zip(&envs[3..]) {
@@ -1248,10 +1274,7 @@ mod tests {
         let s = connected(&hub, "s1", true);
         s.lock_state().connected = false;
         assert!(hub.join(&s, "r").await);
-        let rec = SessionRecord {
-            rooms: vec!["r".into()],
-            ..SessionRecord::default()
-        };
+        let rec = was_in_r();
         let held = offset::encode(0, [("r", 0)]);
         let replay = hub.read_replay(&s, Some(&held), &rec).await;
         deliver(&hub, &b, 7, &envs[6]);
@@ -1272,27 +1295,14 @@ mod tests {
     async fn a_client_gone_before_its_replay_was_read_recovers_the_rest() {
         let redis = connscale_test_support::RedisServer::start();
         let (hub, b) = hub_on(&redis);
-        let envs: Vec<Envelope> = (1..=6).map(|i| envelope("r", i)).collect();
-        b.publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
-            .await;
-        let other = connected(&hub, "s0", false);
-        assert!(hub.join(&other, "r").await);
-        for (n, e) in (1..=6).zip(&envs) {
-            deliver(&hub, &b, n, e);
-        }
-        let first = SessionRecord {
-            rooms: vec!["r".into()],
-            ..SessionRecord::default()
-        };
-        let s = connected(&hub, "s1", true);
-        assert!(hub.join(&s, "r").await);
+        busy_room(&hub, &b, 6).await;
+        let s = recovering_in_r(&hub, "s1").await;
         let held = offset::encode(0, [("r", 2)]);
-        assert_eq!(replay(&hub, &s, Some(&held), &first).await, Some(4));
+        assert_eq!(replay(&hub, &s, Some(&held), &was_in_r()).await, Some(4));
         // It read 3 and 4 of its replay, then was disconnected: the record it leaves.
         let again = s.lock_state().record(&s.sid);
         hub.remove("s1");
-        let s = connected(&hub, "s2", true);
-        assert!(hub.join(&s, "r").await);
+        let s = recovering_in_r(&hub, "s2").await;
         let held = offset::encode(0, [("r", 4)]);
         assert_eq!(replay(&hub, &s, Some(&held), &again).await, Some(2));
         let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
@@ -1306,30 +1316,17 @@ mod tests {
     async fn a_replay_the_stream_no_longer_holds_is_refused() {
         let redis = connscale_test_support::RedisServer::start();
         let (hub, b) = hub_on(&redis);
-        let envs: Vec<Envelope> = (1..=6).map(|i| envelope("r", i)).collect();
-        b.publish_batch(&envs.iter().collect::<Vec<_>>(), 100, 60)
-            .await;
+        busy_room(&hub, &b, 6).await;
         let key = crate::broker::stream_key(Some("r"));
         admin(&redis, &["XTRIM", &key, "MAXLEN", "2"]).await;
-        let other = connected(&hub, "s0", false);
-        assert!(hub.join(&other, "r").await);
-        for (n, e) in (1..=6).zip(&envs) {
-            deliver(&hub, &b, n, e);
-        }
-        let rec = SessionRecord {
-            rooms: vec!["r".into()],
-            ..SessionRecord::default()
-        };
-        let s = connected(&hub, "s1", true);
-        assert!(hub.join(&s, "r").await);
+        let s = recovering_in_r(&hub, "s1").await;
         let held = offset::encode(0, [("r", 1)]);
-        assert!(replay(&hub, &s, Some(&held), &rec).await.is_none());
+        assert!(replay(&hub, &s, Some(&held), &was_in_r()).await.is_none());
         assert!(offsets_sent(&s).is_empty(), "nothing replayed");
         hub.remove("s1");
-        let s = connected(&hub, "s2", true);
-        assert!(hub.join(&s, "r").await);
+        let s = recovering_in_r(&hub, "s2").await;
         let held = offset::encode(0, [("r", 4)]);
-        assert_eq!(replay(&hub, &s, Some(&held), &rec).await, Some(2));
+        assert_eq!(replay(&hub, &s, Some(&held), &was_in_r()).await, Some(2));
         let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
         assert_eq!(got, [5, 6].map(Some));
     }

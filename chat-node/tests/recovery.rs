@@ -250,9 +250,13 @@ fn messages(events: &[Value]) -> Vec<i64> {
 
 /// What p saw when it was away for 60 of the room's 110 messages with a replay read of 20
 /// (`CHAT_RECOVERY_MAX_LEN`), Redis's streams in nodes of at most `node_bytes` bytes (0: no
-/// limit, 100 entries): whether its reconnect was recovered, and the messages it received
-/// before and after. A session that was not recovered joins its room again, as an app does.
-fn away_for_more_than_one_read(node_bytes: u32) -> (bool, Vec<i64>, Vec<i64>) {
+/// limit, 100 entries), the nodes configured with `more` env too: whether its (first)
+/// reconnect was recovered, and the messages it received before and after. A session that
+/// was not recovered joins its room again, as an app does.
+fn away_for_more_than_one_read(
+    node_bytes: u32,
+    more: &[(&str, &str)],
+) -> (bool, Vec<i64>, Vec<i64>) {
     let redis = RedisServer::start();
     let admin = redis::Client::open(redis.url()).expect("redis url");
     let mut admin = admin.get_connection().expect("redis connection");
@@ -262,11 +266,12 @@ fn away_for_more_than_one_read(node_bytes: u32) -> (bool, Vec<i64>, Vec<i64>) {
         .arg(node_bytes)
         .query(&mut admin)
         .expect("CONFIG SET");
-    let env = [
+    let mut env = vec![
         ("CHAT_RATE_PER_SEC", "1000"),
         ("CHAT_RATE_BURST", "1000"),
         ("CHAT_RECOVERY_MAX_LEN", "20"),
     ];
+    env.extend_from_slice(more);
     let TwoNodes {
         mut d,
         lb,
@@ -322,7 +327,7 @@ fn away_for_more_than_one_read(node_bytes: u32) -> (bool, Vec<i64>, Vec<i64>) {
 /// once, in order. A replay cut at 20 left a hole of 40 before the live messages.
 #[test]
 fn heavy_a_client_that_missed_more_than_one_read_recovers_all_of_it() {
-    let (recovered, before, after) = away_for_more_than_one_read(0);
+    let (recovered, before, after) = away_for_more_than_one_read(0, &[]);
     assert!(recovered, "the stream holds everything p missed");
     let got: Vec<i64> = before.into_iter().chain(after).collect();
     assert_eq!(
@@ -337,7 +342,7 @@ fn heavy_a_client_that_missed_more_than_one_read_recovers_all_of_it() {
 /// join on every message. A replay of what was left said `recovered` over a hole.
 #[test]
 fn heavy_a_client_whose_missed_messages_were_trimmed_gets_a_fresh_session() {
-    let (recovered, before, after) = away_for_more_than_one_read(4096);
+    let (recovered, before, after) = away_for_more_than_one_read(4096, &[]);
     assert!(
         !recovered,
         "p cannot get what it missed: not a recovered session"
@@ -347,5 +352,25 @@ fn heavy_a_client_whose_missed_messages_were_trimmed_gets_a_fresh_session() {
         after,
         (80..110).collect::<Vec<_>>(),
         "every message since it joined again"
+    );
+}
+
+/// p missed 60 messages, about 9 KB of frames, and the node queues at most 2 KB for a client
+/// (`CHAT_MAX_QUEUED_BYTES`): its replay is queued beyond that bound, and it gets every
+/// message once, in order. Counted in the bound, the replay cut p off halfway, and its next
+/// recovery started where that replay ended: the half p never read was lost.
+#[test]
+fn heavy_a_client_that_missed_more_than_its_outbox_holds_recovers_all_of_it() {
+    let small = [
+        ("CHAT_MAX_MESSAGE_BYTES", "1024"),
+        ("CHAT_MAX_QUEUED_BYTES", "2048"),
+    ];
+    let (recovered, before, after) = away_for_more_than_one_read(0, &small);
+    assert!(recovered);
+    let got: Vec<i64> = before.into_iter().chain(after).collect();
+    assert_eq!(
+        got,
+        (0..110).collect::<Vec<_>>(),
+        "every message once, in order"
     );
 }
