@@ -102,9 +102,14 @@ struct Seen {
     conn_since: u64,
     /// Deliveries sent before the connection they came on opened (see `recovered_after_reconnect`).
     recovered: u64,
-    /// (sender, first, last) numbers missing between two deliveries on one connection: judged
-    /// at the end, once it is known whether they came later or any room-mate got them.
-    holes: Vec<(u64, u64, u64)>,
+    /// (sender, first, last, connection) numbers missing between two deliveries on one
+    /// connection: judged at the end, once it is known whether they came later or any
+    /// room-mate got them.
+    holes: Vec<(u64, u64, u64, u64)>,
+    /// The connections the server answered as a fresh session, and when their room join was
+    /// acked (µs): a message sent before that may have been published before the join, and
+    /// then the connection had no claim to it (see [`judge_holes`]).
+    fresh_since: HashMap<u64, u64>,
 }
 
 /// What one receiver has seen of one sender.
@@ -142,7 +147,7 @@ impl Seen {
         match e.on_conn {
             Some((c, last)) if c == conn && st.n <= last => {}
             Some((c, last)) if c == conn && st.n > last + 1 => {
-                self.holes.push((st.s, last + 1, st.n - 1));
+                self.holes.push((st.s, last + 1, st.n - 1, conn));
                 e.on_conn = Some((conn, st.n));
             }
             _ => e.on_conn = Some((conn, st.n)),
@@ -154,6 +159,11 @@ impl Seen {
     fn reconnected(&mut self) {
         self.conn += 1;
         self.conn_since = now_us();
+    }
+
+    /// The connection deliveries arrive on now is a fresh session, in its room since `at` (µs).
+    fn fresh(&mut self, at: u64) {
+        self.fresh_since.insert(self.conn, at);
     }
 
     fn got(&self, sender: u64, n: u64) -> bool {
@@ -296,8 +306,9 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     ));
     let run_id: u64 = rand::random::<u32>() as u64 + 1;
     let sent_by: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
-    // Per sender, the first number it sent on each of its connections.
+    // Per sender, the first number it sent on each of its connections, and when it sent each.
     let starts_by: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
+    let sent_at: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
     let seen: Vec<Arc<Mutex<Seen>>> = (0..cfg.clients).map(|_| Arc::default()).collect();
     let ready = Arc::new(tokio::sync::Barrier::new(cfg.clients + 1));
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -322,12 +333,13 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             connected.clone(),
             reconnects.clone(),
         );
-        let (sending, reconnecting, failures, starts_by, not_recovered) = (
+        let (sending, reconnecting, failures, starts_by, not_recovered, sent_at) = (
             sending.clone(),
             reconnecting.clone(),
             failures.clone(),
             starts_by.clone(),
             not_recovered.clone(),
+            sent_at.clone(),
         );
         let (duration, cfg_clients) = (cfg.duration, cfg.clients);
         tasks.push(tokio::spawn(async move {
@@ -352,6 +364,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             let mut next = tokio::time::Instant::from_std(start);
             let mut seq = 0u64;
             let mut starts = vec![0u64];
+            let mut times = Vec::new();
             let mut latencies = LatencyBatch::new(hist);
             let stopped = stop.notified();
             tokio::pin!(stopped);
@@ -362,9 +375,11 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             loop {
                 tokio::select! {
                     _ = &mut timer, if next < end && sending.load(std::sync::atomic::Ordering::Relaxed) => {
-                        let msg = json!(["new message", {"message": {"r": run_id, "s": i, "n": seq, "t": now_us()}, "channel": room}]);
+                        let t = now_us();
+                        let msg = json!(["new message", {"message": {"r": run_id, "s": i, "n": seq, "t": t}, "channel": room}]);
                         if client::emit(&mut ws, msg).await {
                             seq += 1;
+                            times.push(t);
                         }
                         next += gap;
                         timer.as_mut().reset(next);
@@ -399,6 +414,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
                                 let mut before = Vec::new();
                                 client::emit_acked(&mut ws, json!(["join-channel", room]), 0, Duration::from_secs(10), &mut before).await;
                                 // The room's messages that came before the ack were delivered.
+                                seen.lock().unwrap_or_else(|e| e.into_inner()).fresh(now_us());
                                 for t in before {
                                     take_delivery(&t, run_id, &mut rec, &seen, &mut latencies);
                                 }
@@ -412,6 +428,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
             latencies.flush();
             sent_by.lock().unwrap_or_else(|e| e.into_inner()).insert(i as u64, seq);
             starts_by.lock().unwrap_or_else(|e| e.into_inner()).insert(i as u64, starts);
+            sent_at.lock().unwrap_or_else(|e| e.into_inner()).insert(i as u64, times);
         }));
     }
     ready.wait().await;
@@ -452,7 +469,8 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let seen: Vec<&Seen> = seen.iter().map(|g| &**g).collect();
     let starts_by = starts_by.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let taken = taken_in(&seen, &sent_by, &starts_by, cfg.rooms);
-    judge_holes(&mut r, &seen, &taken);
+    let sent_at = sent_at.lock().unwrap_or_else(|e| e.into_inner());
+    judge_holes(&mut r, &seen, &taken, &sent_at);
     r.never_delivered = never_delivered(&taken);
     for (recv, s) in seen.iter().enumerate() {
         r.recovered_after_reconnect += s.recovered;
@@ -583,17 +601,31 @@ fn taken_in(
 
 /// Counts each hole a receiver saw on one connection that it never filled, of messages the
 /// node took in (see [`SentOn`]): lost while connected. A sender that did not report (it
-/// never finished) counts as having sent them all.
-fn judge_holes(r: &mut ChatReport, seen: &[&Seen], taken: &HashMap<u64, Vec<SentOn>>) {
+/// never finished) counts as having sent them all. On a fresh session's connection, a message
+/// sent (`sent_at`) before its join was acked is not counted: it may have been published
+/// before the join (the node then never owed it to this connection), and with a sender's
+/// messages out of order across its own reconnect, such a message can fall between two that
+/// came after the join.
+fn judge_holes(
+    r: &mut ChatReport,
+    seen: &[&Seen],
+    taken: &HashMap<u64, Vec<SentOn>>,
+    sent_at: &HashMap<u64, Vec<u64>>,
+) {
     for (recv, s) in seen.iter().enumerate() {
-        for &(sender, lo, hi) in &s.holes {
+        for &(sender, lo, hi, conn) in &s.holes {
+            let joined = s.fresh_since.get(&conn);
             for n in lo..=hi {
                 let took = || {
                     taken
                         .get(&sender)
                         .is_none_or(|conns| conns.iter().any(|c| c.took(n)))
                 };
-                if s.got(sender, n) || !took() {
+                let before_join = || {
+                    let t = sent_at.get(&sender).and_then(|v| v.get(n as usize));
+                    joined.is_some_and(|j| t.is_some_and(|t| t < j))
+                };
+                if s.got(sender, n) || !took() || before_join() {
                     continue;
                 }
                 r.lost_while_connected += 1;
@@ -760,11 +792,53 @@ mod tests {
         let starts: HashMap<u64, Vec<u64>> = [(2, vec![0, 9])].into_iter().collect();
         let taken = taken_in(&seen, &sent_by, &starts, 1);
         let mut r = ChatReport::default();
-        judge_holes(&mut r, &seen, &taken);
+        judge_holes(&mut r, &seen, &taken, &HashMap::new());
         assert_eq!(r.lost_while_connected_samples, [(0, 2, 2)]);
         assert_eq!(r.lost_while_connected, 1);
         assert_eq!(a.recovered, 1);
         assert_eq!(never_delivered(&taken), 2, "#7 and #8");
+    }
+
+    /// Sender 1 reconnected, and its old connection's last messages (#3, #4) were published
+    /// after its new connection's first (#5, #6). Receiver 0, on a fresh session that joined
+    /// after #5 and #6 were published, got #3, #4, #7: #5 and #6 were sent before its join,
+    /// not lost while connected. #8, sent after the join and missing between #7 and #9, is.
+    #[test]
+    fn a_fresh_session_owes_nothing_sent_before_its_join() {
+        let st = |n| Stamp {
+            r: 1,
+            s: 1,
+            n,
+            t: 1,
+        };
+        let (mut a, mut b) = (Seen::default(), Seen::default());
+        a.record(1, &st(0));
+        a.reconnected();
+        a.fresh(100);
+        for n in [3, 4, 7, 9] {
+            assert!(a.record(1, &st(n)));
+        }
+        for n in [0, 1, 2, 5, 6, 3, 4, 7, 8, 9] {
+            b.record(1, &st(n));
+        }
+        let seen = [&a, &b];
+        let sent_by: HashMap<u64, u64> = [(0, 0), (1, 10)].into_iter().collect();
+        let starts: HashMap<u64, Vec<u64>> = [(1, vec![0, 5])].into_iter().collect();
+        let sent_at: HashMap<u64, Vec<u64>> =
+            [(1, vec![10, 20, 30, 40, 50, 60, 70, 150, 160, 170])]
+                .into_iter()
+                .collect();
+        let taken = taken_in(&seen, &sent_by, &starts, 1);
+        let mut r = ChatReport::default();
+        judge_holes(&mut r, &seen, &taken, &sent_at);
+        assert_eq!(r.lost_while_connected_samples, [(0, 1, 8)]);
+        let mut r = ChatReport::default();
+        judge_holes(&mut r, &seen, &taken, &HashMap::new());
+        assert_eq!(
+            r.lost_while_connected_samples,
+            [(0, 1, 5), (0, 1, 6), (0, 1, 8)],
+            "without send times every hole counts"
+        );
     }
 
     /// A far-off number from a misbehaving server is neither a hole to walk nor a panic.
