@@ -110,6 +110,10 @@ struct Seen {
     /// acked (µs): a message sent before that may have been published before the join, and
     /// then the connection had no claim to it (see [`judge_holes`]).
     fresh_since: HashMap<u64, u64>,
+    /// Deliveries recorded so far: each one's place in the order this receiver got them.
+    arrived: u32,
+    /// Per connection, the last delivery on it (sender, number).
+    last_on: HashMap<u64, (u64, u64)>,
 }
 
 /// What one receiver has seen of one sender.
@@ -118,6 +122,8 @@ struct FromSender {
     /// The highest number seen.
     high: u64,
     seen: Seqs,
+    /// Per number, where it came in this receiver's order of deliveries (1-based; 0: never).
+    order: Vec<u32>,
     /// The highest number seen on the connection `(connection, number)`.
     on_conn: Option<(u64, u64)>,
 }
@@ -141,6 +147,14 @@ impl Seen {
             self.ooo += 1;
         }
         e.high = e.high.max(st.n);
+        self.arrived += 1;
+        // Below the Seqs bound (insert refused wilder numbers), so this allocation is bounded.
+        let i = st.n as usize;
+        if e.order.len() <= i {
+            e.order.resize(i + 1, 0);
+        }
+        e.order[i] = self.arrived;
+        self.last_on.insert(conn, (st.s, st.n));
         if conn > 0 && st.t < since {
             self.recovered += 1;
         }
@@ -164,6 +178,12 @@ impl Seen {
     /// The connection deliveries arrive on now is a fresh session, in its room since `at` (µs).
     fn fresh(&mut self, at: u64) {
         self.fresh_since.insert(self.conn, at);
+    }
+
+    /// Where `sender`'s `n` came in this receiver's deliveries (None: never).
+    fn place(&self, sender: u64, n: u64) -> Option<u32> {
+        let p = *self.per_sender.get(&sender)?.order.get(n as usize)?;
+        (p > 0).then_some(p)
     }
 
     fn got(&self, sender: u64, n: u64) -> bool {
@@ -470,7 +490,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     let starts_by = starts_by.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let taken = taken_in(&seen, &sent_by, &starts_by, cfg.rooms);
     let sent_at = sent_at.lock().unwrap_or_else(|e| e.into_inner());
-    judge_holes(&mut r, &seen, &taken, &sent_at);
+    judge_holes(&mut r, &seen, &taken, &sent_at, cfg.rooms);
     r.never_delivered = never_delivered(&taken);
     for (recv, s) in seen.iter().enumerate() {
         r.recovered_after_reconnect += s.recovered;
@@ -600,21 +620,36 @@ fn taken_in(
 }
 
 /// Counts each hole a receiver saw on one connection that it never filled, of messages the
-/// node took in (see [`SentOn`]): lost while connected. A sender that did not report (it
-/// never finished) counts as having sent them all. On a fresh session's connection, a message
-/// sent (`sent_at`) before its join was acked is not counted: it may have been published
-/// before the join (the node then never owed it to this connection), and with a sender's
-/// messages out of order across its own reconnect, such a message can fall between two that
-/// came after the join.
+/// node took in (see [`SentOn`]) while the connection was up: lost while connected. A sender
+/// that did not report (it never finished) counts as having sent them all.
+///
+/// A sender's messages reach the room out of its own order across its reconnect (its old
+/// connection's last ones, read in the server's close linger, are published after its new
+/// connection's first), so a hole opens where they are still to come. Not counted, as the
+/// connection was not up when they were published: those a room-mate got after the
+/// receiver's last delivery on that connection (a room's clients get its broadcasts in one
+/// order), and on a fresh session's connection those sent (`sent_at`) before its join was
+/// acked (they may have been published before the join).
 fn judge_holes(
     r: &mut ChatReport,
     seen: &[&Seen],
     taken: &HashMap<u64, Vec<SentOn>>,
     sent_at: &HashMap<u64, Vec<u64>>,
+    rooms: usize,
 ) {
     for (recv, s) in seen.iter().enumerate() {
         for &(sender, lo, hi, conn) in &s.holes {
             let joined = s.fresh_since.get(&conn);
+            let last = s.last_on.get(&conn).copied();
+            let after_last = |n: u64| {
+                let Some((ls, ln)) = last else { return false };
+                room_mates(recv, seen.len(), rooms).any(|o| {
+                    let m = seen[o];
+                    m.place(sender, n)
+                        .zip(m.place(ls, ln))
+                        .is_some_and(|(a, b)| a > b)
+                })
+            };
             for n in lo..=hi {
                 let took = || {
                     taken
@@ -625,7 +660,7 @@ fn judge_holes(
                     let t = sent_at.get(&sender).and_then(|v| v.get(n as usize));
                     joined.is_some_and(|j| t.is_some_and(|t| t < j))
                 };
-                if s.got(sender, n) || !took() || before_join() {
+                if s.got(sender, n) || !took() || before_join() || after_last(n) {
                     continue;
                 }
                 r.lost_while_connected += 1;
@@ -792,7 +827,7 @@ mod tests {
         let starts: HashMap<u64, Vec<u64>> = [(2, vec![0, 9])].into_iter().collect();
         let taken = taken_in(&seen, &sent_by, &starts, 1);
         let mut r = ChatReport::default();
-        judge_holes(&mut r, &seen, &taken, &HashMap::new());
+        judge_holes(&mut r, &seen, &taken, &HashMap::new(), 1);
         assert_eq!(r.lost_while_connected_samples, [(0, 2, 2)]);
         assert_eq!(r.lost_while_connected, 1);
         assert_eq!(a.recovered, 1);
@@ -821,8 +856,9 @@ mod tests {
         for n in [0, 1, 2, 5, 6, 3, 4, 7, 8, 9] {
             b.record(1, &st(n));
         }
-        let seen = [&a, &b];
-        let sent_by: HashMap<u64, u64> = [(0, 0), (1, 10)].into_iter().collect();
+        let sender = Seen::default();
+        let seen = [&a, &sender, &b];
+        let sent_by: HashMap<u64, u64> = [(0, 0), (1, 10), (2, 0)].into_iter().collect();
         let starts: HashMap<u64, Vec<u64>> = [(1, vec![0, 5])].into_iter().collect();
         let sent_at: HashMap<u64, Vec<u64>> =
             [(1, vec![10, 20, 30, 40, 50, 60, 70, 150, 160, 170])]
@@ -830,15 +866,48 @@ mod tests {
                 .collect();
         let taken = taken_in(&seen, &sent_by, &starts, 1);
         let mut r = ChatReport::default();
-        judge_holes(&mut r, &seen, &taken, &sent_at);
+        judge_holes(&mut r, &seen, &taken, &sent_at, 1);
         assert_eq!(r.lost_while_connected_samples, [(0, 1, 8)]);
         let mut r = ChatReport::default();
-        judge_holes(&mut r, &seen, &taken, &HashMap::new());
+        judge_holes(&mut r, &seen, &taken, &HashMap::new(), 1);
         assert_eq!(
             r.lost_while_connected_samples,
             [(0, 1, 5), (0, 1, 6), (0, 1, 8)],
             "without send times every hole counts"
         );
+    }
+
+    /// Sender 1 reconnected after #4 and its old connection's #1-#4 were published after its
+    /// new connection's #5. Receiver 0 got #0, #5, #1 and was disconnected: #2-#4, which a
+    /// room-mate got after #1, came after its connection ended, not while it was up. Had it
+    /// also got #3 and #4, the #2 between them would be a loss while connected.
+    #[test]
+    fn what_came_after_a_connections_last_delivery_was_not_owed_to_it() {
+        let st = |n| Stamp {
+            r: 1,
+            s: 1,
+            n,
+            t: 1,
+        };
+        let judge = |got: &[u64]| {
+            let (mut a, mut b) = (Seen::default(), Seen::default());
+            for &n in got {
+                a.record(1, &st(n));
+            }
+            for n in [0, 5, 1, 2, 3, 4, 6] {
+                b.record(1, &st(n));
+            }
+            let sender = Seen::default();
+            let seen = [&a, &sender, &b];
+            let sent_by: HashMap<u64, u64> = [(0, 0), (1, 7), (2, 0)].into_iter().collect();
+            let starts: HashMap<u64, Vec<u64>> = [(1, vec![0, 5])].into_iter().collect();
+            let taken = taken_in(&seen, &sent_by, &starts, 1);
+            let mut r = ChatReport::default();
+            judge_holes(&mut r, &seen, &taken, &HashMap::new(), 1);
+            r.lost_while_connected_samples
+        };
+        assert_eq!(judge(&[0, 5, 1]), []);
+        assert_eq!(judge(&[0, 5, 1, 3, 4]), [(0, 1, 2)]);
     }
 
     /// A far-off number from a misbehaving server is neither a hole to walk nor a panic.
