@@ -331,6 +331,11 @@ impl Hub {
                 if !st.connected && (st.recovering.is_none() || numbered.is_none()) {
                     continue;
                 }
+                // Its own, sent on a connection it had before (read there in the close linger,
+                // published after it came back): the sender is the client, not the socket.
+                if except.is_some_and(|x| st.old_sids.iter().any(|o| o == x)) {
+                    continue;
+                }
                 match numbered {
                     None => plain.clone(),
                     Some((n, pos)) => {
@@ -1284,6 +1289,28 @@ mod tests {
         deliver(&hub, &b, 8, &envs[7]);
         let got: Vec<Option<u64>> = offsets_sent(&s).iter().map(|o| o.room("r")).collect();
         assert_eq!(got, (1..=8).map(Some).collect::<Vec<_>>());
+    }
+
+    /// A client's own message sent on its previous connection and published after it came
+    /// back (read in that connection's close linger) is not sent back to it, as its replay
+    /// leaves it out; everyone else gets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clients_own_message_from_its_old_connection_is_not_echoed() {
+        let redis = connscale_test_support::RedisServer::start();
+        let (hub, b) = hub_on(&redis);
+        let (s, other) = (connected(&hub, "new", false), connected(&hub, "s0", false));
+        s.lock_state().old_sids = vec!["old".into()];
+        for c in [&s, &other] {
+            assert!(hub.join(c, "r").await);
+        }
+        let mine = Envelope {
+            x: Some("old".into()),
+            ..envelope("r", 1)
+        };
+        b.publish_batch(&[&mine], 100, 60).await;
+        deliver(&hub, &b, 1, &mine);
+        assert!(offsets_sent(&s).is_empty(), "its own message came back");
+        assert_eq!(offsets_sent(&other).len(), 1);
     }
 
     /// A client disconnected before it read its whole replay (its outbox overflowed with it,

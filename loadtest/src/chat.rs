@@ -61,6 +61,9 @@ pub struct ChatReport {
     pub never_delivered: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// Deliveries of a client's own messages back to it (a broadcast leaves its sender out,
+    /// also across the sender's reconnects): must be 0.
+    pub echoed: u64,
     /// Deliveries of messages an earlier run sent (a node still working off an overload): not
     /// counted as this run's deliveries, duplicates or latencies.
     #[serde(skip_serializing_if = "is_zero")]
@@ -93,7 +96,10 @@ fn now_us() -> u64 {
 /// came on (to tell a gap while connected from one across a reconnect).
 #[derive(Default)]
 struct Seen {
+    /// The receiver's own client number (None in tests that do not care).
+    me: Option<u64>,
     per_sender: HashMap<u64, FromSender>,
+    echoed: u64,
     dup: u64,
     ooo: u64,
     stale: u64,
@@ -134,6 +140,10 @@ impl Seen {
     fn record(&mut self, run: u64, st: &Stamp) -> bool {
         if st.r != run {
             self.stale += 1;
+            return false;
+        }
+        if self.me == Some(st.s) {
+            self.echoed += 1;
             return false;
         }
         let (conn, since) = (self.conn, self.conn_since);
@@ -329,7 +339,14 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
     // Per sender, the first number it sent on each of its connections, and when it sent each.
     let starts_by: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
     let sent_at: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
-    let seen: Vec<Arc<Mutex<Seen>>> = (0..cfg.clients).map(|_| Arc::default()).collect();
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..cfg.clients as u64)
+        .map(|i| {
+            Arc::new(Mutex::new(Seen {
+                me: Some(i),
+                ..Seen::default()
+            }))
+        })
+        .collect();
     let ready = Arc::new(tokio::sync::Barrier::new(cfg.clients + 1));
     let stop = Arc::new(tokio::sync::Notify::new());
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -496,6 +513,7 @@ pub async fn run(cfg: ChatConfig) -> Result<ChatReport, String> {
         r.recovered_after_reconnect += s.recovered;
         r.duplicated += s.dup;
         r.out_of_order += s.ooo;
+        r.echoed += s.echoed;
         r.from_earlier_runs += s.stale;
         for (&sender, &count) in &sent_by {
             if sender as usize == recv
@@ -703,6 +721,12 @@ impl ChatReport {
             self.lost_for_good,
             self.never_delivered
         );
+        if self.echoed > 0 {
+            t += &format!(
+                "own messages delivered back to their sender: {}\n",
+                self.echoed
+            );
+        }
         if self.reconnects > 0 {
             t += &format!(
                 "reconnects {} (answered as a fresh session: {})\n",
@@ -908,6 +932,21 @@ mod tests {
         };
         assert_eq!(judge(&[0, 5, 1]), []);
         assert_eq!(judge(&[0, 5, 1, 3, 4]), [(0, 1, 2)]);
+    }
+
+    /// A client's own message delivered back to it is an echo, not a delivery from a sender
+    /// (whose gaps would read as losses).
+    #[test]
+    fn a_clients_own_message_is_an_echo() {
+        let mut s = Seen {
+            me: Some(3),
+            ..Seen::default()
+        };
+        let st = |s, n| Stamp { r: 1, s, n, t: 1 };
+        assert!(!s.record(1, &st(3, 0)));
+        assert!(s.record(1, &st(4, 0)));
+        assert_eq!(s.echoed, 1);
+        assert!(!s.per_sender.contains_key(&3));
     }
 
     /// A far-off number from a misbehaving server is neither a hole to walk nor a panic.

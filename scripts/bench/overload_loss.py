@@ -3,8 +3,8 @@ carry on this machine, with Redis's default `client-output-buffer-limit pubsub` 
 tight one (Redis then drops the nodes' subscriptions as they fall behind), and the same runs
 against two processes of the reference Node.js Socket.IO server (socket.io 4.8.4 +
 @socket.io/redis-adapter, unmodified, `scripts/reference-server`) on their own fresh Redis.
-Per run: deliveries, p99, lost while connected (must be 0), missed during a disconnect and
-recovered, lost for good, reconnects, and chat-node's chat_disconnects_total by reason (the
+Per run: deliveries, p99, lost while connected (must be 0), own messages echoed back (must be
+0), missed during a disconnect and recovered, lost for good, reconnects, and chat-node's chat_disconnects_total by reason (the
 reference server has no such count: it never disconnects a client that falls behind).
 Usage: python3 scripts/bench/overload_loss.py [--only chat-node|node] [--repeat N] [RATE ...]
 (each row: N runs, their counts summed)
@@ -73,7 +73,7 @@ def run(server, limit, rate, server_js):
     return c, k
 
 
-SUMMED = ("delivered", "expected_deliveries", "lost_while_connected", "recovered_after_reconnect", "lost_for_good",
+SUMMED = ("delivered", "expected_deliveries", "lost_while_connected", "echoed", "recovered_after_reconnect", "lost_for_good",
           "never_delivered", "reconnects", "not_recovered")
 
 
@@ -111,16 +111,16 @@ def main():
     rates = [int(r) for r in args] or [32000, 64000]
     server_js = reference_server() if "Node.js" in servers else None
     print("| server (2 processes) | Redis pubsub limit | send rate msg/s | runs (with a loss while connected) | delivered/expected | "
-          "worst p99 ms | lost while connected | recovered after reconnect | lost for good (never delivered) | "
+          "worst p99 ms | lost while connected | own echoed | recovered after reconnect | lost for good (never delivered) | "
           "reconnects (not recovered) | disconnects slow / missed |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, limit in LIMITS.items():
         for rate in rates:
             for server in servers:
                 t, worst, lossy, k = runs(server, limit, rate, server_js, repeat)
                 kicks = "—" if k is None else " / ".join(map(str, k))
                 print(f"| {server} | {name} | {rate:,} | {repeat} ({lossy}) | {t['delivered']}/{t['expected_deliveries']} | {worst} | "
-                      f"{t['lost_while_connected']} | {t['recovered_after_reconnect']} | {t['lost_for_good']} "
+                      f"{t['lost_while_connected']} | {t['echoed']} | {t['recovered_after_reconnect']} | {t['lost_for_good']} "
                       f"({t['never_delivered']}) | {t['reconnects']} ({t['not_recovered']}) | {kicks} |", flush=True)
 
 
