@@ -124,13 +124,7 @@ impl App for Chat {
             for r in &rec.rooms {
                 hub.leave(&s, r);
             }
-            {
-                let mut st = s.lock_state();
-                st.recovering = None;
-                st.username = None;
-                st.old_sids.clear();
-                st.joined_at.clear();
-            }
+            s.lock_state().refuse_recovery();
             return fresh(c);
         };
         if rec.username.is_some() {
