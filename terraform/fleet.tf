@@ -44,6 +44,7 @@ resource "aws_launch_template" "node" {
     publish_period             = var.agent_publish_period
     hook_name                  = local.drain_hook
     launch_hook_name           = local.launch_hook
+    install_timeout            = var.install_timeout
     agent_drain_timeout        = local.agent_drain_timeout
     drain_grace                = var.drain_grace
     drain_grace_until_below    = var.drain_grace_until_below
@@ -61,8 +62,9 @@ resource "aws_launch_template" "node" {
 
 locals {
   drain_hook = "connscale-drain"
-  # The boot script runs `connscale-agent complete-lifecycle --hook connscale-launch` once the
-  # services are up: a warm-pool instance is stopped only after its install finished.
+  # The boot script runs `connscale-agent complete-lifecycle --hook connscale-launch --launched`
+  # once the services are up: a warm-pool instance is stopped only after its install finished.
+  # Leaving the pool pauses it on this hook again; the agent completes that one.
   launch_hook = "connscale-launch"
 
   # The order of a scale-in behind the ALB (AWS user guide, "How lifecycle hooks work"): the
@@ -124,7 +126,8 @@ resource "aws_autoscaling_group" "fleet" {
 
   # Launch: the instance waits in Pending:Wait (or Warmed:Pending:Wait) until its boot script
   # says the services are up; an install that fails or hangs is ABANDONed and replaced, never
-  # put in service or into the pool half-installed.
+  # put in service or into the pool half-installed. Leaving the warm pool it waits in
+  # Pending:Wait again, until the agent sees the service listening.
   initial_lifecycle_hook {
     name                 = local.launch_hook
     lifecycle_transition = "autoscaling:EC2_INSTANCE_LAUNCHING"

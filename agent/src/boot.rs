@@ -1,5 +1,6 @@
 //! The two one-shot commands a first boot runs: `complete-lifecycle` (ends the launch hook once
-//! the services are up, so warm-pool instances finish installing before they are stopped) and
+//! the services are up, so warm-pool instances finish installing before they are stopped; with
+//! `--launched` it records the boot, see [`crate::launch`]) and
 //! `fetch-credentials` (SSM SecureString parameters to files that systemd hands to the services
 //! as credentials, so no secret is in user data or a world-readable file).
 
@@ -22,6 +23,11 @@ pub struct CompleteArgs {
     /// Give up after this long (calls fail until the hook is active, and are retried).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     pub timeout: Duration,
+    /// This completes the instance's first launch (the first boot's user data): record this
+    /// boot in `launch.marker_file` first, so that the agent completes the launch hook of every
+    /// later launch out of the warm pool (cloud-init does not run the user data again).
+    #[arg(long)]
+    pub launched: bool,
 }
 
 /// `fetch-credentials`: SSM parameters to credential files.
@@ -87,6 +93,9 @@ pub async fn complete_lifecycle(cfg: &AgentConfig, args: &CompleteArgs) -> Resul
             Err(e) => return Err(e),
         }
     };
+    if args.launched && args.result == LifecycleResult::Continue {
+        crate::launch::record(&cfg.launch.marker_file)?;
+    }
     let left = args.timeout.saturating_sub(started.elapsed());
     let mut retry = Retry::new(left, Duration::from_secs(30));
     hook.complete_until(args.result, &mut retry)

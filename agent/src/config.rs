@@ -51,6 +51,7 @@ pub struct AgentConfig {
     pub cloudwatch: CloudWatchConfig,
     pub identity: IdentityConfig,
     pub drain: DrainConfig,
+    pub launch: LaunchConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +163,31 @@ pub struct DrainConfig {
     pub poll_interval: Duration,
 }
 
+/// Launches out of the warm pool (`[launch]`, see [`crate::launch`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LaunchConfig {
+    /// The `EC2_INSTANCE_LAUNCHING` hook (terraform's `connscale-launch`). Unset: the agent
+    /// completes no launch hook, and an instance leaving a warm pool waits out the hook.
+    pub hook_name: Option<String>,
+    /// How long a later launch may take for the service to listen and the hook to be completed:
+    /// the hook's heartbeat timeout (terraform's `install_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Where the boot whose launch hook was completed is recorded (in the unit's StateDirectory).
+    pub marker_file: PathBuf,
+}
+
+impl Default for LaunchConfig {
+    fn default() -> Self {
+        Self {
+            hook_name: None,
+            timeout: Duration::from_secs(900),
+            marker_file: PathBuf::from("/var/lib/connscale-agent/launched"),
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -173,6 +199,7 @@ impl Default for AgentConfig {
             cloudwatch: CloudWatchConfig::default(),
             identity: IdentityConfig::default(),
             drain: DrainConfig::default(),
+            launch: LaunchConfig::default(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Three independent loops share one [`Status`]: the sampler (a thread: counting never waits
 //! for the network), the publisher (retries and backfills; never blocks sampling), and the
-//! HTTP server. A fourth, optional loop drains the node on scale-in ([`lifecycle`]).
+//! HTTP server. A fourth, optional loop follows the instance's lifecycle: it drains the node on scale-in
+//! ([`lifecycle`]) and completes the launch hook of launches out of the warm pool ([`launch`]).
 
 pub mod boot;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod count;
 pub mod health;
 pub mod imds;
+pub mod launch;
 pub mod lifecycle;
 pub mod publish;
 pub mod server;
@@ -312,7 +314,7 @@ pub async fn run(cfg: AgentConfig, stdout_sink: bool) -> anyhow::Result<()> {
         status.clone(),
         cfg.cloudwatch.period,
     ));
-    if cfg.drain.enabled {
+    if cfg.drain.enabled || cfg.launch.hook_name.is_some() {
         tokio::spawn(lifecycle::watch(cfg.clone(), status.clone()));
     }
     let listener = tokio::net::TcpListener::bind(cfg.health.bind)

@@ -62,11 +62,14 @@ impl Target {
 }
 
 /// Polls IMDS every `drain.poll_interval` for the agent's whole life: starts a drain on a
-/// scale-in target, and leaves the draining state when the instance is back in service.
+/// scale-in target (with `drain.enabled`), leaves the draining state when the instance is back
+/// in service, and has [`launch`](crate::launch) complete the launch hook of a launch out of the
+/// warm pool (with `launch.hook_name`).
 pub async fn watch(cfg: AgentConfig, status: Shared) {
     let imds = crate::imds::Imds::new(cfg.identity.imds_endpoint.as_deref());
     let mut logged_error = false;
     let mut served = false;
+    let mut previous: Option<String> = None;
     let mut drain: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         match imds.target_lifecycle_state().await {
@@ -76,16 +79,21 @@ pub async fn watch(cfg: AgentConfig, status: Shared) {
                 // (restarted mid-return) never saw it InService: a pool launch has none.
                 let has_served = served || lock(&status).connections > 0;
                 let target = Target::parse(&raw, has_served);
-                if target.is_scale_in() && drain.is_none() {
+                if target.is_scale_in() && drain.is_none() && cfg.drain.enabled {
                     tracing::info!(state = %raw, ?target, "instance leaves service: draining");
                     let (cfg, status) = (cfg.clone(), status.clone());
                     drain = Some(tokio::spawn(async move { run_drain(&cfg, &status).await }));
                 } else if target == Target::InService {
                     served = true;
+                    if previous.as_deref().map(str::trim) != Some("InService") {
+                        let arrival = crate::launch::Arrival::after(previous.as_deref());
+                        crate::launch::on_in_service(&cfg, &status, arrival);
+                    }
                     if let Some(task) = drain.take() {
                         back_in_service(&cfg, &status, task).await;
                     }
                 }
+                previous = Some(raw);
             }
             Err(e) if !logged_error => {
                 tracing::warn!(error = %e, "cannot read the target lifecycle state; will keep trying");

@@ -687,3 +687,169 @@ async fn an_agent_restarted_during_a_warm_pool_return_still_drains() {
         "CompleteLifecycleAction was not called"
     );
 }
+
+/// This machine's boot id, as the agent reads it.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .expect("boot id")
+        .trim()
+        .to_string()
+}
+
+/// The agent with `[launch]` only (no drain), its marker holding `recorded` (none: no file), a
+/// listening service, and the stand-in at `first_state` with the hook `active`.
+struct LaunchRig {
+    state: S,
+    marker: std::path::PathBuf,
+    _agent: common::Agent,
+    _svc: std::net::TcpListener,
+    _dir: tempfile::TempDir,
+}
+
+async fn launch_rig(first_state: &str, active: bool, recorded: Option<&str>) -> LaunchRig {
+    let (state, base) = stand(first_state, active).await;
+    let port = connscale_test_support::free_port();
+    let svc = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind service");
+    let dir = tempfile::tempdir().expect("tmp");
+    let marker = dir.path().join("state/launched");
+    if let Some(r) = recorded {
+        std::fs::create_dir_all(marker.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&marker, format!("{r}\n")).expect("write marker");
+    }
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[drain]\npoll_interval = \"300ms\"\n[launch]\nhook_name = \"connscale-launch\"\ntimeout = \"60s\"\nmarker_file = {:?}\n",
+            marker.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let mut env = stand_env(&base);
+    env.push(("CONNSCALE_AGENT_CLOUDWATCH", "off".into()));
+    env.push(("AWS_REGION", "us-east-1".into()));
+    let agent = common::start_agent(
+        &[
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--port",
+            &port.to_string(),
+        ],
+        &env,
+    );
+    agent.wait_health(10, |code, _| code == 200).await;
+    LaunchRig {
+        state,
+        marker,
+        _agent: agent,
+        _svc: svc,
+        _dir: dir,
+    }
+}
+
+/// The accepted completions of the launch hook.
+fn launch_completions(s: &Stand) -> Vec<String> {
+    s.accepted("CompleteLifecycleAction")
+        .into_iter()
+        .filter(|c| c.contains("LifecycleHookName=connscale-launch"))
+        .collect()
+}
+
+/// A stopped warm-pool instance boots again in Pending:Wait, and cloud-init does not run the
+/// user data again: the agent completes the launch hook (CONTINUE) and records this boot.
+#[tokio::test]
+async fn a_stopped_pool_instance_booting_again_has_its_launch_hook_completed() {
+    let r = launch_rig("InService", true, Some("the-first-boots-id")).await;
+    assert!(
+        until(&r.state, 20, |s| !launch_completions(s).is_empty()).await,
+        "the launch hook of a later boot was not completed: {:?}",
+        r.state.lock().expect("lock").calls
+    );
+    let done = launch_completions(&r.state.lock().expect("lock"));
+    assert_eq!(done.len(), 1);
+    assert!(
+        done[0].contains("LifecycleActionResult=CONTINUE"),
+        "{}",
+        done[0]
+    );
+    let wrote = || std::fs::read_to_string(&r.marker).unwrap_or_default();
+    for _ in 0..50 {
+        if wrote().trim() == boot_id() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(wrote().trim(), boot_id(), "this boot was not recorded");
+}
+
+/// A running (or hibernated) pool instance leaves the pool while the agent runs: Warmed:Running,
+/// then InService, in the boot that launched it. The agent completes the hook then.
+#[tokio::test]
+async fn a_running_pool_instance_leaving_the_pool_has_its_launch_hook_completed() {
+    let r = launch_rig("Warmed:Running", false, Some(&boot_id())).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    {
+        let mut st = r.state.lock().expect("lock");
+        assert!(
+            st.calls.is_empty(),
+            "a lifecycle call while in the pool: {:?}",
+            st.calls
+        );
+        st.lifecycle_state = "InService".into();
+    }
+    // The hook becomes active a moment after the target turns InService (Pending, then
+    // Pending:Wait): the first calls fail and are retried.
+    assert!(until(&r.state, 10, |s| s.rejected("CompleteLifecycleAction") >= 1).await);
+    r.state.lock().expect("lock").active = true;
+    assert!(
+        until(&r.state, 20, |s| launch_completions(s).len() == 1).await,
+        "leaving the pool, the launch hook was not completed"
+    );
+}
+
+/// Nothing is owed on the first boot before its user data finished (no record: the user data
+/// completes the hook), nor when the agent restarts during the boot that launched.
+#[tokio::test]
+async fn the_first_boot_and_an_agent_restart_leave_the_launch_hook_alone() {
+    for recorded in [None, Some(boot_id())] {
+        let r = launch_rig("InService", true, recorded.as_deref()).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let calls = r.state.lock().expect("lock").calls.clone();
+        assert!(
+            calls.is_empty(),
+            "record {recorded:?}: the agent called {calls:?}"
+        );
+    }
+}
+
+/// `complete-lifecycle --launched` records the boot before it completes the hook (a pool
+/// instance is stopped at once after), and a plain completion records nothing.
+#[tokio::test]
+async fn complete_lifecycle_launched_records_the_boot() {
+    let (state, base) = stand("Warmed:Running", true).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let marker = dir.path().join("launched");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[launch]\nmarker_file = {:?}\n",
+            marker.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let c = cfg.to_str().expect("utf8");
+    let (code, err) =
+        complete_lifecycle(&base, &["--config", c, "--hook", "connscale-launch"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!marker.exists(), "recorded without --launched");
+    state.lock().expect("lock").active = true;
+    let (code, err) = complete_lifecycle(
+        &base,
+        &["--config", c, "--hook", "connscale-launch", "--launched"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let rec = std::fs::read_to_string(&marker).expect("the boot was recorded");
+    assert_eq!(rec.trim(), boot_id());
+}

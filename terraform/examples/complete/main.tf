@@ -1,6 +1,6 @@
 # A complete deployment: the module with the scaling variables read from the policy export.
 #   connscale export terraform --policy my-policy.toml --out policy.json
-#   terraform init && terraform apply
+#   terraform init && terraform apply -var policy_file=my-policy.toml
 provider "aws" {
   region = var.region
 }
@@ -43,6 +43,19 @@ module "connscale" {
   scale_in_cooldown            = local.policy.scale_in_cooldown
   schedules                    = local.policy.schedules
   warm_pool                    = local.policy.warm_pool
+  drain_grace                  = local.policy.drain_grace
+  drain_grace_until_below      = local.policy.drain_grace_until_below
+  drain_timeout                = local.policy.drain_timeout
+
+  # The same policy file drives the control loop on its own instance (null: none is started,
+  # and the fallback alarms above scale the group alone).
+  controller_policy = var.policy_file == null ? null : file(var.policy_file)
+}
+
+variable "policy_file" {
+  description = "Path of the policy TOML that policy.json was exported from, for the controller instance (null: no controller)."
+  type        = string
+  default     = null
 }
 
 variable "region" {

@@ -250,6 +250,8 @@ impl Machine {
             p.stop();
         }
         self.init_pid = None;
+        // Off: it may boot again (a stopped warm-pool instance started).
+        self.stopping = false;
     }
 }
 

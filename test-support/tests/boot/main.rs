@@ -112,6 +112,7 @@ fn template_value(key: &str, d: &Deployment) -> Value {
         "publish_period" => json!(5),
         "hook_name" | "drain_hook" => json!(DRAIN_HOOK),
         "launch_hook" | "launch_hook_name" => json!(LAUNCH_HOOK),
+        "install_timeout" => json!(120),
         "drain_timeout" => json!(60),
         "agent_drain_timeout" => json!(30),
         // Under the test's few clients at once: the grace ends as the drain starts.
@@ -257,9 +258,13 @@ const USER_DATA_UNIT: &str = "[Unit]
 Description=Run the instance's user data (stands in for cloud-init's scripts-user)
 After=network-online.target
 Wants=network-online.target
+# Once per instance, as cloud-init: its semaphore is written when the module runs, and a later
+# boot (a stopped warm-pool instance started again) skips the user data.
+ConditionPathExists=!/var/lib/cloud/instance/sem/config_scripts_user
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+ExecStartPre=/bin/sh -c 'mkdir -p /var/lib/cloud/instance/sem && touch /var/lib/cloud/instance/sem/config_scripts_user'
 ExecStart=/var/lib/cloud/instance/scripts/part-001
 StandardOutput=journal+console
 StandardError=journal+console
@@ -795,8 +800,8 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         })
     };
     m.sh("cp /etc/connscale/agent.toml /root/agent.toml.http && \
-         sed -i -e 's/^method = \"http\"/method = \"close\"/' -e 's/^grace = .*/grace = \"1s\"/' /etc/connscale/agent.toml && \
-         printf 'window = \"2s\"\\n' >> /etc/connscale/agent.toml && \
+         sed -i -e 's/^method = \"http\"/method = \"close\"/' -e 's/^grace = .*/grace = \"1s\"/' \
+           -e '/^\\[drain\\]/a window = \"2s\"' /etc/connscale/agent.toml && \
          systemctl restart connscale-agent.service");
     assert_eq!(
         close_available(),
@@ -835,6 +840,74 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     });
     t.done("close drain: unavailable without the drop-in, available with it");
 
+    // --- Scale-in into the stopped warm pool, and a launch out of it ---------------------------
+    // The default policy reuses instances on scale-in: the agent drains (target Warmed:Stopped)
+    // and AWS stops the instance. A later scale-out starts it again, paused on the launch hook in
+    // Pending:Wait; cloud-init does not run the user data again, so the agent completes the hook.
+    stub.await_hook(Some(DRAIN_HOOK));
+    stub.set_target_lifecycle_state("Warmed:Stopped");
+    for id in ["alice", "bob"] {
+        js.expect(90, &format!("{id} drained into the pool"), |e| {
+            e["ev"] == "disconnect" && e["id"] == id
+        });
+    }
+    let completed = |hook: &str| {
+        stub.lifecycle_calls()
+            .into_iter()
+            .filter(|c| c.action == LifecycleAction::Complete && c.hook == hook && c.accepted)
+            .collect::<Vec<_>>()
+    };
+    let done = wait_for(
+        90,
+        "the agent to complete the drain hook (into the pool)",
+        || completed(DRAIN_HOOK).pop(),
+    );
+    assert_eq!(done.result.as_deref(), Some("CONTINUE"));
+    m.poweroff(Duration::from_secs(30));
+    t.done("Warmed:Stopped: agent drained and completed the hook; machine stopped");
+    stub.set_target_lifecycle_state("InService");
+    stub.await_hook(Some(LAUNCH_HOOK));
+    m.boot();
+    let launch = wait_for(
+        120,
+        "the agent to complete the launch hook out of the pool",
+        || {
+            let done = completed(LAUNCH_HOOK);
+            (done.len() == 2).then(|| done[1].clone())
+        },
+    );
+    assert_eq!(
+        launch.result.as_deref(),
+        Some("CONTINUE"),
+        "{}",
+        m.journal("connscale-agent.service")
+    );
+    assert_eq!(stub.waiting_hook(), None);
+    let runs = m.sh("grep -c 'connscale user data: done' /var/log/connscale-user-data.log || true");
+    assert_eq!(
+        runs.trim(),
+        "1",
+        "the user data ran again on the second boot"
+    );
+    for id in ["alice", "bob"] {
+        let c = js.expect(90, &format!("{id} reconnects after the pool"), |e| {
+            e["ev"] == "connect" && e["id"] == id
+        });
+        assert_eq!(
+            c["recovered"], true,
+            "{id}'s session was not recovered: {c}"
+        );
+    }
+    wait_for(
+        30,
+        "/health at 200 with 2 connections after the pool",
+        || {
+            let (code, body) = http_get(&health_url);
+            (code == 200 && body["connections"] == 2).then_some(())
+        },
+    );
+    t.done("out of the pool: agent completed the launch hook (no user data), clients recovered");
+
     // --- Scale-in: the agent drains and completes the lifecycle action --------------------------
     stub.await_hook(Some(DRAIN_HOOK));
     stub.set_target_lifecycle_state("Terminated");
@@ -844,9 +917,8 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         });
     }
     let done = wait_for(90, "the agent to complete the drain hook", || {
-        stub.lifecycle_calls()
-            .into_iter()
-            .find(|c| c.action == LifecycleAction::Complete && c.hook == DRAIN_HOOK && c.accepted)
+        let done = completed(DRAIN_HOOK);
+        (done.len() == 2).then(|| done[1].clone())
     });
     assert_eq!(done.result.as_deref(), Some("CONTINUE"));
     assert_eq!(done.instance_id, group.instance_id);
