@@ -34,6 +34,10 @@ pub struct Status {
     pub host_established: u64,
     pub method: Method,
     pub health: HealthState,
+    /// The lifecycle target is `InService`: only then do samples count in the group's dimension.
+    /// Unknown until the lifecycle watcher's first read (false, so a pool launch's first
+    /// seconds stay out); true without the watcher or when IMDS cannot tell.
+    pub in_service: bool,
     pub cap: u64,
     pub samples: u64,
     pub sample_errors: u64,
@@ -91,8 +95,9 @@ pub fn spawn_sampler(
                         st.host_established = s.host_established;
                         st.method = s.method;
                         st.samples += 1;
+                        let in_service = st.in_service;
                         drop(st);
-                        if let Some(p) = agg.add(now_secs(), s.connections)
+                        if let Some(p) = agg.add(now_secs(), s.connections, in_service)
                             && points.send(p).is_err()
                         {
                             return;
@@ -276,12 +281,14 @@ pub async fn run(cfg: AgentConfig, stdout_sink: bool) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     tracing::info!(ports = ?cfg.ports, method = counter.method().as_str(), sink = %sink.describe(), cap = cfg.health.cap, "agent starting");
+    let watches_lifecycle = cfg.drain.enabled || cfg.launch.hook_name.is_some();
     let status: Shared = Arc::new(Mutex::new(Status {
         connections: 0,
         listening: false,
         host_established: 0,
         method: counter.method(),
         health: HealthState::NoListener,
+        in_service: !watches_lifecycle,
         cap: cfg.health.cap,
         samples: 0,
         sample_errors: 0,
@@ -314,7 +321,7 @@ pub async fn run(cfg: AgentConfig, stdout_sink: bool) -> anyhow::Result<()> {
         status.clone(),
         cfg.cloudwatch.period,
     ));
-    if cfg.drain.enabled || cfg.launch.hook_name.is_some() {
+    if watches_lifecycle {
         tokio::spawn(lifecycle::watch(cfg.clone(), status.clone()));
     }
     let listener = tokio::net::TcpListener::bind(cfg.health.bind)

@@ -79,6 +79,7 @@ pub async fn watch(cfg: AgentConfig, status: Shared) {
                 // (restarted mid-return) never saw it InService: a pool launch has none.
                 let has_served = served || lock(&status).connections > 0;
                 let target = Target::parse(&raw, has_served);
+                lock(&status).in_service = target == Target::InService;
                 if target.is_scale_in() && drain.is_none() && cfg.drain.enabled {
                     tracing::info!(state = %raw, ?target, "instance leaves service: draining");
                     let (cfg, status) = (cfg.clone(), status.clone());
@@ -95,11 +96,16 @@ pub async fn watch(cfg: AgentConfig, status: Shared) {
                 }
                 previous = Some(raw);
             }
-            Err(e) if !logged_error => {
-                tracing::warn!(error = %e, "cannot read the target lifecycle state; will keep trying");
-                logged_error = true;
+            Err(e) => {
+                if previous.is_none() {
+                    // Not in a group (or no IMDS): count in the group as without the watcher.
+                    lock(&status).in_service = true;
+                }
+                if !logged_error {
+                    tracing::warn!(error = %e, "cannot read the target lifecycle state; will keep trying");
+                    logged_error = true;
+                }
             }
-            Err(_) => {}
         }
         tokio::time::sleep(cfg.drain.poll_interval).await;
     }

@@ -17,6 +17,14 @@ pub struct Point {
     pub max: f64,
     pub sum: f64,
     pub count: u32,
+    /// The instance was in service for every sample of the period, so the point counts in the
+    /// group's dimension too (spool files from before this field: yes).
+    #[serde(default = "yes")]
+    pub in_service: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Folds 1-per-second samples into one [`Point`] per period.
@@ -34,8 +42,9 @@ impl Aggregator {
         }
     }
 
-    /// Adds a sample taken at `t`; returns the previous period's point when `t` starts a new one.
-    pub fn add(&mut self, t: i64, value: u64) -> Option<Point> {
+    /// Adds a sample taken at `t` (`in_service`: the instance's lifecycle target then); returns
+    /// the previous period's point when `t` starts a new one.
+    pub fn add(&mut self, t: i64, value: u64, in_service: bool) -> Option<Point> {
         let start = t - t.rem_euclid(self.period);
         let v = value as f64;
         match &mut self.current {
@@ -44,6 +53,7 @@ impl Aggregator {
                 p.max = p.max.max(v);
                 p.sum += v;
                 p.count += 1;
+                p.in_service &= in_service;
                 None
             }
             slot => slot.replace(Point {
@@ -52,6 +62,7 @@ impl Aggregator {
                 max: v,
                 sum: v,
                 count: 1,
+                in_service,
             }),
         }
     }
@@ -207,7 +218,7 @@ impl Sink {
             } => {
                 let mut req = client.put_metric_data().namespace(&metric.namespace);
                 for p in points {
-                    for dims in dimension_sets(group, instance) {
+                    for dims in dimension_sets(group, instance, p.in_service) {
                         let mut d = MetricDatum::builder()
                             .metric_name(&metric.name)
                             .timestamp(DateTime::from_secs(p.ts))
@@ -247,9 +258,9 @@ mod tests {
     #[test]
     fn aggregates_per_period() {
         let mut a = Aggregator::new(10);
-        assert_eq!(a.add(100, 5), None);
-        assert_eq!(a.add(105, 9), None);
-        let p = a.add(110, 1).unwrap();
+        assert_eq!(a.add(100, 5, true), None);
+        assert_eq!(a.add(105, 9, true), None);
+        let p = a.add(110, 1, true).unwrap();
         assert_eq!(
             p,
             Point {
@@ -257,9 +268,25 @@ mod tests {
                 min: 5.0,
                 max: 9.0,
                 sum: 14.0,
-                count: 2
+                count: 2,
+                in_service: true,
             }
         );
+    }
+
+    /// A period with one sample taken out of service (in the warm pool, leaving) is published
+    /// per instance only; a spool line written before the field counts as in service.
+    #[test]
+    fn a_period_with_a_sample_out_of_service_stays_out_of_the_group() {
+        let mut a = Aggregator::new(10);
+        a.add(100, 0, false);
+        a.add(105, 3, true);
+        assert!(!a.add(110, 3, true).expect("period 100").in_service);
+        assert!(a.add(120, 3, true).expect("period 110").in_service);
+        let old: Point =
+            serde_json::from_str(r#"{"ts":0,"min":1.0,"max":1.0,"sum":1.0,"count":1}"#)
+                .expect("old spool line");
+        assert!(old.in_service);
     }
 
     #[test]
@@ -273,6 +300,7 @@ mod tests {
                     max: 0.0,
                     sum: 0.0,
                     count: 1,
+                    in_service: true,
                 },
                 ts,
             );
@@ -296,6 +324,7 @@ mod tests {
                     max: 1.0,
                     sum: 1.0,
                     count: 1,
+                    in_service: true,
                 },
                 ts,
             );

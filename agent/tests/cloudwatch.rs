@@ -175,3 +175,84 @@ async fn heavy_statistic_sets_reach_cloudwatch_and_survive_an_outage() {
     assert!(ts > first + PERIOD, "the outage must span several periods");
     drop(agent);
 }
+
+/// A warm-pool instance (target `Warmed:Running`) publishes its count per instance only: in the
+/// group's dimension its zeros would pull the average the fallback alarms read toward a
+/// scale-in (10 nodes at 24,000 and 6 warm ones read as 15,000). In service, it counts there too.
+#[tokio::test]
+async fn heavy_a_warm_pool_instance_stays_out_of_the_group_average() {
+    use connscale_test_support::{InstanceIdentity, InstanceStub};
+    let moto = MotoServer::start();
+    moto.reset().await;
+    let stub = InstanceStub::start(
+        InstanceIdentity {
+            instance_id: "i-0warm".into(),
+            group: "chat-pool".into(),
+            ..InstanceIdentity::default()
+        },
+        &moto.endpoint(),
+    );
+    stub.set_target_lifecycle_state("Warmed:Running");
+    let port = connscale_test_support::free_port();
+    let _service = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind");
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "[drain]\nenabled = true\npoll_interval = \"300ms\"\n").expect("config");
+    let mut env: Vec<(&str, String)> = moto.env();
+    env.extend([
+        ("CONNSCALE_AGENT_CLOUDWATCH", "on".to_string()),
+        ("CONNSCALE_AGENT_PERIOD", format!("{PERIOD}s")),
+        ("CONNSCALE_AGENT_NAMESPACE", "connscale-test".into()),
+        ("CONNSCALE_INSTANCE_ID", "i-0warm".into()),
+        ("CONNSCALE_GROUP", "chat-pool".into()),
+        ("CONNSCALE_IMDS_ENDPOINT", stub.imds_endpoint()),
+    ]);
+    let start = now();
+    let args = [
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "--port",
+        &port.to_string(),
+    ];
+    let agent = start_agent(&args, &env);
+    let cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
+    let published = |n: f64| {
+        let agent = &agent;
+        async move {
+            for _ in 0..300 {
+                if agent.metric("connscale_published_points_total").await >= n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    let instance = [
+        ("AutoScalingGroupName", "chat-pool"),
+        ("InstanceId", "i-0warm"),
+    ];
+    let group = [("AutoScalingGroupName", "chat-pool")];
+    assert!(published(3.0).await, "nothing published from the pool");
+    let pts = read(&cw, &instance, start - PERIOD, now() + PERIOD).await;
+    assert!(pts.len() >= 3, "per instance: {pts:?}");
+    let pts = read(&cw, &group, start - PERIOD, now() + PERIOD).await;
+    assert!(
+        pts.is_empty(),
+        "a warm instance in the group's average: {pts:?}"
+    );
+
+    stub.set_target_lifecycle_state("InService");
+    let switched = now();
+    let so_far = agent.metric("connscale_published_points_total").await;
+    assert!(
+        published(so_far + 3.0).await,
+        "nothing published in service"
+    );
+    let pts = read(&cw, &group, start - PERIOD, now() + PERIOD).await;
+    assert!(!pts.is_empty(), "in service, not in the group's average");
+    assert!(
+        pts.keys().all(|&ts| ts >= switched - PERIOD),
+        "a period from the pool in the group's average (in service from {switched}): {pts:?}"
+    );
+}

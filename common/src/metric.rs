@@ -31,13 +31,20 @@ impl Default for MetricId {
     }
 }
 
-/// The two dimension sets every sample is published under: per instance, and per group so that
-/// alarms can use the group average directly.
-pub fn dimension_sets<'a>(group: &'a str, instance: &'a str) -> [Vec<(&'static str, &'a str)>; 2] {
-    [
-        vec![(DIM_GROUP, group), (DIM_INSTANCE, instance)],
-        vec![(DIM_GROUP, group)],
-    ]
+/// The dimension sets a sample is published under: per instance always, and per group (so that
+/// alarms can use the group average directly) only while the instance is in service: a warm-pool
+/// instance's zero, or a leaving one's falling count, is not the group's load, and would pull the
+/// average the fallback alarms read toward a scale-in.
+pub fn dimension_sets<'a>(
+    group: &'a str,
+    instance: &'a str,
+    in_service: bool,
+) -> Vec<Vec<(&'static str, &'a str)>> {
+    let mut sets = vec![vec![(DIM_GROUP, group), (DIM_INSTANCE, instance)]];
+    if in_service {
+        sets.push(vec![(DIM_GROUP, group)]);
+    }
+    sets
 }
 
 #[cfg(test)]
@@ -46,8 +53,13 @@ mod tests {
 
     #[test]
     fn group_set_is_a_subset_of_instance_set() {
-        let [per_instance, per_group] = dimension_sets("g", "i-1");
+        let sets = dimension_sets("g", "i-1", true);
+        let [per_instance, per_group] = [&sets[0], &sets[1]];
         assert!(per_group.iter().all(|d| per_instance.contains(d)));
         assert_eq!(per_instance.len(), 2);
+        assert_eq!(
+            dimension_sets("g", "i-1", false),
+            std::slice::from_ref(per_instance)
+        );
     }
 }
