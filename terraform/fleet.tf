@@ -35,10 +35,14 @@ resource "aws_launch_template" "node" {
   user_data = base64encode(templatefile("${path.module}/templates/user_data.sh.tftpl", {
     release_url                = var.release_url
     release_sha256             = var.release_sha256
-    chat_port                  = var.chat_port
+    chat_port                  = local.service_port
     health_port                = var.health_port
     node_cap                   = var.node_cap
-    redis_url                  = "rediss://${aws_elasticache_replication_group.redis.primary_endpoint_address}:6379"
+    redis_url                  = local.chat ? "rediss://${one(aws_elasticache_replication_group.redis[*].primary_endpoint_address)}:6379" : ""
+    service_unit               = local.chat ? "" : var.service.unit
+    service_install            = local.chat ? "" : base64encode(var.service.install)
+    service_drain_url          = local.chat ? "" : (var.service.drain_url == null ? "" : var.service.drain_url)
+    close_window               = local.agent_drain_timeout - var.drain_grace
     metric_namespace           = var.metric_namespace
     metric_name                = var.metric_name
     publish_period             = var.agent_publish_period
@@ -50,7 +54,7 @@ resource "aws_launch_template" "node" {
     drain_grace_until_below    = var.drain_grace_until_below
     hook_heartbeat_timeout     = local.deregistration_delay + var.drain_timeout
     api_token_parameter        = aws_ssm_parameter.api_token.name
-    redis_auth_token_parameter = aws_ssm_parameter.redis_auth_token.name
+    redis_auth_token_parameter = local.chat ? one(aws_ssm_parameter.redis_auth_token[*].name) : ""
     aws_endpoint_url           = ""
   }))
 
@@ -76,6 +80,10 @@ locals {
   # The delay ends early once the target has no connections, so a quick drain costs nothing.
   agent_drain_timeout  = var.drain_timeout - 30
   deregistration_delay = var.drain_timeout + var.deregistration_margin
+
+  # chat-node and its Redis, unless the team brings its own service (var.service).
+  chat         = var.service == null
+  service_port = local.chat ? var.chat_port : var.service.port
 }
 
 resource "aws_autoscaling_group" "fleet" {
@@ -152,6 +160,10 @@ resource "aws_autoscaling_group" "fleet" {
     precondition {
       condition     = var.drain_grace + 60 <= local.agent_drain_timeout
       error_message = "drain_grace must leave chat-node's drain a minute inside the agent's drain (drain_timeout - 30): raise drain_timeout to at least drain_grace + 270 (connscale export terraform sets both from the policy)."
+    }
+    precondition {
+      condition     = !local.chat || var.redis_auth_token != null
+      error_message = "redis_auth_token is required with chat-node (its Redis needs an AUTH token); with your own service set var.service instead."
     }
   }
 }

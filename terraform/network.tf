@@ -13,9 +13,9 @@ resource "aws_security_group" "alb" {
   }
 
   egress {
-    description     = "to chat-node and the agent's health check"
-    from_port       = min(var.chat_port, var.health_port)
-    to_port         = max(var.chat_port, var.health_port)
+    description     = "to the service and the agent's health check"
+    from_port       = min(local.service_port, var.health_port)
+    to_port         = max(local.service_port, var.health_port)
     protocol        = "tcp"
     security_groups = [aws_security_group.nodes.id]
   }
@@ -30,9 +30,9 @@ resource "aws_security_group" "nodes" {
 
 resource "aws_vpc_security_group_ingress_rule" "nodes_chat" {
   security_group_id            = aws_security_group.nodes.id
-  description                  = "chat traffic from the load balancer"
-  from_port                    = var.chat_port
-  to_port                      = var.chat_port
+  description                  = "service traffic from the load balancer"
+  from_port                    = local.service_port
+  to_port                      = local.service_port
   ip_protocol                  = "tcp"
   referenced_security_group_id = aws_security_group.alb.id
 }
@@ -56,12 +56,13 @@ resource "aws_vpc_security_group_egress_rule" "nodes_https" {
 }
 
 resource "aws_vpc_security_group_egress_rule" "nodes_redis" {
+  count                        = local.chat ? 1 : 0
   security_group_id            = aws_security_group.nodes.id
   description                  = "Redis pub/sub"
   from_port                    = 6379
   to_port                      = 6379
   ip_protocol                  = "tcp"
-  referenced_security_group_id = aws_security_group.redis.id
+  referenced_security_group_id = aws_security_group.redis[0].id
 }
 
 resource "aws_lb" "this" {
@@ -78,7 +79,7 @@ resource "aws_lb" "this" {
 
 resource "aws_lb_target_group" "chat" {
   name                          = var.name
-  port                          = var.chat_port
+  port                          = local.service_port
   protocol                      = "HTTP"
   vpc_id                        = var.vpc_id
   load_balancing_algorithm_type = var.load_balancing_algorithm

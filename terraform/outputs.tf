@@ -14,8 +14,8 @@ output "target_group_arn" {
 }
 
 output "redis_primary_endpoint" {
-  description = "Redis primary endpoint (TLS, AUTH)."
-  value       = aws_elasticache_replication_group.redis.primary_endpoint_address
+  description = "Redis primary endpoint (TLS, AUTH); null with your own service."
+  value       = one(aws_elasticache_replication_group.redis[*].primary_endpoint_address)
 }
 
 output "node_role_arn" {

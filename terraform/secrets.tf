@@ -15,8 +15,13 @@ locals {
     api_token        = "${local.secret_prefix}/api-token"
     redis_auth_token = "${local.secret_prefix}/redis-auth-token"
   }
+  # The parameters that exist: the Redis token only with chat-node.
+  node_secret_names = concat(
+    [local.secret_parameters.api_token],
+    local.chat ? [local.secret_parameters.redis_auth_token] : [],
+  )
   secret_parameter_arns = [
-    for n in values(local.secret_parameters) :
+    for n in local.node_secret_names :
     "arn:aws:ssm:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:parameter${n}"
   ]
 }
@@ -31,6 +36,7 @@ resource "aws_ssm_parameter" "api_token" {
 }
 
 resource "aws_ssm_parameter" "redis_auth_token" {
+  count       = local.chat ? 1 : 0
   name        = local.secret_parameters.redis_auth_token
   description = "Redis AUTH token of the fleet's ElastiCache group (read by the nodes at boot)."
   type        = "SecureString"
@@ -43,10 +49,10 @@ data "aws_iam_policy_document" "node_secrets" {
   statement {
     sid       = "ReadOwnSecretsOnly"
     actions   = ["ssm:GetParameter"]
-    resources = [aws_ssm_parameter.api_token.arn, aws_ssm_parameter.redis_auth_token.arn]
+    resources = concat([aws_ssm_parameter.api_token.arn], aws_ssm_parameter.redis_auth_token[*].arn)
   }
   statement {
-    # Decrypt only through SSM, only for these two parameters (SSM puts the parameter's ARN in
+    # Decrypt only through SSM, only for these parameters (SSM puts the parameter's ARN in
     # the encryption context). With the AWS managed key its ARN is not known before first use,
     # so the key is matched by these conditions rather than by ARN.
     sid       = "DecryptOwnSecretsThroughSsm"

@@ -63,6 +63,41 @@ variable "release_url" {
   }
 }
 
+variable "service" {
+  description = <<-EOT
+    Your own service instead of chat-node (null: chat-node and its Redis). The nodes then get the
+    connscale agent only; the AMI or `install` brings the service, and no Redis is created.
+      unit      systemd unit that serves `port` (e.g. "myapp.service", or "myapp.socket")
+      port      its port: the target group's traffic port (listen on 0.0.0.0 / [::])
+      install   shell run as root on the first boot before the unit starts (e.g. apt-get install,
+                a container pull); "" when the AMI has it. Not a place for secrets: user data is
+                readable with ec2:DescribeInstanceAttribute.
+      drain_url null: on scale-in the agent closes the remaining connections itself after
+                drain_grace, spread over the rest of the drain (CAP_NET_ADMIN drop-in installed);
+                a URL on the node (http://127.0.0.1:PORT/...): the agent POSTs it, with the
+                api_token as bearer token, and waits for the port to empty.
+  EOT
+  type = object({
+    unit      = string
+    port      = number
+    install   = optional(string, "")
+    drain_url = optional(string)
+  })
+  default = null
+  validation {
+    condition     = var.service == null ? true : can(regex("^[A-Za-z0-9:_.@-]+[.](service|socket)$", var.service.unit))
+    error_message = "service.unit must be a systemd unit name ending in .service or .socket, e.g. \"myapp.service\"."
+  }
+  validation {
+    condition     = var.service == null ? true : (var.service.port >= 1 && var.service.port <= 65535 && floor(var.service.port) == var.service.port)
+    error_message = "service.port must be a whole number between 1 and 65535."
+  }
+  validation {
+    condition     = var.service == null ? true : (var.service.drain_url == null ? true : can(regex("^http://(127[.]0[.]0[.]1|localhost|\\[::1\\]):[0-9]+/", var.service.drain_url)))
+    error_message = "service.drain_url must be an http:// URL on the node itself (http://127.0.0.1:PORT/path), or null for the agent to close the connections."
+  }
+}
+
 variable "chat_port" {
   description = "Port chat-node listens on (the target group's traffic port)."
   type        = number
@@ -154,13 +189,14 @@ variable "redis_node_type" {
 }
 
 variable "redis_auth_token" {
-  description = "Redis AUTH token: 16-128 characters, letters, digits and only these others: ! & # $ ^ < > - (ElastiCache's rule). Keep it in a secret store."
+  description = "Redis AUTH token: 16-128 characters, letters, digits and only these others: ! & # $ ^ < > - (ElastiCache's rule). Keep it in a secret store. Required with chat-node; leave it null with your own `service` (no Redis is created)."
   type        = string
   sensitive   = true
+  default     = null
   validation {
     # ElastiCache CreateReplicationGroup AuthToken: printable ASCII, 16-128 characters, "the only
     # permitted printable special characters are !, &, #, $, ^, <, >, and -".
-    condition     = can(regex("^[A-Za-z0-9!&#$^<>-]{16,128}$", var.redis_auth_token))
+    condition     = var.redis_auth_token == null ? true : can(regex("^[A-Za-z0-9!&#$^<>-]{16,128}$", var.redis_auth_token))
     error_message = "redis_auth_token must be 16 to 128 characters: letters, digits and only ! & # $ ^ < > - (ElastiCache refuses any other character)."
   }
 }

@@ -322,6 +322,30 @@ data "aws_regionn" "current" {}
     assert_eq!(out.matches(": unknown").count(), 7, "{out}");
 }
 
+/// terraform and an initialised copy of the module's variables.tf alone (no resources, so no
+/// provider to download): where `terraform plan` checks the variables' validations.
+fn variables_only_module() -> Option<(PathBuf, tempfile::TempDir)> {
+    let tf = find_tool("terraform", &[], "").ok()?;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::copy(
+        workspace_root().join("terraform/variables.tf"),
+        dir.path().join("variables.tf"),
+    )
+    .expect("copy variables.tf");
+    let init = Command::new(&tf)
+        .current_dir(dir.path())
+        .env("TF_CLI_CONFIG_FILE", "/dev/null")
+        .args(["init", "-input=false", "-no-color"])
+        .output()
+        .expect("terraform init");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    Some((tf, dir))
+}
+
 /// Runs `terraform plan` on a copy of the module's variables.tf (no resources, so no provider
 /// is needed) with `name` and `redis_auth_token` set: the validation errors, or "" if it passed.
 fn validation_errors(
@@ -330,16 +354,32 @@ fn validation_errors(
     name: &str,
     token: &str,
 ) -> String {
-    let base = serde_json::json!({
+    plan_errors(
+        tf,
+        dir,
+        serde_json::json!({"name": name, "redis_auth_token": token}),
+    )
+}
+
+/// `terraform plan` on the copy of variables.tf in `dir` with the required variables and
+/// `overrides` on top: the validation errors, or "" if it passed.
+fn plan_errors(
+    tf: &std::path::Path,
+    dir: &std::path::Path,
+    overrides: serde_json::Value,
+) -> String {
+    let mut base = serde_json::json!({
         "vpc_id": "vpc-1", "subnet_ids": ["a", "b"], "public_subnet_ids": ["a", "b"],
         "ami_id": "ami-1", "release_url": "https://example.com/r.tgz", "api_token": "t",
         "min_size": 1, "max_size": 2, "node_cap": 10, "scale_out_threshold": 5,
         "scale_out_period": 10, "scale_out_evaluation_periods": 1,
         "scale_out_steps": [{"lower": 5, "adjustment": 1}], "instance_warmup": 60,
         "scale_in_threshold": 2, "scale_in_period": 60, "scale_in_evaluation_periods": 3,
-        "scale_in_adjustment": 1, "scale_in_cooldown": 60,
-        "name": name, "redis_auth_token": token,
+        "scale_in_adjustment": 1, "scale_in_cooldown": 60, "name": "chat",
     });
+    for (k, v) in overrides.as_object().expect("overrides are an object") {
+        base[k] = v.clone();
+    }
     std::fs::write(dir.join("case.tfvars.json"), base.to_string()).expect("write");
     let out = Command::new(tf)
         .current_dir(dir)
@@ -365,28 +405,16 @@ fn validation_errors(
 
 #[test]
 fn name_and_auth_token_validations_admit_what_aws_admits_where_terraform_exists() {
-    let Ok(tf) = find_tool("terraform", &[], "") else {
+    let Some((tf, dir)) = variables_only_module() else {
         eprintln!("terraform not on PATH: validation check skipped");
         return;
     };
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::copy(
-        workspace_root().join("terraform/variables.tf"),
-        dir.path().join("variables.tf"),
-    )
-    .expect("copy variables.tf");
-    let init = Command::new(&tf)
-        .current_dir(dir.path())
-        .env("TF_CLI_CONFIG_FILE", "/dev/null")
-        .args(["init", "-input=false", "-no-color"])
-        .output()
-        .expect("terraform init");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
     let good = "Abc-def!&#$^<>123";
+    let errors = plan_errors(&tf, dir.path(), serde_json::json!({}));
+    assert!(
+        errors.is_empty(),
+        "no redis_auth_token refused in variables.tf (fleet.tf's precondition asks for it with chat-node):\n{errors}"
+    );
     let name_rule = "must not end with a dash or contain two dashes";
     let token_rule = "only ! & # $ ^ < > -";
     for (name, token, want) in [
@@ -414,6 +442,68 @@ fn name_and_auth_token_validations_admit_what_aws_admits_where_terraform_exists(
             assert!(
                 folded.contains(want),
                 "{name:?} / {token:?}: want {want:?} in:\n{errors}"
+            );
+        }
+    }
+}
+
+/// `var.service` (a team's own service instead of chat-node) admits a unit and port and refuses
+/// what would break the first boot, naming the fix.
+#[test]
+fn service_validations_refuse_what_the_first_boot_cannot_use_where_terraform_exists() {
+    let Some((tf, dir)) = variables_only_module() else {
+        eprintln!("terraform not on PATH: validation check skipped");
+        return;
+    };
+    let unit_rule = "must be a systemd unit name ending in .service or .socket";
+    let port_rule = "service.port must be a whole number between 1 and 65535";
+    let url_rule = "must be an http:// URL on the node itself";
+    for (service, want) in [
+        (
+            serde_json::json!({"unit": "myapp.service", "port": 8080}),
+            "",
+        ),
+        (
+            serde_json::json!({"unit": "echo.socket", "port": 7, "install": "apt-get install -y x"}),
+            "",
+        ),
+        (
+            serde_json::json!({"unit": "myapp.service", "port": 8080, "drain_url": "http://127.0.0.1:8080/drain"}),
+            "",
+        ),
+        (
+            serde_json::json!({"unit": "myapp", "port": 8080}),
+            unit_rule,
+        ),
+        (
+            serde_json::json!({"unit": "my app.service", "port": 8080}),
+            unit_rule,
+        ),
+        (
+            serde_json::json!({"unit": "myapp.service", "port": 0}),
+            port_rule,
+        ),
+        (
+            serde_json::json!({"unit": "myapp.service", "port": 70000}),
+            port_rule,
+        ),
+        (
+            serde_json::json!({"unit": "myapp.service", "port": 80.5}),
+            port_rule,
+        ),
+        (
+            serde_json::json!({"unit": "myapp.service", "port": 8080, "drain_url": "https://example.com/drain"}),
+            url_rule,
+        ),
+    ] {
+        let errors = plan_errors(&tf, dir.path(), serde_json::json!({"service": service}));
+        let folded = errors.split_whitespace().collect::<Vec<_>>().join(" ");
+        if want.is_empty() {
+            assert!(errors.is_empty(), "{service} refused:\n{errors}");
+        } else {
+            assert!(
+                folded.contains(want),
+                "{service}: want {want:?} in:\n{errors}"
             );
         }
     }

@@ -40,6 +40,27 @@ def parse_type(s):
     assert rest == "", f"trailing {rest!r} in type {s!r}"
     return t
 
+def _skip_default(s):
+    """The rest after optional(T, DEFAULT)'s default value: up to its closing parenthesis."""
+    depth, quoted, i = 0, False, 0
+    while i < len(s):
+        c = s[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0:
+                return s[i:]
+            depth -= 1
+        i += 1
+    raise AssertionError(f"unclosed optional() default at {s!r}")
+
 def _type(s):
     for prim in ("number", "string", "bool", "any"):
         if s.startswith(prim) and not s[len(prim):len(prim) + 1].isalnum():
@@ -47,6 +68,8 @@ def _type(s):
     for coll in ("list", "set", "map", "optional"):
         if s.startswith(coll + "("):
             inner, rest = _type(s[len(coll) + 1:])
+            if coll == "optional" and rest.startswith(","):
+                rest = _skip_default(rest[1:])
             assert rest.startswith(")"), rest
             return (coll, inner), rest[1:]
     if s.startswith("object({"):

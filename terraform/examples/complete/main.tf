@@ -24,6 +24,9 @@ module "connscale" {
   certificate_arn   = var.certificate_arn
   redis_auth_token  = var.redis_auth_token
   api_token         = var.api_token
+  # null: chat-node and its Redis; your own service instead, e.g.
+  #   service = { unit = "myapp.service", port = 8080, install = "apt-get install -y myapp" }
+  service = var.service
 
   min_size                     = local.policy.min_size
   max_size                     = local.policy.max_size
@@ -110,9 +113,21 @@ variable "certificate_arn" {
 }
 
 variable "redis_auth_token" {
-  description = "Redis AUTH token."
+  description = "Redis AUTH token (chat-node only; null with your own service)."
   type        = string
   sensitive   = true
+  default     = null
+}
+
+variable "service" {
+  description = "Your own service instead of chat-node (the module's `service`); null: chat-node."
+  type = object({
+    unit      = string
+    port      = number
+    install   = optional(string, "")
+    drain_url = optional(string)
+  })
+  default = null
 }
 
 variable "api_token" {

@@ -1,8 +1,10 @@
-//! The deployment, booted under real systemd: two Debian 12 machines (systemd-nspawn, each a copy
-//! of the root file system scripts/test caches), a chat node and the controller instance of
-//! controller.tf's one-instance group. Each runs the user data rendered from terraform's real
-//! template (user_data.sh.tftpl, controller_user_data.sh.tftpl), which installs the release from
-//! an HTTPS URL on the host, as cloud-init would on EC2.
+//! The deployment, booted under real systemd: four Debian 12 machines (systemd-nspawn, each a
+//! copy of the root file system scripts/test caches): a chat node, the controller instance of
+//! controller.tf's one-instance group, a chat node whose first boot fails, and a node of a team's
+//! own service (`var.service`: the agent alone, in front of an unmodified echo server). Each runs
+//! the user data rendered from terraform's real template (user_data.sh.tftpl,
+//! controller_user_data.sh.tftpl), which installs the release from an HTTPS URL on the host, as
+//! cloud-init would on EC2.
 //!
 //! Only the AWS network is a stand-in: moto (SSM, CloudWatch, Auto Scaling, EC2, DynamoDB) and an
 //! IMDSv2 and lifecycle stub ([`InstanceStub`]) per machine, all on the host's loopback, which the
@@ -134,6 +136,9 @@ fn template_value(key: &str, d: &Deployment) -> Value {
         "redis_url" => json!(format!("redis://127.0.0.1:{}", d.redis_port)),
         // What AWS gets: the boot test's own drop-in points the SDKs at the stand-ins instead.
         "aws_endpoint_url" => json!(""),
+        // chat-node (var.service null); the own-service node overrides them (own_service_vars).
+        "service_unit" | "service_install" | "service_drain_url" => json!(""),
+        "close_window" => json!(10),
         other => panic!(
             "fleet.tf passes the user-data template a variable `{other}` that the boot test has no value for: add it to template_value in test-support/tests/boot.rs"
         ),
@@ -365,6 +370,182 @@ fn assert_no_secret_in(user_data: &str, secrets: &Secrets, what: &str) {
     }
 }
 
+/// The team's own service of the own-service node: what its `service.install` sets up on the
+/// first boot. An unmodified server: systemd's socket activation handing each connection to
+/// `cat`, an echo server that knows nothing of connscale (no drain endpoint, no signal handling).
+fn own_service_install(port: u16) -> String {
+    format!(
+        "set -eu
+cat > /etc/systemd/system/echo.socket <<'UNIT'
+[Socket]
+ListenStream=0.0.0.0:{port}
+Accept=yes
+[Install]
+WantedBy=sockets.target
+UNIT
+cat > /etc/systemd/system/echo@.service <<'UNIT'
+[Service]
+ExecStart=/bin/cat
+StandardInput=socket
+UNIT
+echo 'own service installed' > /var/log/own-service-install.log
+"
+    )
+}
+
+/// fleet.tf's variables for a node of `var.service = {{ unit = \"echo.socket\", port, install }}`:
+/// what the module passes then (no Redis, no chat-node).
+fn own_service_vars(chat: &Map<String, Value>, port: u16, health_port: u16) -> Map<String, Value> {
+    use base64::Engine;
+    let install = base64::engine::general_purpose::STANDARD.encode(own_service_install(port));
+    let mut vars = chat.clone();
+    for (k, v) in [
+        ("service_unit", json!("echo.socket")),
+        ("service_install", json!(install)),
+        ("service_drain_url", json!("")),
+        ("chat_port", json!(port)),
+        ("health_port", json!(health_port)),
+        ("redis_url", json!("")),
+        ("redis_auth_token_parameter", json!("")),
+    ] {
+        assert!(vars.insert(k.into(), v).is_some(), "fleet.tf passes no {k}");
+    }
+    vars
+}
+
+/// A client of the echo service: connected, and answered.
+fn echo_client(port: u16) -> std::net::TcpStream {
+    use std::io::{BufRead, Write};
+    let mut c =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the own service");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.write_all(b"ping\n").expect("write");
+    let mut line = String::new();
+    std::io::BufReader::new(c.try_clone().expect("clone"))
+        .read_line(&mut line)
+        .expect("read the echo");
+    assert_eq!(line, "ping\n", "the own service did not echo");
+    c
+}
+
+/// Whether the server ended `c` (reset or closed): a read returns an error or end of file.
+fn ended(c: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    matches!(c.read(&mut buf), Ok(0) | Err(_))
+}
+
+/// The own-service node after its first boot: only the agent installed, the team's unit serving,
+/// the launch hook completed, the clients counted; then a scale-in, where the agent closes the
+/// connections itself (no drain endpoint) and completes the drain hook.
+fn check_own_service_node(
+    om: &Machine,
+    stub: &InstanceStub,
+    port: u16,
+    health_port: u16,
+    secrets: &Secrets,
+) {
+    assert_user_data_ran(om);
+    let installed = om.sh("cat /var/log/own-service-install.log 2>&1; command -v chat-node || echo 'no chat-node'; systemctl list-unit-files chat-node.service redis-server.service --no-legend | wc -l");
+    assert_eq!(
+        installed.split_whitespace().collect::<Vec<_>>().join(" "),
+        "own service installed no chat-node 0",
+        "the own-service node: {installed}"
+    );
+    for unit in [
+        "echo.socket",
+        "connscale-agent.service",
+        "connscale-credentials.service",
+    ] {
+        assert_eq!(
+            om.unit_state(unit),
+            "active",
+            "{unit}: {}",
+            om.journal(unit)
+        );
+    }
+    let creds = om.sh("ls /run/connscale/credentials");
+    assert_eq!(
+        creds.trim(),
+        "api-token",
+        "credentials of a node without Redis"
+    );
+    let holders = secret_holders(om, secrets);
+    for f in &holders {
+        let out = om.exec(&["runuser", "-u", "nobody", "--", "cat", f.as_str()]);
+        assert!(!out.status.success(), "nobody can read the secret in {f}");
+    }
+    let launch = stub
+        .lifecycle_calls()
+        .into_iter()
+        .find(|c| c.action == LifecycleAction::Complete && c.hook == LAUNCH_HOOK && c.accepted);
+    assert!(
+        launch.is_some_and(|c| c.result.as_deref() == Some("CONTINUE")),
+        "the own-service node's launch hook: {:?}\n{}",
+        stub.lifecycle_calls(),
+        om.journal("user-data.service")
+    );
+    let mut clients = [echo_client(port), echo_client(port), echo_client(port)];
+    let health_url = format!("http://127.0.0.1:{health_port}/health");
+    let (code, body) = wait_for(15, "/health to count the 3 echo clients", || {
+        let (code, body) = http_get(&health_url);
+        (body["connections"] == 3).then_some((code, body))
+    });
+    assert_eq!(code, 200, "/health of the own-service node: {body}");
+    let metrics = om.sh(&format!(
+        "curl -s -m 5 http://127.0.0.1:{health_port}/metrics"
+    ));
+    assert!(
+        metrics.contains("connscale_drain_close_available 1"),
+        "the agent cannot close connections (the user data installs close-drain.conf): {}",
+        om.journal("connscale-agent.service")
+    );
+    let score = exposure(om, "connscale-agent.service");
+    println!("own-service node: systemd-analyze security connscale-agent.service {score:.1}");
+    assert!(
+        score <= 2.5,
+        "the own-service node's agent rates {score:.1}"
+    );
+
+    // Scale-in: out of the ALB (503), the grace ends at once (3 < drain_grace_until_below),
+    // then the agent resets the connections over close_window and completes the hook.
+    stub.await_hook(Some(DRAIN_HOOK));
+    stub.set_target_lifecycle_state("Terminated");
+    wait_for(15, "/health to say draining", || {
+        (http_get(&health_url).0 == 503).then_some(())
+    });
+    for c in clients.iter_mut() {
+        c.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        assert!(
+            ended(c),
+            "the agent did not close an echo client's connection"
+        );
+    }
+    let done = wait_for(
+        60,
+        "the agent to complete the own-service node's drain hook",
+        || {
+            stub.lifecycle_calls().into_iter().find(|c| {
+                c.action == LifecycleAction::Complete && c.hook == DRAIN_HOOK && c.accepted
+            })
+        },
+    );
+    assert_eq!(done.result.as_deref(), Some("CONTINUE"));
+    let journal = om.journal("connscale-agent.service");
+    assert!(
+        journal.contains("closing the remaining connections over the window")
+            && journal.contains("every connection closed"),
+        "the agent's journal does not tell of the close drain: {journal}"
+    );
+    assert_eq!(
+        om.unit_state("echo.socket"),
+        "active",
+        "the drain stopped the service itself"
+    );
+}
+
 #[test]
 fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     assert!(
@@ -423,16 +604,22 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     controller_stub.set_target_lifecycle_state("InService");
     // A second chat node whose first boot fails (its API token's parameter does not exist): it
     // must ABANDON its launch hook, so Auto Scaling replaces it instead of waiting it out.
-    let failing_stub = InstanceStub::start(
-        InstanceIdentity {
-            instance_id: "i-0badb007000000001".into(),
-            group: group.name.clone(),
-            ..InstanceIdentity::default()
-        },
-        &moto.endpoint(),
-    );
-    failing_stub.set_target_lifecycle_state("InService");
-    failing_stub.await_hook(Some(LAUNCH_HOOK));
+    let launching = |instance_id: &str| {
+        let stub = InstanceStub::start(
+            InstanceIdentity {
+                instance_id: instance_id.into(),
+                group: group.name.clone(),
+                ..InstanceIdentity::default()
+            },
+            &moto.endpoint(),
+        );
+        stub.set_target_lifecycle_state("InService");
+        stub.await_hook(Some(LAUNCH_HOOK));
+        stub
+    };
+    let failing_stub = launching("i-0badb007000000001");
+    // A node of a team that brings its own service (var.service): the agent only, no chat-node.
+    let own_stub = launching("i-0015e41ce0000001");
     t.done("moto (groups, lease table), redis-server and the IMDS / lifecycle stubs up");
 
     // --- The release, served over HTTPS --------------------------------------------------
@@ -485,6 +672,16 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     let (failing_user_data, _) = render_user_data(
         &root.join("terraform/templates/user_data.sh.tftpl"),
         &failing_vars,
+    );
+    let (own_port, own_health) = (free_port(), free_port());
+    let (own_user_data, _) = render_user_data(
+        &root.join("terraform/templates/user_data.sh.tftpl"),
+        &own_service_vars(&vars, own_port, own_health),
+    );
+    assert_no_secret_in(
+        &own_user_data,
+        &secrets,
+        "own-service node's rendered user data",
     );
     let policy = controller_policy();
     let c = ControllerDeployment {
@@ -539,10 +736,19 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         &tls,
     );
     fm.write("/usr/local/sbin/sysctl", SYSCTL_STAND_IN, 0o755);
+    let mut om = Machine::copy_of(&rootfs, "node-own-service");
+    prepare(
+        &om,
+        &own_user_data,
+        &aws_stand_in_dropin(&moto, &own_stub, &own_stub.autoscaling_endpoint()),
+        &tls,
+    );
+    om.write("/usr/local/sbin/sysctl", SYSCTL_STAND_IN, 0o755);
     t.done("machines prepared");
     m.boot();
     cm.boot();
     fm.boot();
+    om.boot();
     t.done("machines booted");
     assert_user_data_ran(&m);
     t.done("node: user data ran");
@@ -703,6 +909,11 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     );
     fm.begin_poweroff();
     t.done("failing node: install failed, launch hook ABANDONed");
+
+    // --- A team's own service: the agent alone in front of it, closing it on scale-in --------
+    check_own_service_node(&om, &own_stub, own_port, own_health, &secrets);
+    om.begin_poweroff();
+    t.done("own-service node: agent only, launch hook completed, scale-in closed its clients");
 
     // --- The launch hook was completed by the user data ----------------------------------------
     let launch = stub
@@ -929,6 +1140,7 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     m.poweroff(Duration::from_secs(30));
     cm.poweroff(Duration::from_secs(30));
     fm.poweroff(Duration::from_secs(30));
+    om.poweroff(Duration::from_secs(30));
     t.done("machines powered off");
 }
 
