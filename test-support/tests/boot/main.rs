@@ -436,9 +436,10 @@ fn ended(c: &mut std::net::TcpStream) -> bool {
     matches!(c.read(&mut buf), Ok(0) | Err(_))
 }
 
-/// The own-service node after its first boot: only the agent installed, the team's unit serving,
-/// the launch hook completed, the clients counted; then a scale-in, where the agent closes the
-/// connections itself (no drain endpoint) and completes the drain hook.
+/// The own-service node after its first boot (no apt-get: from the release's tarball): only the
+/// agent installed, the team's unit serving, the launch hook completed, the clients counted; then
+/// a scale-in, where the agent closes the connections itself (no drain endpoint) and completes
+/// the drain hook.
 fn check_own_service_node(
     om: &Machine,
     stub: &InstanceStub,
@@ -447,11 +448,12 @@ fn check_own_service_node(
     secrets: &Secrets,
 ) {
     assert_user_data_ran(om);
-    let installed = om.sh("cat /var/log/own-service-install.log 2>&1; command -v chat-node || echo 'no chat-node'; systemctl list-unit-files chat-node.service redis-server.service --no-legend | wc -l");
+    let installed = om.sh("cat /var/log/own-service-install.log 2>&1; command -v chat-node || echo 'no chat-node'; systemctl list-unit-files chat-node.service redis-server.service --no-legend | wc -l; command -v connscale-agent; dpkg-query -W connscale-agent 2>/dev/null || echo 'from the tarball'; test -f /usr/share/connscale-agent/close-drain.conf && echo 'drop-in shipped'");
     assert_eq!(
         installed.split_whitespace().collect::<Vec<_>>().join(" "),
-        "own service installed no chat-node 0",
-        "the own-service node: {installed}"
+        "own service installed no chat-node 0 /usr/bin/connscale-agent from the tarball drop-in shipped",
+        "the own-service node (agent only, from the tarball): {installed}\n{}",
+        om.journal("user-data.service")
     );
     for unit in [
         "echo.socket",
@@ -744,6 +746,13 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         &tls,
     );
     om.write("/usr/local/sbin/sysctl", SYSCTL_STAND_IN, 0o755);
+    // A machine without apt-get, as Amazon Linux 2023 (the module's other AMI): the user data
+    // takes the release's tarball instead of the .debs.
+    std::fs::rename(
+        om.path("/usr/bin/apt-get"),
+        om.path("/usr/bin/apt-get.hidden"),
+    )
+    .expect("hide apt-get in the own-service machine");
     t.done("machines prepared");
     m.boot();
     cm.boot();
