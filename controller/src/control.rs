@@ -100,6 +100,9 @@ pub async fn turn<P: Provider, S: Strategy + ?Sized>(
     bound(&mut decision, &fleet);
     decision.settle(fleet.desired);
     let changes = decision.changes(&obs);
+    if !dry_run {
+        release_pool_terminations(provider, &fleet).await;
+    }
     if changes && !dry_run {
         let mut desired = fleet.desired;
         for id in &decision.scale_in {
@@ -117,6 +120,22 @@ pub async fn turn<P: Provider, S: Strategy + ?Sized>(
         acted: changes && !dry_run,
         decision,
     })
+}
+
+/// Completes the termination hook of warm-pool instances paused on it. A failure is logged and
+/// left for the next turn: the hook's own timeout ends the pause anyway, so it never stops a
+/// scaling decision.
+async fn release_pool_terminations<P: Provider>(provider: &mut P, fleet: &FleetView) {
+    for id in &fleet.pool_terminations {
+        match provider.release_pool_termination(id).await {
+            Ok(()) => {
+                tracing::info!(instance = %id, "warm-pool instance released from the termination hook (it never served)")
+            }
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "cannot release a warm-pool instance from the termination hook; retrying next turn")
+            }
+        }
+    }
 }
 
 /// Clamps the decision to the group's bounds, removing no more instances than they allow.
@@ -366,6 +385,7 @@ mod tests {
                     members,
                     warm_pool: None,
                     warm_instances: 0,
+                    pool_terminations: Vec::new(),
                 },
                 calls: Vec::new(),
                 fail_observe: None,
@@ -395,6 +415,10 @@ mod tests {
         }
         async fn release(&mut self) -> Result<(), ProviderError> {
             self.calls.push("release".into());
+            Ok(())
+        }
+        async fn release_pool_termination(&mut self, id: &str) -> Result<(), ProviderError> {
+            self.calls.push(format!("release_pool_termination {id}"));
             Ok(())
         }
     }
@@ -440,6 +464,40 @@ mod tests {
         let mut c = controller(Wants(9, vec![]), false);
         c.step(&mut fleet, 0).await.expect("step");
         assert_eq!(fleet.calls, ["claim", "set_desired 4"]);
+    }
+
+    /// Warm-pool instances paused on the termination hook are let go on every acting turn,
+    /// whatever the decision, and before it acts; a dry run leaves them.
+    #[tokio::test]
+    async fn a_turn_releases_pool_terminations_and_a_dry_run_does_not() {
+        let mut fleet = Recorder::new(3, 1, 5);
+        fleet.view.pool_terminations = vec!["i-w1".into(), "i-w2".into()];
+        let mut c = controller(Wants(3, vec![]), false);
+        c.step(&mut fleet, 0).await.expect("step");
+        assert_eq!(
+            fleet.calls,
+            [
+                "claim",
+                "release_pool_termination i-w1",
+                "release_pool_termination i-w2"
+            ]
+        );
+        fleet.calls.clear();
+        let mut c = controller(Wants(2, vec!["i-0"]), false);
+        c.step(&mut fleet, 0).await.expect("step");
+        assert_eq!(
+            fleet.calls,
+            [
+                "claim",
+                "release_pool_termination i-w1",
+                "release_pool_termination i-w2",
+                "terminate i-0 true"
+            ]
+        );
+        fleet.calls.clear();
+        let mut c = controller(Wants(3, vec![]), true);
+        c.step(&mut fleet, 0).await.expect("step");
+        assert!(fleet.calls.is_empty(), "{:?}", fleet.calls);
     }
 
     #[tokio::test]

@@ -37,6 +37,10 @@ pub struct FleetView {
     pub warm_pool: Option<WarmPool>,
     /// Instances waiting in the warm pool.
     pub warm_instances: u32,
+    /// Warm-pool instances paused on the termination hook (AWS `Warmed:Terminating:Wait`, when
+    /// the pool shrinks or is refreshed). They never served; a stopped one runs no agent to
+    /// complete the hook, so it would wait out the whole drain timeout.
+    pub pool_terminations: Vec<String>,
 }
 
 pub use connscale_common::spread::Spread;
@@ -180,6 +184,11 @@ pub trait Provider {
     }
     /// Gives the right to act up when the loop ends, so a standby need not wait for the TTL.
     async fn release(&mut self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// Lets one of [`FleetView::pool_terminations`] go on (it has no clients to drain). Fleets
+    /// without a warm pool's termination hook have none.
+    async fn release_pool_termination(&mut self, _id: &str) -> Result<(), ProviderError> {
         Ok(())
     }
 }

@@ -47,6 +47,43 @@ fn activities() -> String {
     )
 }
 
+/// One page of DescribeWarmPool (the API reference's shape): the first names a second.
+fn warm_pool(page: u32) -> String {
+    let member = |id: &str, state: &str| {
+        format!(
+            "<member><InstanceId>{id}</InstanceId><InstanceType>c7g.large</InstanceType><AvailabilityZone>us-east-1a</AvailabilityZone><LifecycleState>{state}</LifecycleState><HealthStatus>Healthy</HealthStatus><ProtectedFromScaleIn>false</ProtectedFromScaleIn></member>"
+        )
+    };
+    let (instances, next) = if page == 1 {
+        (
+            member("i-0aaa000000000001", "Warmed:Stopped")
+                + &member("i-0aaa000000000002", "Warmed:Terminating:Wait"),
+            "<NextToken>page-2</NextToken>",
+        )
+    } else {
+        (
+            member("i-0aaa000000000003", "Warmed:Terminating:Wait")
+                + &member("i-0aaa000000000004", "Warmed:Pending:Wait"),
+            "",
+        )
+    };
+    format!(
+        r#"<DescribeWarmPoolResponse xmlns="{NS}">
+  <DescribeWarmPoolResult>
+    <WarmPoolConfiguration>
+      <MaxGroupPreparedCapacity>6</MaxGroupPreparedCapacity>
+      <MinSize>0</MinSize>
+      <PoolState>Stopped</PoolState>
+      <InstanceReusePolicy><ReuseOnScaleIn>true</ReuseOnScaleIn></InstanceReusePolicy>
+    </WarmPoolConfiguration>
+    <Instances>{instances}</Instances>
+    {next}
+  </DescribeWarmPoolResult>
+  <ResponseMetadata><RequestId>5d2b6f4e-EXAMPLE</RequestId></ResponseMetadata>
+</DescribeWarmPoolResponse>"#
+    )
+}
+
 fn error(code: &str, message: &str) -> String {
     format!(
         r#"<ErrorResponse xmlns="{NS}">
@@ -65,10 +102,15 @@ async fn answer(State(seen): State<Requests>, body: String) -> impl IntoResponse
         .map(|(k, v)| (k.to_string(), v.replace("%3A", ":").replace("%20", " ")))
         .collect();
     let action = form.get("Action").cloned().unwrap_or_default();
+    let next_page = form.contains_key("NextToken");
     seen.lock().expect("requests").push(form);
     let (status, body) = match action.as_str() {
         "CompleteLifecycleAction" => (StatusCode::OK, complete_ok()),
         "DescribeScalingActivities" => (StatusCode::OK, activities()),
+        "DescribeWarmPool" => {
+            let page = if next_page { 2 } else { 1 };
+            (StatusCode::OK, warm_pool(page))
+        }
         "SetDesiredCapacity" => (
             StatusCode::FORBIDDEN,
             error(
@@ -149,6 +191,53 @@ async fn complete_lifecycle_action_sends_continue_for_the_group_hook_and_instanc
         vec![
             ("chat", "connscale-drain", "i-0c3bd5f4cd18a0b8b", "CONTINUE"),
             ("chat", "connscale-drain", "i-0c3bd5f4cd18a0b8b", "ABANDON"),
+        ]
+    );
+    task.abort();
+}
+
+/// A stopped pool instance being terminated (the pool shrinks or is refreshed) pauses on the
+/// termination hook with no agent running to complete it: the controller reads those from every
+/// page of the warm pool and lets them go on with CONTINUE on the drain hook.
+#[tokio::test]
+async fn pool_instances_paused_on_the_termination_hook_are_read_and_released() {
+    let (url, seen, task) = stub().await;
+    let mut p = provider(&url).await;
+    let (pool, waiting, terminating) = p.describe_warm_pool().await.expect("recorded pages");
+    let pool = pool.expect("a pool");
+    assert_eq!((pool.min_size, pool.max_prepared), (0, Some(6)));
+    assert!(pool.reuse_on_scale_in);
+    assert_eq!(waiting, 4);
+    assert_eq!(terminating, ["i-0aaa000000000002", "i-0aaa000000000003"]);
+    for id in &terminating {
+        p.release_pool_termination(id)
+            .await
+            .expect("recorded success");
+    }
+    let seen = seen.lock().expect("requests").clone();
+    let pages: Vec<Option<&str>> = seen
+        .iter()
+        .filter(|f| f["Action"] == "DescribeWarmPool")
+        .map(|f| f.get("NextToken").map(String::as_str))
+        .collect();
+    assert_eq!(pages, [None, Some("page-2")]);
+    let completed: Vec<(&str, &str, &str, &str)> = seen
+        .iter()
+        .filter(|f| f["Action"] == "CompleteLifecycleAction")
+        .map(|f| {
+            (
+                f["AutoScalingGroupName"].as_str(),
+                f["LifecycleHookName"].as_str(),
+                f["InstanceId"].as_str(),
+                f["LifecycleActionResult"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        completed,
+        [
+            ("chat", "connscale-drain", "i-0aaa000000000002", "CONTINUE"),
+            ("chat", "connscale-drain", "i-0aaa000000000003", "CONTINUE"),
         ]
     );
     task.abort();

@@ -95,6 +95,22 @@ fn lifecycle_of(state: &str) -> Option<Lifecycle> {
     }
 }
 
+/// The warm pool as the policy spells it, from the group's configuration.
+fn warm_pool_of(c: &aws_sdk_autoscaling::types::WarmPoolConfiguration) -> Option<WarmPool> {
+    Some(WarmPool {
+        min_size: c.min_size().unwrap_or(0).max(0) as u32,
+        max_prepared: c
+            .max_group_prepared_capacity()
+            .filter(|n| *n >= 0)
+            .map(|n| n as u32),
+        state: pool_state(c.pool_state()?.as_str())?,
+        reuse_on_scale_in: c
+            .instance_reuse_policy()
+            .and_then(|r| r.reuse_on_scale_in())
+            .unwrap_or(false),
+    })
+}
+
 /// The policy's pool state from the API's spelling.
 pub fn pool_state(aws: &str) -> Option<PoolState> {
     [
@@ -192,30 +208,41 @@ impl AwsProvider {
         Ok(out.scheduled_update_group_actions().to_vec())
     }
 
-    /// The warm pool as the policy spells it, and how many instances wait in it.
-    pub async fn describe_warm_pool(&self) -> Result<(Option<WarmPool>, u32), ProviderError> {
-        let out = self
-            .asg
-            .describe_warm_pool()
-            .auto_scaling_group_name(self.group())
-            .send()
-            .await
-            .map_err(|e| sdk_error("autoscaling:DescribeWarmPool", e))?;
-        let pool = out.warm_pool_configuration().and_then(|c| {
-            Some(WarmPool {
-                min_size: c.min_size().unwrap_or(0).max(0) as u32,
-                max_prepared: c
-                    .max_group_prepared_capacity()
-                    .filter(|n| *n >= 0)
-                    .map(|n| n as u32),
-                state: pool_state(c.pool_state()?.as_str())?,
-                reuse_on_scale_in: c
-                    .instance_reuse_policy()
-                    .and_then(|r| r.reuse_on_scale_in())
-                    .unwrap_or(false),
-            })
-        });
-        Ok((pool, out.instances().len() as u32))
+    /// The warm pool as the policy spells it, how many instances wait in it, and those of them
+    /// paused on the termination hook (`Warmed:Terminating:Wait`).
+    pub async fn describe_warm_pool(
+        &self,
+    ) -> Result<(Option<WarmPool>, u32, Vec<String>), ProviderError> {
+        let mut pool = None;
+        let (mut waiting, mut terminating) = (0u32, Vec::new());
+        let mut token: Option<String> = None;
+        // At most 50 instances a page.
+        loop {
+            let out = self
+                .asg
+                .describe_warm_pool()
+                .auto_scaling_group_name(self.group())
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("autoscaling:DescribeWarmPool", e))?;
+            if pool.is_none() {
+                pool = out.warm_pool_configuration().and_then(warm_pool_of);
+            }
+            waiting += out.instances().len() as u32;
+            terminating.extend(
+                out.instances()
+                    .iter()
+                    .filter(|i| {
+                        i.lifecycle_state().map(|s| s.as_str()) == Some("Warmed:Terminating:Wait")
+                    })
+                    .filter_map(|i| i.instance_id().map(str::to_string)),
+            );
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok((pool, waiting, terminating)),
+            }
+        }
     }
 
     /// Launch times and private addresses of instances.
@@ -332,11 +359,11 @@ impl Provider for AwsProvider {
                 })
             })
             .collect();
-        let (warm_pool, warm_instances) = match self.describe_warm_pool().await {
+        let (warm_pool, warm_instances, pool_terminations) = match self.describe_warm_pool().await {
             Ok(w) => w,
             Err(e) => {
                 tracing::debug!(error = %e, "warm pool unreadable");
-                (None, g.warm_pool_size().unwrap_or(0).max(0) as u32)
+                (None, g.warm_pool_size().unwrap_or(0).max(0) as u32, vec![])
             }
         };
         Ok(FleetView {
@@ -347,6 +374,7 @@ impl Provider for AwsProvider {
             members,
             warm_pool,
             warm_instances,
+            pool_terminations,
         })
     }
 
@@ -373,6 +401,10 @@ impl Provider for AwsProvider {
             .await
             .map_err(|e| sdk_error("autoscaling:TerminateInstanceInAutoScalingGroup", e))?;
         Ok(())
+    }
+
+    async fn release_pool_termination(&mut self, id: &str) -> Result<(), ProviderError> {
+        self.complete_lifecycle(id, plan::DRAIN_HOOK, true).await
     }
 
     async fn claim(&mut self, now: i64, ttl: std::time::Duration) -> Result<Claim, ProviderError> {

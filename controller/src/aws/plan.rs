@@ -465,7 +465,7 @@ pub async fn observed(
             },
         );
     }
-    if let (Some(w), _) = p.describe_warm_pool().await? {
+    if let (Some(w), _, _) = p.describe_warm_pool().await? {
         insert(&mut c, &group, Spec::WarmPool(w));
     }
     let hooks = p

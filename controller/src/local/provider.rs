@@ -84,6 +84,7 @@ impl Provider for LocalFleet {
             members,
             warm_pool: self.settings.warm_pool.clone(),
             warm_instances: self.warm_instances(),
+            pool_terminations: Vec::new(),
         })
     }
 

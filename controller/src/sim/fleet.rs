@@ -261,6 +261,7 @@ impl Provider for SimFleet<'_> {
             members,
             warm_pool: self.pool.clone(),
             warm_instances: self.pool_ready.len() as u32,
+            pool_terminations: Vec::new(),
         })
     }
 
