@@ -74,6 +74,31 @@ async fn read(
     m
 }
 
+/// The agent's environment for moto: CloudWatch on, PERIOD-second statistic sets in the test
+/// namespace, for `instance` of `group`.
+fn cloudwatch_env(moto: &MotoServer, instance: &str, group: &str) -> Vec<(&'static str, String)> {
+    let mut env = moto.env();
+    env.extend([
+        ("CONNSCALE_AGENT_CLOUDWATCH", "on".to_string()),
+        ("CONNSCALE_AGENT_PERIOD", format!("{PERIOD}s")),
+        ("CONNSCALE_AGENT_NAMESPACE", "connscale-test".into()),
+        ("CONNSCALE_INSTANCE_ID", instance.into()),
+        ("CONNSCALE_GROUP", group.into()),
+    ]);
+    env
+}
+
+/// Waits up to 30 s for the agent to have published `n` points; whether it did.
+async fn published(agent: &common::Agent, n: f64) -> bool {
+    for _ in 0..300 {
+        if agent.metric("connscale_published_points_total").await >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn heavy_statistic_sets_reach_cloudwatch_and_survive_an_outage() {
     let outage = std::env::var("CONNSCALE_OUTAGE_SECS")
@@ -90,29 +115,13 @@ async fn heavy_statistic_sets_reach_cloudwatch_and_survive_an_outage() {
         held.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
         held.push(l.accept().expect("accept").0);
     }
-    let mut env: Vec<(&str, String)> = moto.env();
-    env.extend([
-        ("CONNSCALE_AGENT_CLOUDWATCH", "on".to_string()),
-        ("CONNSCALE_AGENT_PERIOD", format!("{PERIOD}s")),
-        ("CONNSCALE_AGENT_NAMESPACE", "connscale-test".into()),
-        ("CONNSCALE_INSTANCE_ID", "i-0abc".into()),
-        ("CONNSCALE_GROUP", "chat".into()),
-    ]);
+    let env = cloudwatch_env(&moto, "i-0abc", "chat");
     let start = now();
     let agent = start_agent(&["--port", &port.to_string()], &env);
     let cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
 
     // Normal operation: a few periods published and readable per instance and per group.
-    for _ in 0..300 {
-        if agent.metric("connscale_published_points_total").await >= 3.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        agent.metric("connscale_published_points_total").await >= 3.0,
-        "nothing published"
-    );
+    assert!(published(&agent, 3.0).await, "nothing published");
     for dims in [
         vec![("AutoScalingGroupName", "chat"), ("InstanceId", "i-0abc")],
         vec![("AutoScalingGroupName", "chat")],
@@ -198,15 +207,8 @@ async fn heavy_a_warm_pool_instance_stays_out_of_the_group_average() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, "[drain]\nenabled = true\npoll_interval = \"300ms\"\n").expect("config");
-    let mut env: Vec<(&str, String)> = moto.env();
-    env.extend([
-        ("CONNSCALE_AGENT_CLOUDWATCH", "on".to_string()),
-        ("CONNSCALE_AGENT_PERIOD", format!("{PERIOD}s")),
-        ("CONNSCALE_AGENT_NAMESPACE", "connscale-test".into()),
-        ("CONNSCALE_INSTANCE_ID", "i-0warm".into()),
-        ("CONNSCALE_GROUP", "chat-pool".into()),
-        ("CONNSCALE_IMDS_ENDPOINT", stub.imds_endpoint()),
-    ]);
+    let mut env = cloudwatch_env(&moto, "i-0warm", "chat-pool");
+    env.push(("CONNSCALE_IMDS_ENDPOINT", stub.imds_endpoint()));
     let start = now();
     let args = [
         "--config",
@@ -216,24 +218,15 @@ async fn heavy_a_warm_pool_instance_stays_out_of_the_group_average() {
     ];
     let agent = start_agent(&args, &env);
     let cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
-    let published = |n: f64| {
-        let agent = &agent;
-        async move {
-            for _ in 0..300 {
-                if agent.metric("connscale_published_points_total").await >= n {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            false
-        }
-    };
     let instance = [
         ("AutoScalingGroupName", "chat-pool"),
         ("InstanceId", "i-0warm"),
     ];
     let group = [("AutoScalingGroupName", "chat-pool")];
-    assert!(published(3.0).await, "nothing published from the pool");
+    assert!(
+        published(&agent, 3.0).await,
+        "nothing published from the pool"
+    );
     let pts = read(&cw, &instance, start - PERIOD, now() + PERIOD).await;
     assert!(pts.len() >= 3, "per instance: {pts:?}");
     let pts = read(&cw, &group, start - PERIOD, now() + PERIOD).await;
@@ -246,7 +239,7 @@ async fn heavy_a_warm_pool_instance_stays_out_of_the_group_average() {
     let switched = now();
     let so_far = agent.metric("connscale_published_points_total").await;
     assert!(
-        published(so_far + 3.0).await,
+        published(&agent, so_far + 3.0).await,
         "nothing published in service"
     );
     let pts = read(&cw, &group, start - PERIOD, now() + PERIOD).await;

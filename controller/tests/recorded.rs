@@ -126,6 +126,21 @@ async fn answer(State(seen): State<Requests>, body: String) -> impl IntoResponse
     (status, [("content-type", "text/xml")], body)
 }
 
+/// The CompleteLifecycleAction requests among `seen`: (group, hook, instance, result).
+fn completions(seen: &[BTreeMap<String, String>]) -> Vec<(&str, &str, &str, &str)> {
+    seen.iter()
+        .filter(|f| f["Action"] == "CompleteLifecycleAction")
+        .map(|f| {
+            (
+                f["AutoScalingGroupName"].as_str(),
+                f["LifecycleHookName"].as_str(),
+                f["InstanceId"].as_str(),
+                f["LifecycleActionResult"].as_str(),
+            )
+        })
+        .collect()
+}
+
 async fn stub() -> (String, Requests, tokio::task::JoinHandle<()>) {
     let seen: Requests = Arc::default();
     let app = Router::new()
@@ -175,19 +190,9 @@ async fn complete_lifecycle_action_sends_continue_for_the_group_hook_and_instanc
         .await
         .expect("recorded success");
     let seen = seen.lock().expect("requests").clone();
-    let results: Vec<(&str, &str, &str, &str)> = seen
-        .iter()
-        .map(|f| {
-            (
-                f["AutoScalingGroupName"].as_str(),
-                f["LifecycleHookName"].as_str(),
-                f["InstanceId"].as_str(),
-                f["LifecycleActionResult"].as_str(),
-            )
-        })
-        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(
-        results,
+        completions(&seen),
         vec![
             ("chat", "connscale-drain", "i-0c3bd5f4cd18a0b8b", "CONTINUE"),
             ("chat", "connscale-drain", "i-0c3bd5f4cd18a0b8b", "ABANDON"),
@@ -221,20 +226,8 @@ async fn pool_instances_paused_on_the_termination_hook_are_read_and_released() {
         .map(|f| f.get("NextToken").map(String::as_str))
         .collect();
     assert_eq!(pages, [None, Some("page-2")]);
-    let completed: Vec<(&str, &str, &str, &str)> = seen
-        .iter()
-        .filter(|f| f["Action"] == "CompleteLifecycleAction")
-        .map(|f| {
-            (
-                f["AutoScalingGroupName"].as_str(),
-                f["LifecycleHookName"].as_str(),
-                f["InstanceId"].as_str(),
-                f["LifecycleActionResult"].as_str(),
-            )
-        })
-        .collect();
     assert_eq!(
-        completed,
+        completions(&seen),
         [
             ("chat", "connscale-drain", "i-0aaa000000000002", "CONTINUE"),
             ("chat", "connscale-drain", "i-0aaa000000000003", "CONTINUE"),

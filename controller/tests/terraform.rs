@@ -346,21 +346,6 @@ fn variables_only_module() -> Option<(PathBuf, tempfile::TempDir)> {
     Some((tf, dir))
 }
 
-/// Runs `terraform plan` on a copy of the module's variables.tf (no resources, so no provider
-/// is needed) with `name` and `redis_auth_token` set: the validation errors, or "" if it passed.
-fn validation_errors(
-    tf: &std::path::Path,
-    dir: &std::path::Path,
-    name: &str,
-    token: &str,
-) -> String {
-    plan_errors(
-        tf,
-        dir,
-        serde_json::json!({"name": name, "redis_auth_token": token}),
-    )
-}
-
 /// `terraform plan` on the copy of variables.tf in `dir` with the required variables and
 /// `overrides` on top: the validation errors, or "" if it passed.
 fn plan_errors(
@@ -433,17 +418,19 @@ fn name_and_auth_token_validations_admit_what_aws_admits_where_terraform_exists(
         ("chat", "abcdefghijklmnop q", token_rule),
         ("chat", "abcdefghijklmnopé", token_rule),
     ] {
-        let errors = validation_errors(&tf, dir.path(), name, token);
-        if want.is_empty() {
-            assert!(errors.is_empty(), "{name:?} / {token:?} refused:\n{errors}");
-        } else {
-            // terraform wraps long messages: compare with whitespace folded.
-            let folded = errors.split_whitespace().collect::<Vec<_>>().join(" ");
-            assert!(
-                folded.contains(want),
-                "{name:?} / {token:?}: want {want:?} in:\n{errors}"
-            );
-        }
+        let case = serde_json::json!({"name": name, "redis_auth_token": token});
+        assert_plan_says(&plan_errors(&tf, dir.path(), case.clone()), want, &case);
+    }
+}
+
+/// `want` empty: the plan passed; else its errors say `want` (terraform wraps long messages:
+/// compared with whitespace folded).
+fn assert_plan_says(errors: &str, want: &str, case: &serde_json::Value) {
+    if want.is_empty() {
+        assert!(errors.is_empty(), "{case} refused:\n{errors}");
+    } else {
+        let folded = errors.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(folded.contains(want), "{case}: want {want:?} in:\n{errors}");
     }
 }
 
@@ -496,16 +483,8 @@ fn service_validations_refuse_what_the_first_boot_cannot_use_where_terraform_exi
             url_rule,
         ),
     ] {
-        let errors = plan_errors(&tf, dir.path(), serde_json::json!({"service": service}));
-        let folded = errors.split_whitespace().collect::<Vec<_>>().join(" ");
-        if want.is_empty() {
-            assert!(errors.is_empty(), "{service} refused:\n{errors}");
-        } else {
-            assert!(
-                folded.contains(want),
-                "{service}: want {want:?} in:\n{errors}"
-            );
-        }
+        let case = serde_json::json!({"service": service});
+        assert_plan_says(&plan_errors(&tf, dir.path(), case.clone()), want, &case);
     }
 }
 

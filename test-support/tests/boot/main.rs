@@ -20,8 +20,8 @@ mod release;
 mod render;
 
 use connscale_test_support::{
-    InstanceIdentity, InstanceStub, LifecycleAction, MotoServer, RedisServer, free_port,
-    workspace_root,
+    InstanceIdentity, InstanceStub, LifecycleAction, LifecycleCall, MotoServer, RedisServer,
+    free_port, workspace_root,
 };
 use machine::Machine;
 use serde_json::{Map, Value, json};
@@ -346,6 +346,46 @@ fn assert_user_data_ran(m: &Machine) {
     );
 }
 
+/// A node of the fleet's group (a copy of `rootfs` named `name`), prepared to boot `user_data`
+/// with its own IMDS and lifecycle stub, and the sysctl stand-in a shared kernel needs.
+fn node_machine(
+    rootfs: &std::path::Path,
+    name: &str,
+    user_data: &str,
+    moto: &MotoServer,
+    stub: &InstanceStub,
+    tls: &release::TestCa,
+) -> Machine {
+    let m = Machine::copy_of(rootfs, name);
+    prepare(
+        &m,
+        user_data,
+        &aws_stand_in_dropin(moto, stub, &stub.autoscaling_endpoint()),
+        tls,
+    );
+    m.write("/usr/local/sbin/sysctl", SYSCTL_STAND_IN, 0o755);
+    m
+}
+
+/// The accepted CompleteLifecycleAction calls for `hook`, oldest first.
+fn completed(stub: &InstanceStub, hook: &str) -> Vec<LifecycleCall> {
+    stub.lifecycle_calls()
+        .into_iter()
+        .filter(|c| c.action == LifecycleAction::Complete && c.hook == hook && c.accepted)
+        .collect()
+}
+
+/// Asserts that no file holding a secret on `m` is readable by an unprivileged user; returns
+/// those files.
+fn assert_secrets_private(m: &Machine, secrets: &Secrets) -> Vec<String> {
+    let holders = secret_holders(m, secrets);
+    for f in &holders {
+        let out = m.exec(&["runuser", "-u", "nobody", "--", "cat", f.as_str()]);
+        assert!(!out.status.success(), "nobody can read the secret in {f}");
+    }
+    holders
+}
+
 /// Files under the usual places that hold one of the secrets (as `grep -l` names them).
 fn secret_holders(m: &Machine, secrets: &Secrets) -> Vec<String> {
     m.sh(&format!(
@@ -473,15 +513,8 @@ fn check_own_service_node(
         "api-token",
         "credentials of a node without Redis"
     );
-    let holders = secret_holders(om, secrets);
-    for f in &holders {
-        let out = om.exec(&["runuser", "-u", "nobody", "--", "cat", f.as_str()]);
-        assert!(!out.status.success(), "nobody can read the secret in {f}");
-    }
-    let launch = stub
-        .lifecycle_calls()
-        .into_iter()
-        .find(|c| c.action == LifecycleAction::Complete && c.hook == LAUNCH_HOOK && c.accepted);
+    assert_secrets_private(om, secrets);
+    let launch = completed(stub, LAUNCH_HOOK).into_iter().next();
     assert!(
         launch.is_some_and(|c| c.result.as_deref() == Some("CONTINUE")),
         "the own-service node's launch hook: {:?}\n{}",
@@ -528,11 +561,7 @@ fn check_own_service_node(
     let done = wait_for(
         60,
         "the agent to complete the own-service node's drain hook",
-        || {
-            stub.lifecycle_calls().into_iter().find(|c| {
-                c.action == LifecycleAction::Complete && c.hook == DRAIN_HOOK && c.accepted
-            })
-        },
+        || completed(stub, DRAIN_HOOK).into_iter().next(),
     );
     assert_eq!(done.result.as_deref(), Some("CONTINUE"));
     let journal = om.journal("connscale-agent.service");
@@ -714,14 +743,7 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     ));
 
     // --- The machines: a chat node and the controller, booted side by side ------------------
-    let mut m = Machine::copy_of(&rootfs, "node");
-    prepare(
-        &m,
-        &user_data,
-        &aws_stand_in_dropin(&moto, &stub, &stub.autoscaling_endpoint()),
-        &tls,
-    );
-    m.write("/usr/local/sbin/sysctl", SYSCTL_STAND_IN, 0o755);
+    let mut m = node_machine(&rootfs, "node", &user_data, &moto, &stub, &tls);
     let mut cm = Machine::copy_of(&rootfs, "controller");
     // The controller's Auto Scaling calls go to moto itself: its own instance has no hooks.
     prepare(
@@ -730,22 +752,22 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         &aws_stand_in_dropin(&moto, &controller_stub, &moto.endpoint()),
         &tls,
     );
-    let mut fm = Machine::copy_of(&rootfs, "node-failing");
-    prepare(
-        &fm,
+    let mut fm = node_machine(
+        &rootfs,
+        "node-failing",
         &failing_user_data,
-        &aws_stand_in_dropin(&moto, &failing_stub, &failing_stub.autoscaling_endpoint()),
+        &moto,
+        &failing_stub,
         &tls,
     );
-    fm.write("/usr/local/sbin/sysctl", SYSCTL_STAND_IN, 0o755);
-    let mut om = Machine::copy_of(&rootfs, "node-own-service");
-    prepare(
-        &om,
+    let mut om = node_machine(
+        &rootfs,
+        "node-own-service",
         &own_user_data,
-        &aws_stand_in_dropin(&moto, &own_stub, &own_stub.autoscaling_endpoint()),
+        &moto,
+        &own_stub,
         &tls,
     );
-    om.write("/usr/local/sbin/sysctl", SYSCTL_STAND_IN, 0o755);
     // A machine without apt-get, as Amazon Linux 2023 (the module's other AMI): the user data
     // takes the release's tarball instead of the .debs.
     std::fs::rename(
@@ -891,10 +913,7 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
 
     // --- A first boot that fails ABANDONs its launch hook ---------------------------------------
     let abandoned = wait_for(180, "the failing node to abandon its launch hook", || {
-        failing_stub
-            .lifecycle_calls()
-            .into_iter()
-            .find(|c| c.action == LifecycleAction::Complete && c.hook == LAUNCH_HOOK && c.accepted)
+        completed(&failing_stub, LAUNCH_HOOK).into_iter().next()
     });
     let journal = fm.journal("user-data.service");
     assert_eq!(
@@ -925,10 +944,7 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     t.done("own-service node: agent only, launch hook completed, scale-in closed its clients");
 
     // --- The launch hook was completed by the user data ----------------------------------------
-    let launch = stub
-        .lifecycle_calls()
-        .into_iter()
-        .find(|c| c.action == LifecycleAction::Complete && c.hook == LAUNCH_HOOK && c.accepted);
+    let launch = completed(&stub, LAUNCH_HOOK).into_iter().next();
     assert!(
         launch.is_some_and(|c| c.result.as_deref() == Some("CONTINUE")),
         "the user data did not complete the launch hook {LAUNCH_HOOK} with CONTINUE; calls: {:?}",
@@ -968,12 +984,8 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
     t.done("health 200 with the exact count; metric reached moto");
 
     // --- No secret readable by an unprivileged user ---------------------------------------------
-    let holders = secret_holders(&m, &secrets);
+    let holders = assert_secrets_private(&m, &secrets);
     println!("files holding a secret: {}", holders.join(" "));
-    for f in &holders {
-        let out = m.exec(&["runuser", "-u", "nobody", "--", "cat", f.as_str()]);
-        assert!(!out.status.success(), "nobody can read the secret in {f}");
-    }
     t.done("no secret readable by nobody");
 
     // --- Stopping chat-node drains its clients; they come back and recover ---------------------
@@ -1071,16 +1083,10 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
             e["ev"] == "disconnect" && e["id"] == id
         });
     }
-    let completed = |hook: &str| {
-        stub.lifecycle_calls()
-            .into_iter()
-            .filter(|c| c.action == LifecycleAction::Complete && c.hook == hook && c.accepted)
-            .collect::<Vec<_>>()
-    };
     let done = wait_for(
         90,
         "the agent to complete the drain hook (into the pool)",
-        || completed(DRAIN_HOOK).pop(),
+        || completed(&stub, DRAIN_HOOK).pop(),
     );
     assert_eq!(done.result.as_deref(), Some("CONTINUE"));
     m.poweroff(Duration::from_secs(30));
@@ -1092,7 +1098,7 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         120,
         "the agent to complete the launch hook out of the pool",
         || {
-            let done = completed(LAUNCH_HOOK);
+            let done = completed(&stub, LAUNCH_HOOK);
             (done.len() == 2).then(|| done[1].clone())
         },
     );
@@ -1137,7 +1143,7 @@ fn heavy_deployment_boots_under_systemd_serves_chat_and_scales_in() {
         });
     }
     let done = wait_for(90, "the agent to complete the drain hook", || {
-        let done = completed(DRAIN_HOOK);
+        let done = completed(&stub, DRAIN_HOOK);
         (done.len() == 2).then(|| done[1].clone())
     });
     assert_eq!(done.result.as_deref(), Some("CONTINUE"));
