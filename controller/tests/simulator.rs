@@ -119,6 +119,7 @@ fn cfg() -> SimConfig {
         time_scale: 1.0,
         compare: vec!["classic".into(), "classic-nopool".into(), "oracle".into()],
         model: FleetModel::default(),
+        what_if: Default::default(),
     }
 }
 

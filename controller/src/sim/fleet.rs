@@ -40,6 +40,22 @@ pub struct DrainGrace {
     pub until_below: f64,
 }
 
+/// Drains the controller does not have yet, modelled for the policy under test only, to measure
+/// what they would buy before they are built (issue 20). Off by default: the simulator models
+/// what `connscale run` does on AWS.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WhatIf {
+    /// A scale-out first takes back a victim still in its drain grace (the one holding most
+    /// clients) instead of launching: a drain that parks the instance in the group's Standby,
+    /// reversible by ExitStandby, where today's termination hook is not.
+    pub reclaim: bool,
+    /// While the other serving nodes could hold every client at or below this many each, the
+    /// least-connected one is cordoned: it takes new clients only once the others are full
+    /// (its agent's /health failing on the controller's word; the ALB fails open when all
+    /// fail), so it empties before it is picked for scale-in.
+    pub cordon_below: Option<f64>,
+}
+
 /// Fleet model parameters.
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetModel {
@@ -140,6 +156,7 @@ struct SimFleet<'a> {
     forced_reconnects: f64,
     /// The scaler's [`Scaler::drain_grace`].
     grace: DrainGrace,
+    what_if: WhatIf,
 }
 
 impl SimFleet<'_> {
@@ -158,6 +175,9 @@ impl SimFleet<'_> {
             }
         }
         while self.members() < self.desired {
+            if self.what_if.reclaim && self.reclaim() {
+                continue;
+            }
             let t = self.now;
             let ready_at = match (&self.pool, self.pool_ready.iter().position(|&r| r <= t)) {
                 (Some(w), Some(i)) => {
@@ -174,6 +194,17 @@ impl SimFleet<'_> {
                 leaves_at: None,
             });
         }
+    }
+
+    /// Takes back the draining node holding most clients ([`WhatIf::reclaim`]); false when none
+    /// drains.
+    fn reclaim(&mut self) -> bool {
+        let victim = self
+            .nodes
+            .iter_mut()
+            .filter(|n| n.draining())
+            .max_by(|a, b| a.conns.total_cmp(&b.conns));
+        victim.map(|n| n.leaves_at = None).is_some()
     }
 
     /// Nodes that count toward the desired capacity (not draining).
@@ -299,6 +330,7 @@ pub fn run(
     initial_nodes: u32,
     (min_size, max_size): (u32, u32),
     max_samples: usize,
+    what_if: WhatIf,
 ) -> Outcome {
     let (start, end) = (trace.start(), trace.end());
     let cap = model.node_cap;
@@ -317,6 +349,7 @@ pub fn run(
         seq: 0,
         forced_reconnects: 0.0,
         grace: scaler.drain_grace(),
+        what_if,
     };
     for _ in 0..initial_nodes.max(1) {
         let id = fleet.new_id();
@@ -362,7 +395,10 @@ pub fn run(
         let held: f64 = nodes.iter().map(|n| n.conns).sum();
         let arrivals = (demand - held).max(0.0);
         // A fraction of a connection left over from proportional placement is not a client.
-        let rejected = Some(place(nodes, arrivals, cap, t))
+        let skip = what_if
+            .cordon_below
+            .and_then(|below| cordoned(nodes, arrivals, below, t));
+        let rejected = Some(place(nodes, arrivals, cap, t, skip))
             .filter(|r| *r >= 1.0)
             .unwrap_or(0.0);
         out.rejected_connection_minutes += rejected * dt as f64 / 60.0;
@@ -410,15 +446,40 @@ pub fn run(
     out
 }
 
+/// The node [`WhatIf::cordon_below`] cordons: the least-connected serving one, while the other
+/// serving nodes could hold every client (with the `arrivals`) at or below `below` each.
+fn cordoned(nodes: &[Node], arrivals: f64, below: f64, now: i64) -> Option<usize> {
+    let serving: Vec<usize> = (0..nodes.len())
+        .filter(|&i| nodes[i].ready_at <= now && !nodes[i].draining())
+        .collect();
+    let held = serving.iter().map(|&i| nodes[i].conns).sum::<f64>() + arrivals;
+    (serving.len() >= 2 && held / (serving.len() - 1) as f64 <= below)
+        .then(|| {
+            serving
+                .into_iter()
+                .min_by(|&a, &b| nodes[a].conns.total_cmp(&nodes[b].conns))
+        })
+        .flatten()
+}
+
 /// Places new connections round-robin on serving nodes under the cap (equal shares, refilled
-/// while any node has room); returns how many found no room.
-fn place(nodes: &mut [Node], mut arrivals: f64, cap: f64, now: i64) -> f64 {
+/// while any node has room), on the `skip`ped (cordoned) node only while every other one is
+/// full; returns how many found no room.
+fn place(nodes: &mut [Node], mut arrivals: f64, cap: f64, now: i64, skip: Option<usize>) -> f64 {
     for _ in 0..nodes.len() + 1 {
-        let open: Vec<usize> = (0..nodes.len())
-            .filter(|&i| {
-                nodes[i].ready_at <= now && !nodes[i].draining() && nodes[i].conns < cap - 1e-9
-            })
-            .collect();
+        let open = |skip: Option<usize>| -> Vec<usize> {
+            (0..nodes.len())
+                .filter(|&i| {
+                    nodes[i].ready_at <= now
+                        && !nodes[i].draining()
+                        && nodes[i].conns < cap - 1e-9
+                        && skip != Some(i)
+                })
+                .collect()
+        };
+        let open = Some(open(skip))
+            .filter(|o| !o.is_empty())
+            .unwrap_or_else(|| open(None));
         if open.is_empty() || arrivals <= 1e-9 {
             break;
         }
@@ -448,7 +509,7 @@ mod tests {
     #[test]
     fn placement_fills_open_nodes_and_rejects_the_rest() {
         let mut n = vec![node(27_000.0), node(0.0)];
-        let rejected = place(&mut n, 30_000.0, 28_000.0, 0);
+        let rejected = place(&mut n, 30_000.0, 28_000.0, 0, None);
         assert_eq!((n[0].conns, n[1].conns), (28_000.0, 28_000.0));
         assert!((rejected - 1_000.0).abs() < 1e-6);
     }
@@ -482,10 +543,11 @@ mod tests {
                 seconds: 1_800,
                 until_below: 2_000.0,
             },
+            what_if: WhatIf::default(),
         };
         futures::executor::block_on(f.terminate("a", true)).unwrap();
         assert_eq!((f.nodes.len(), f.members(), f.desired), (2, 1, 1));
-        place(&mut f.nodes, 1_000.0, 28_000.0, 0);
+        place(&mut f.nodes, 1_000.0, 28_000.0, 0, None);
         assert_eq!(f.nodes[0].conns, 10_000.0, "the victim took new clients");
         f.nodes[0].conns = 2_500.0;
         f.now = 600;
@@ -497,6 +559,79 @@ mod tests {
         assert_eq!(f.forced_reconnects, 1_500.0);
     }
 
+    /// `--what-if cordon`: the least-connected node takes new clients only once the others are
+    /// full, and only while the others could hold everyone under the threshold.
+    #[test]
+    fn a_cordoned_node_takes_new_clients_last() {
+        let mut n = vec![node(20_000.0), node(5_000.0), node(20_000.0)];
+        assert_eq!(cordoned(&n, 1_000.0, 25_000.0, 0), Some(1));
+        assert_eq!(
+            cordoned(&n, 6_000.0, 25_000.0, 0),
+            None,
+            "the rest would pass 25,000"
+        );
+        place(&mut n, 1_000.0, 28_000.0, 0, Some(1));
+        assert_eq!(
+            (n[0].conns, n[1].conns, n[2].conns),
+            (20_500.0, 5_000.0, 20_500.0)
+        );
+        let rejected = place(&mut n, 16_000.0, 28_000.0, 0, Some(1));
+        assert_eq!((n[0].conns, n[1].conns), (28_000.0, 6_000.0));
+        assert_eq!(rejected, 0.0);
+        assert_eq!(
+            cordoned(&[node(1.0)], 0.0, 25_000.0, 0),
+            None,
+            "a lone node"
+        );
+    }
+
+    /// `--what-if reclaim`: a scale-out takes back the fullest victim in its grace instead of
+    /// launching; without it, a node launches while the victim keeps draining.
+    #[test]
+    fn a_scale_out_reclaims_a_draining_victim_only_with_the_what_if() {
+        let model = FleetModel::default();
+        for reclaim in [false, true] {
+            let mut f = SimFleet {
+                model: &model,
+                now: 0,
+                nodes: vec![node(9_000.0), node(3_000.0), node(6_000.0)],
+                desired: 3,
+                min_size: 1,
+                max_size: 4,
+                pool: None,
+                pool_ready: Vec::new(),
+                seq: 0,
+                forced_reconnects: 0.0,
+                grace: DrainGrace {
+                    seconds: 1_800,
+                    until_below: 2_000.0,
+                },
+                what_if: WhatIf {
+                    reclaim,
+                    cordon_below: None,
+                },
+            };
+            for (i, n) in f.nodes.iter_mut().enumerate() {
+                n.id = format!("n{i}");
+            }
+            f.nodes[1].leaves_at = Some(1_800);
+            f.nodes[2].leaves_at = Some(1_800);
+            f.desired = 1;
+            futures::executor::block_on(f.set_desired(2)).unwrap();
+            let draining: Vec<&str> = f
+                .nodes
+                .iter()
+                .filter(|n| n.draining())
+                .map(|n| n.id.as_str())
+                .collect();
+            if reclaim {
+                assert_eq!((f.nodes.len(), draining), (3, vec!["n1"]));
+            } else {
+                assert_eq!((f.nodes.len(), draining), (4, vec!["n1", "n2"]));
+            }
+        }
+    }
+
     #[test]
     fn pending_nodes_take_nothing() {
         let mut n = vec![
@@ -506,7 +641,7 @@ mod tests {
                 ..node(0.0)
             },
         ];
-        place(&mut n, 10.0, 28_000.0, 0);
+        place(&mut n, 10.0, 28_000.0, 0, None);
         assert_eq!((n[0].conns, n[1].conns), (10.0, 0.0));
     }
 }
