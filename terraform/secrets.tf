@@ -15,15 +15,9 @@ locals {
     api_token        = "${local.secret_prefix}/api-token"
     redis_auth_token = "${local.secret_prefix}/redis-auth-token"
   }
-  # The parameters that exist: the Redis token only with chat-node.
-  node_secret_names = concat(
-    [local.secret_parameters.api_token],
-    local.chat ? [local.secret_parameters.redis_auth_token] : [],
-  )
-  secret_parameter_arns = [
-    for n in local.node_secret_names :
-    "arn:aws:ssm:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:parameter${n}"
-  ]
+  # The parameters that exist (the Redis token only with chat-node): what the nodes may read,
+  # and the encryption contexts they may decrypt.
+  node_secret_arns = concat([aws_ssm_parameter.api_token.arn], aws_ssm_parameter.redis_auth_token[*].arn)
 }
 
 resource "aws_ssm_parameter" "api_token" {
@@ -49,7 +43,7 @@ data "aws_iam_policy_document" "node_secrets" {
   statement {
     sid       = "ReadOwnSecretsOnly"
     actions   = ["ssm:GetParameter"]
-    resources = concat([aws_ssm_parameter.api_token.arn], aws_ssm_parameter.redis_auth_token[*].arn)
+    resources = local.node_secret_arns
   }
   statement {
     # Decrypt only through SSM, only for these parameters (SSM puts the parameter's ARN in
@@ -66,7 +60,7 @@ data "aws_iam_policy_document" "node_secrets" {
     condition {
       test     = "StringEquals"
       variable = "kms:EncryptionContext:PARAMETER_ARN"
-      values   = local.secret_parameter_arns
+      values   = local.node_secret_arns
     }
   }
 }
