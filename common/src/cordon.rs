@@ -1,0 +1,66 @@
+//! The cordon: the controller's word to one node's agent that the load balancer should send it
+//! no new clients, so it empties before scale-in picks it.
+//!
+//! The controller writes an EC2 instance tag ([`TAG`]) whose value is the Unix second until
+//! which the cordon holds, and rewrites it before it lapses while it still wants the cordon.
+//! The agent reads the tag from instance metadata (tags in IMDS, which the terraform module
+//! enables) and fails `/health` while the cordon holds. A cordon nobody renews lapses by
+//! itself, so a controller that dies or loses its lease never leaves a node out of the
+//! balancer for long.
+
+/// The instance tag key (IMDS serves it at `tags/instance/connscale-cordon`; a key with `/`
+/// could not be served there).
+pub const TAG: &str = "connscale-cordon";
+
+/// How long one written cordon holds, seconds: several control turns, so a slow turn or one
+/// failed write does not lift it, and a minute or two of clock skew between the controller and
+/// the node neither.
+pub const HOLD: i64 = 300;
+
+/// The controller rewrites the tag once less than this many seconds of it remain.
+pub const RENEW_BELOW: i64 = 180;
+
+/// The tag's value for a cordon that holds until `until` (Unix seconds).
+pub fn value(until: i64) -> String {
+    until.to_string()
+}
+
+/// Whether a tag value read at `now` still cordons the node: a Unix second in the future. Any
+/// other value (empty, not a number) cordons nothing, so a malformed tag never takes a node
+/// out of the balancer.
+pub fn holds(value: &str, now: i64) -> bool {
+    value.trim().parse::<i64>().is_ok_and(|until| until > now)
+}
+
+/// Whether a tag value read at `now` needs rewriting to keep the cordon (a value that holds
+/// nothing is written anew).
+pub fn needs_renewal(value: &str, now: i64) -> bool {
+    value
+        .trim()
+        .parse::<i64>()
+        .map_or(true, |until| until - now < RENEW_BELOW)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cordon_holds_until_its_second_and_a_bad_value_never_holds() {
+        assert!(holds(&value(1_000), 999));
+        assert!(!holds(&value(1_000), 1_000));
+        for bad in ["", "soon", "-", "1e9", "  "] {
+            assert!(!holds(bad, 0), "{bad:?}");
+        }
+        assert!(holds(" 1000\n", 0));
+    }
+
+    #[test]
+    fn the_controller_renews_before_the_cordon_lapses() {
+        assert!(!needs_renewal(&value(1_000 + HOLD), 1_000));
+        assert!(!needs_renewal(&value(1_000 + RENEW_BELOW), 1_000));
+        assert!(needs_renewal(&value(1_000 + RENEW_BELOW - 1), 1_000));
+        assert!(needs_renewal("garbage", 1_000));
+        const { assert!(RENEW_BELOW < HOLD) };
+    }
+}
