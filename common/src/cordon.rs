@@ -25,20 +25,21 @@ pub fn value(until: i64) -> String {
     until.to_string()
 }
 
-/// Whether a tag value read at `now` still cordons the node: a Unix second in the future. Any
-/// other value (empty, not a number) cordons nothing, so a malformed tag never takes a node
-/// out of the balancer.
-pub fn holds(value: &str, now: i64) -> bool {
-    value.trim().parse::<i64>().is_ok_and(|until| until > now)
+/// The Unix second a tag value holds until; 0 (long lapsed) for anything but a number, so a
+/// malformed tag never takes a node out of the balancer, and the controller removes it.
+pub fn until(value: &str) -> i64 {
+    value.trim().parse::<i64>().unwrap_or(0)
 }
 
-/// Whether a tag value read at `now` needs rewriting to keep the cordon (a value that holds
-/// nothing is written anew).
-pub fn needs_renewal(value: &str, now: i64) -> bool {
-    value
-        .trim()
-        .parse::<i64>()
-        .map_or(true, |until| until - now < RENEW_BELOW)
+/// Whether a tag value read at `now` still cordons the node: a Unix second in the future.
+pub fn holds(value: &str, now: i64) -> bool {
+    until(value) > now
+}
+
+/// Whether a cordon that holds `until` (`None`: none written) must be rewritten at `now` to
+/// keep holding.
+pub fn needs_renewal(until: Option<i64>, now: i64) -> bool {
+    until.is_none_or(|until| until - now < RENEW_BELOW)
 }
 
 #[cfg(test)]
@@ -57,10 +58,11 @@ mod tests {
 
     #[test]
     fn the_controller_renews_before_the_cordon_lapses() {
-        assert!(!needs_renewal(&value(1_000 + HOLD), 1_000));
-        assert!(!needs_renewal(&value(1_000 + RENEW_BELOW), 1_000));
-        assert!(needs_renewal(&value(1_000 + RENEW_BELOW - 1), 1_000));
-        assert!(needs_renewal("garbage", 1_000));
+        assert!(!needs_renewal(Some(1_000 + HOLD), 1_000));
+        assert!(!needs_renewal(Some(1_000 + RENEW_BELOW), 1_000));
+        assert!(needs_renewal(Some(1_000 + RENEW_BELOW - 1), 1_000));
+        assert!(needs_renewal(Some(until("garbage")), 1_000));
+        assert!(needs_renewal(None, 1_000));
         const { assert!(RENEW_BELOW < HOLD) };
     }
 }
