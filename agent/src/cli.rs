@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 /// Counts established TCP connections on the service port(s) with netlink SOCK_DIAG, publishes
 /// them to CloudWatch as `TCPconnections` statistic sets, and serves /health (503 at the cap,
-/// while nothing listens on a counted port, and while draining) and /metrics.
+/// while nothing listens on a counted port, while the controller's cordon tag holds, and while
+/// draining) and /metrics.
 ///
 /// Without a subcommand it runs the agent. Config: TOML at /etc/connscale/agent.toml (or
 /// --config), overridden by environment variables (CONNSCALE_AGENT_PORTS, CONNSCALE_AGENT_CAP,

@@ -158,7 +158,7 @@ pub struct DrainConfig {
     /// yet during the ALB deregistration delay) are retried for this long since the last success.
     #[serde(with = "humantime_serde")]
     pub hook_heartbeat_timeout: Duration,
-    /// How often the target lifecycle state is read from IMDS.
+    /// How often the target lifecycle state, and the controller's cordon tag, are read from IMDS.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
 }

@@ -1,4 +1,5 @@
-//! EC2 instance metadata (IMDSv2): identity and the target lifecycle state.
+//! EC2 instance metadata (IMDSv2): identity, the target lifecycle state and the controller's
+//! cordon tag.
 
 use std::time::Duration;
 
@@ -39,8 +40,16 @@ impl Imds {
         r.text().await.map_err(|e| e.to_string())
     }
 
-    /// GET /latest/meta-data/{path}.
+    /// GET /latest/meta-data/{path}; any answer but a success is an error.
     pub async fn get(&self, path: &str) -> Result<String, String> {
+        self.get_optional(path)
+            .await?
+            .ok_or_else(|| format!("IMDS {path} returned 404 Not Found"))
+    }
+
+    /// GET /latest/meta-data/{path}, with `Ok(None)` when IMDS has no such path (404: e.g. an
+    /// instance tag that is not set); other failures are errors.
+    pub async fn get_optional(&self, path: &str) -> Result<Option<String>, String> {
         let token = self.token().await?;
         let r = self
             .http
@@ -49,12 +58,15 @@ impl Imds {
             .send()
             .await
             .map_err(|e| format!("IMDS {path}: {e}"))?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         if !r.status().is_success() {
             return Err(format!("IMDS {path} returned {}", r.status()));
         }
         r.text()
             .await
-            .map(|s| s.trim().to_string())
+            .map(|s| Some(s.trim().to_string()))
             .map_err(|e| e.to_string())
     }
 
@@ -74,5 +86,13 @@ impl Imds {
     /// `InService`, `Terminated`, `Warmed:*`, ... (`autoscaling/target-lifecycle-state`).
     pub async fn target_lifecycle_state(&self) -> Result<String, String> {
         self.get("autoscaling/target-lifecycle-state").await
+    }
+
+    /// The controller's cordon tag (`tags/instance/connscale-cordon`, see
+    /// [`connscale_common::cordon`]): its value, `None` when the instance has no such tag (or
+    /// instance metadata tags are off).
+    pub async fn cordon_tag(&self) -> Result<Option<String>, String> {
+        self.get_optional(&format!("tags/instance/{}", connscale_common::cordon::TAG))
+            .await
     }
 }

@@ -5,10 +5,13 @@
 //! for the network), the publisher (retries and backfills; never blocks sampling), and the
 //! HTTP server. A fourth, optional loop follows the instance's lifecycle: it drains the node on scale-in
 //! ([`lifecycle`]) and completes the launch hook of launches out of the warm pool ([`launch`]).
+//! Beside it, a fifth reads the controller's cordon ([`cordon`]), which fails /health so the
+//! node takes no new clients.
 
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod cordon;
 pub mod count;
 pub mod health;
 pub mod imds;
@@ -50,11 +53,22 @@ pub struct Status {
     pub close_available: Option<bool>,
     /// The current or last drain.
     pub drain: lifecycle::DrainProgress,
+    /// The controller's cordon tag as last read from IMDS (`None`: no tag, IMDS not answering,
+    /// or no watcher); see [`Status::cordon_until`].
+    pub cordon: Option<String>,
+}
+
+impl Status {
+    /// The second until which the cordon holds at `now`, or `None` when the node is not
+    /// cordoned (no tag, malformed, lapsed).
+    pub fn cordon_until(&self, now: i64) -> Option<i64> {
+        cordon::until(self.cordon.as_deref(), now)
+    }
 }
 
 pub type Shared = Arc<Mutex<Status>>;
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -86,9 +100,16 @@ pub fn spawn_sampler(
                     Ok(s) => {
                         let mut st = lock(&status);
                         let before = st.health;
-                        st.health = st.health.next(s.connections, s.listening, cap, hysteresis);
+                        let cordoned = st.cordon_until(now_secs()).is_some();
+                        st.health = st.health.next(
+                            s.connections,
+                            s.listening,
+                            cordoned,
+                            cap,
+                            hysteresis,
+                        );
                         if st.health != before {
-                            tracing::info!(connections = s.connections, listening = s.listening, cap, from = ?before, to = ?st.health, "health changed");
+                            tracing::info!(connections = s.connections, listening = s.listening, cordoned, cap, from = ?before, to = ?st.health, "health changed");
                         }
                         st.connections = s.connections;
                         st.listening = s.listening;
@@ -299,6 +320,7 @@ pub async fn run(cfg: AgentConfig, stdout_sink: bool) -> anyhow::Result<()> {
         sink: sink.describe(),
         close_available: None,
         drain: lifecycle::DrainProgress::default(),
+        cordon: None,
     }));
     if cfg.drain.enabled && cfg.drain.method == config::DrainMethod::Close {
         // Said at start-up, not first at a scale-in: the fix (the drop-in) takes a restart.
@@ -323,6 +345,8 @@ pub async fn run(cfg: AgentConfig, stdout_sink: bool) -> anyhow::Result<()> {
     ));
     if watches_lifecycle {
         tokio::spawn(lifecycle::watch(cfg.clone(), status.clone()));
+        // The same condition: a node that reads no lifecycle state from IMDS is never cordoned.
+        tokio::spawn(cordon::watch(cfg.clone(), status.clone()));
     }
     let listener = tokio::net::TcpListener::bind(cfg.health.bind)
         .await

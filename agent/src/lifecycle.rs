@@ -112,16 +112,19 @@ pub async fn watch(cfg: AgentConfig, status: Shared) {
 }
 
 /// The instance returned to service (from a `Running` warm pool): stop any drain still running
-/// and report healthy again (the sampler then applies the cap and the listener check).
+/// and report healthy again (the sampler then applies the cap, the listener check and the
+/// cordon).
 async fn back_in_service(cfg: &AgentConfig, status: &Shared, task: tokio::task::JoinHandle<()>) {
     if !task.is_finished() {
         tracing::warn!("back in service while the drain was still running: drain abandoned");
         task.abort();
     }
     let mut st = lock(status);
+    let cordoned = st.cordon_until(crate::now_secs()).is_some();
     st.health = HealthState::Ok.next(
         st.connections,
         st.listening,
+        cordoned,
         cfg.health.cap,
         cfg.health.hysteresis,
     );

@@ -12,9 +12,12 @@ pub fn router(status: Shared) -> Router {
 }
 
 /// 200 below the cap while the service listens; 503 at the cap (until the hysteresis band),
-/// while nothing listens on a counted port, and while draining.
+/// while nothing listens on a counted port, while the controller's cordon holds, and while
+/// draining. `state` says which (`ok`, `no_listener`, `full`, `cordoned`, `draining`);
+/// `cordon_until` is the second the cordon holds until (null: none).
 async fn health(State(s): State<Shared>) -> impl IntoResponse {
     let st = lock(&s).clone();
+    let cordon_until = st.cordon_until(crate::now_secs());
     let code = if st.health.is_healthy() {
         StatusCode::OK
     } else {
@@ -27,6 +30,7 @@ async fn health(State(s): State<Shared>) -> impl IntoResponse {
             "listening": st.listening,
             "cap": st.cap,
             "state": st.health,
+            "cordon_until": cordon_until,
             "method": st.method,
         })),
     )
@@ -34,6 +38,7 @@ async fn health(State(s): State<Shared>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     let st = lock(&s).clone();
+    let cordoned = st.cordon_until(crate::now_secs()).is_some();
     let mut out = Exposition::new();
     out.metric(
         "connscale_connections",
@@ -70,6 +75,12 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
         Kind::Gauge,
         "1 while the node drains for scale-in.",
         u8::from(st.health == crate::health::HealthState::Draining),
+    );
+    out.metric(
+        "connscale_cordoned",
+        Kind::Gauge,
+        "1 while the controller's cordon holds on this node: /health fails (state cordoned, unless full, no_listener or draining).",
+        u8::from(cordoned),
     );
     out.metric(
         "connscale_count_method_netlink",

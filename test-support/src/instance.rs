@@ -3,9 +3,10 @@
 //!
 //! - **IMDSv2** (`imds_endpoint()`): a session token from `PUT /latest/api/token` (with the TTL
 //!   header), then `GET /latest/meta-data/...` carrying it (401 without it, as on EC2). It serves
-//!   the identity (instance-id, placement/region, the group's tag), the target lifecycle state the
-//!   test sets, and the instance role's credentials (`iam/security-credentials/ROLE`, moto's test
-//!   keys) so the SDK's default credential chain works as on EC2.
+//!   the identity (instance-id, placement/region, the group's tag), the target lifecycle state and
+//!   the further instance tags the test sets (e.g. the controller's cordon), and the instance
+//!   role's credentials (`iam/security-credentials/ROLE`, moto's test keys) so the SDK's default
+//!   credential chain works as on EC2.
 //! - **Auto Scaling** (`autoscaling_endpoint()`): `RecordLifecycleActionHeartbeat` and
 //!   `CompleteLifecycleAction` (AWS query protocol) are answered here and recorded; like AWS they
 //!   fail with `ValidationError` unless the instance waits on that hook ([`InstanceStub::await_hook`]).
@@ -21,7 +22,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -74,6 +75,8 @@ pub struct LifecycleCall {
 struct Shared {
     identity: InstanceIdentity,
     target_state: String,
+    /// Instance tags beyond the group's (`tags/instance/KEY`).
+    tags: BTreeMap<String, String>,
     /// The hook the instance is paused on (`Pending:Wait` / `Terminating:Wait`), if any.
     waiting_hook: Option<String>,
     tokens: Vec<String>,
@@ -117,6 +120,7 @@ impl InstanceStub {
         let shared = Arc::new(Mutex::new(Shared {
             identity,
             target_state: "InService".into(),
+            tags: BTreeMap::new(),
             waiting_hook: None,
             tokens: Vec::new(),
             calls: Vec::new(),
@@ -192,6 +196,19 @@ impl InstanceStub {
     /// `Warmed:Stopped`, ...).
     pub fn set_target_lifecycle_state(&self, state: &str) {
         lock(&self.shared).target_state = state.to_string();
+    }
+
+    /// Sets the instance tag `key` (`Some`: served at `tags/instance/KEY` and listed in
+    /// `tags/instance` from now on) or removes it (`None`: 404, as IMDS answers for a tag the
+    /// instance does not have). E.g. the controller's cordon:
+    /// `set_instance_tag(connscale_common::cordon::TAG, Some("1700000300"))`. The group's tag
+    /// (`aws:autoscaling:groupName`) comes from the identity.
+    pub fn set_instance_tag(&self, key: &str, value: Option<&str>) {
+        let mut st = lock(&self.shared);
+        match value {
+            Some(v) => st.tags.insert(key.to_string(), v.to_string()),
+            None => st.tags.remove(key),
+        };
     }
 
     /// The instance now waits on `hook` (as in `Pending:Wait` or `Terminating:Wait`): lifecycle
@@ -287,14 +304,23 @@ fn imds_answer(s: &Stub, headers: &HeaderMap, path: &str) -> Response {
         "placement" => "availability-zone\nregion".into(),
         "placement/region" => id.region.clone(),
         "placement/availability-zone" => format!("{}a", id.region),
-        "tags/instance" => "aws:autoscaling:groupName".into(),
+        "tags/instance" => std::iter::once("aws:autoscaling:groupName")
+            .chain(st.tags.keys().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
         "tags/instance/aws:autoscaling:groupName" => id.group.clone(),
         "autoscaling" => "target-lifecycle-state".into(),
         "autoscaling/target-lifecycle-state" => st.target_state.clone(),
         "iam" => "info\nsecurity-credentials/".into(),
         "iam/security-credentials" => id.role.clone(),
         p if p == format!("iam/security-credentials/{}", id.role) => credentials(),
-        _ => return StatusCode::NOT_FOUND.into_response(),
+        p => match p
+            .strip_prefix("tags/instance/")
+            .and_then(|k| st.tags.get(k))
+        {
+            Some(v) => v.clone(),
+            None => return StatusCode::NOT_FOUND.into_response(),
+        },
     };
     body.into_response()
 }
