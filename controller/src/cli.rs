@@ -287,8 +287,6 @@ impl AwsArgs {
 pub enum WhatIfDrain {
     /// A scale-out takes back a victim still in its drain grace.
     Reclaim,
-    /// The least-connected node takes new clients last while the rest have room.
-    Cordon,
 }
 
 #[derive(Debug, Args)]
@@ -330,10 +328,8 @@ pub struct SimulateArgs {
     /// Model, for connscale's fleet only, a drain the controller does not have yet, to measure
     /// what building it would buy (issue 20; BENCHMARKS.md). `reclaim`: a scale-out takes back
     /// a victim still in its drain grace instead of launching (a drain through the group's
-    /// Standby, which ExitStandby reverses; today's termination hook cannot be undone).
-    /// `cordon`: while the other nodes could hold every client under the scale-out threshold,
-    /// the least-connected node takes new clients only once they are full, so it has emptied
-    /// when scale-in picks it. Comma-separated; the default models what `connscale run` does.
+    /// Standby, which ExitStandby reverses; today's termination hook cannot be undone). The
+    /// default models what `connscale run` does.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub what_if: Vec<WhatIfDrain>,
     /// Write an SVG plot (demand, capacity per policy, connscale's actions). With several traces,
@@ -531,10 +527,6 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         },
         what_if: WhatIf {
             reclaim: a.what_if.contains(&WhatIfDrain::Reclaim),
-            cordon_below: a
-                .what_if
-                .contains(&WhatIfDrain::Cordon)
-                .then(|| policy.scale_out_threshold() as f64),
         },
         policy,
     };

@@ -10,6 +10,7 @@
 
 use crate::engine::{Decision, Engine, EngineState, Lifecycle, Observation};
 use crate::provider::{Claim, FleetView, Provider, ProviderError};
+use connscale_common::cordon;
 use serde::Serialize;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -113,6 +114,10 @@ pub async fn turn<P: Provider, S: Strategy + ?Sized>(
             provider.set_desired(decision.desired).await?;
         }
     }
+    if !dry_run {
+        let want = decision.cordon.as_deref().filter(|_| !changes);
+        reconcile_cordon(provider, &fleet, want, now).await;
+    }
     Ok(Turn {
         now,
         fleet,
@@ -134,6 +139,41 @@ async fn release_pool_terminations<P: Provider>(provider: &mut P, fleet: &FleetV
             Err(e) => {
                 tracing::warn!(instance = %id, error = %e, "cannot release a warm-pool instance from the termination hook; retrying next turn")
             }
+        }
+    }
+}
+
+/// Brings the fleet's cordons to the decision's: lifts every other one, writes the wanted one
+/// (or renews it before it lapses). A failure is logged and left for the next turn: a cordon
+/// only steers new clients, and one nobody renews lapses by itself.
+async fn reconcile_cordon<P: Provider>(
+    provider: &mut P,
+    fleet: &FleetView,
+    want: Option<&str>,
+    now: i64,
+) {
+    for m in &fleet.members {
+        let result = if Some(m.id.as_str()) == want {
+            if !cordon::needs_renewal(m.cordoned_until, now) {
+                continue;
+            }
+            let until = now + cordon::HOLD;
+            let r = provider.cordon(&m.id, until).await;
+            if r.is_ok() && m.cordoned_until.is_none_or(|u| u <= now) {
+                tracing::info!(instance = %m.id, connections = ?m.connections, until, "cordoned: no new clients until scale-in or demand needs it");
+            }
+            r
+        } else if m.cordoned_until.is_some() {
+            let r = provider.uncordon(&m.id).await;
+            if r.is_ok() {
+                tracing::info!(instance = %m.id, "cordon lifted");
+            }
+            r
+        } else {
+            continue;
+        };
+        if let Err(e) = result {
+            tracing::warn!(instance = %m.id, error = %e, "cannot change the cordon; retrying next turn");
         }
     }
 }
@@ -374,6 +414,7 @@ mod tests {
                     launched_at: 0,
                     connections: Some(10 * i as u64),
                     address: None,
+                    cordoned_until: None,
                 })
                 .collect();
             Self {
@@ -421,6 +462,84 @@ mod tests {
             self.calls.push(format!("release_pool_termination {id}"));
             Ok(())
         }
+        async fn cordon(&mut self, id: &str, until: i64) -> Result<(), ProviderError> {
+            self.calls.push(format!("cordon {id} {until}"));
+            Ok(())
+        }
+        async fn uncordon(&mut self, id: &str) -> Result<(), ProviderError> {
+            self.calls.push(format!("uncordon {id}"));
+            Err(error(ErrorKind::Throttled))
+        }
+    }
+
+    /// Wants `0` cordoned and the desired capacity raised by `1`.
+    struct Cordons(Option<&'static str>, u32);
+
+    impl Strategy for Cordons {
+        fn decide(&mut self, obs: &Observation) -> Decision {
+            Decision {
+                desired: obs.desired + self.1,
+                cordon: self.0.map(str::to_string),
+                ..Decision::default()
+            }
+        }
+    }
+
+    /// Each acting turn brings the tags to the decision: writes the wanted cordon (or renews it
+    /// once less than RENEW_BELOW is left), lifts every other, and goes on past a failed lift
+    /// (retried next turn); a dry run, or a turn that scales, cordons nothing.
+    #[tokio::test]
+    async fn a_turn_writes_renews_and_lifts_cordons() {
+        let now = 1_000;
+        let tagged = |fresh: i64, stale: i64| {
+            let mut f = Recorder::new(3, 1, 5);
+            f.view.members[1].cordoned_until = Some(now + fresh);
+            f.view.members[2].cordoned_until = Some(now + stale);
+            f
+        };
+        let mut fleet = tagged(cordon::HOLD - 10, 100);
+        turn(&mut fleet, &mut Cordons(Some("i-1"), 0), now, false)
+            .await
+            .expect("turn");
+        assert_eq!(
+            fleet.calls,
+            ["uncordon i-2"],
+            "i-1's cordon holds long enough"
+        );
+        let mut fleet = tagged(100, 0);
+        turn(&mut fleet, &mut Cordons(Some("i-1"), 0), now, false)
+            .await
+            .expect("turn");
+        assert_eq!(
+            fleet.calls,
+            [
+                format!("cordon i-1 {}", now + cordon::HOLD),
+                "uncordon i-2".into()
+            ]
+        );
+        let mut fleet = tagged(100, 100);
+        turn(&mut fleet, &mut Cordons(Some("i-0"), 0), now, false)
+            .await
+            .expect("turn");
+        assert_eq!(
+            fleet.calls,
+            [
+                format!("cordon i-0 {}", now + cordon::HOLD),
+                "uncordon i-1".into(),
+                "uncordon i-2".into()
+            ]
+        );
+        let mut fleet = tagged(100, 100);
+        turn(&mut fleet, &mut Cordons(Some("i-0"), 0), now, true)
+            .await
+            .expect("turn");
+        assert!(fleet.calls.is_empty(), "a dry run: {:?}", fleet.calls);
+        let mut fleet = Recorder::new(3, 1, 5);
+        let mut scales = Cordons(Some("i-0"), 1);
+        turn(&mut fleet, &mut scales, now, false)
+            .await
+            .expect("turn");
+        assert_eq!(fleet.calls, ["set_desired 4"]);
     }
 
     /// Always wants `desired`, draining `victims`.

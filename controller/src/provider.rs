@@ -24,6 +24,9 @@ pub struct Member {
     pub connections: Option<u64>,
     /// Where the instance serves (private IP, or a loopback port for the local fleet).
     pub address: Option<String>,
+    /// The Unix second its cordon holds until ([`connscale_common::cordon`]), as last written;
+    /// `None`: never cordoned, or the tag was removed.
+    pub cordoned_until: Option<i64>,
 }
 
 /// The fleet at one moment: bounds, desired capacity, instances and warm pool.
@@ -189,6 +192,16 @@ pub trait Provider {
     /// Lets one of [`FleetView::pool_terminations`] go on (it has no clients to drain). Fleets
     /// without a warm pool's termination hook have none.
     async fn release_pool_termination(&mut self, _id: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// Cordons one instance until `until` (Unix seconds): its agent fails the load balancer's
+    /// health check, so it gets no new clients ([`connscale_common::cordon`]). Rewriting an
+    /// existing cordon moves its end. Fleets without a balancer to steer ignore it.
+    async fn cordon(&mut self, _id: &str, _until: i64) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// Lifts an instance's cordon (idempotent).
+    async fn uncordon(&mut self, _id: &str) -> Result<(), ProviderError> {
         Ok(())
     }
 }

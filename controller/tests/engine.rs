@@ -373,3 +373,73 @@ fn scale_out_acts_on_the_known_counts() {
         "{d:?}"
     );
 }
+
+/// The cordon: the least-connected ready node while the others could hold every client at or
+/// below the scale-out threshold (25,000); none otherwise.
+#[test]
+fn the_least_connected_node_is_cordoned_while_the_rest_could_hold_everyone() {
+    let e = Engine::new(Policy::default_policy());
+    // 3 × 23,000 + 4,000 = 73,000: the other three would hold 24,333 each.
+    let quiet = fleet(&[23_000, 4_000, 23_000, 23_000]);
+    let d = e.evaluate(&obs(0, quiet), &mut EngineState::default());
+    assert_eq!(
+        (d.direction.clone(), d.cordon.as_deref()),
+        (Direction::Hold, Some("i-1")),
+        "{d:?}"
+    );
+    // 3 × 24,000 + 4,000 = 76,000: 25,333 each without it.
+    let busy = fleet(&[24_000, 4_000, 24_000, 24_000]);
+    let d = e.evaluate(&obs(0, busy), &mut EngineState::default());
+    assert_eq!(d.cordon, None, "{d:?}");
+    let lone = fleet(&[100]);
+    assert_eq!(
+        e.evaluate(&obs(0, lone), &mut EngineState::default())
+            .cordon,
+        None
+    );
+}
+
+/// The cordon follows the least-connected node; last turn's keeps it on a tie, so it does not
+/// hop between equal counts (each hop is two health-check transitions).
+#[test]
+fn the_cordon_follows_the_emptiest_node_and_keeps_its_place_on_a_tie() {
+    let e = Engine::new(Policy::default_policy());
+    let mut st = EngineState::default();
+    let mut tie = fleet(&[20_000, 5_000, 5_000]);
+    tie[2].launched_at = -9_000;
+    let d = e.evaluate(&obs(0, tie.clone()), &mut st);
+    assert_eq!(
+        d.cordon.as_deref(),
+        Some("i-2"),
+        "the newest of a tie first: {d:?}"
+    );
+    tie[1].launched_at = -8_000;
+    let d = e.evaluate(&obs(10, tie), &mut st);
+    assert_eq!(
+        d.cordon.as_deref(),
+        Some("i-2"),
+        "a newer tie does not take it: {d:?}"
+    );
+    let d = e.evaluate(&obs(20, fleet(&[3_000, 5_000, 5_000])), &mut st);
+    assert_eq!(d.cordon.as_deref(), Some("i-0"), "{d:?}");
+}
+
+/// No cordon on a scaling action or while a node's count is missing (the others' load would be
+/// a guess); a node launched for a spike that is over is cordoned as soon as it serves.
+#[test]
+fn no_cordon_while_scaling_or_blind() {
+    let e = Engine::new(Policy::default_policy());
+    let d = e.evaluate(&obs(0, fleet(&[26_000; 4])), &mut EngineState::default());
+    assert!(
+        matches!(d.direction, Direction::ScaleOut { .. }) && d.cordon.is_none(),
+        "{d:?}"
+    );
+    let mut instances = fleet(&[10_000, 10_000]);
+    instances.push(node("new", 100, -5));
+    let d = e.evaluate(&obs(0, instances), &mut EngineState::default());
+    assert_eq!(d.cordon.as_deref(), Some("new"), "{d:?}");
+    let mut blind = fleet(&[10_000, 10_000, 10_000]);
+    blind[2].connections = None;
+    let d = e.evaluate(&obs(0, blind), &mut EngineState::default());
+    assert_eq!(d.cordon, None, "{d:?}");
+}

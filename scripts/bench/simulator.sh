@@ -19,9 +19,9 @@ for t in "$traces"/*.csv; do args+=(--trace "$t"); done
 "$bin" simulate --summary "${args[@]}" 2>/dev/null
 echo
 # What the two drains not built yet would buy (issue 20), for connscale's fleet only.
-echo '### What-if: the same summary with `--what-if reclaim,cordon`'
+echo '### What-if: the same summary with `--what-if reclaim`'
 echo
-"$bin" simulate --summary --what-if reclaim,cordon "${args[@]}" 2>/dev/null
+"$bin" simulate --summary --what-if reclaim "${args[@]}" 2>/dev/null
 echo
 for t in "$traces"/*.csv; do
   name=$(basename "$t" .csv)

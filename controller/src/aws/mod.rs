@@ -355,6 +355,7 @@ impl Provider for AwsProvider {
                     launched_at,
                     connections: conns.get(&id).copied(),
                     address,
+                    cordoned_until: None,
                     id,
                 })
             })

@@ -73,6 +73,7 @@ impl Provider for LocalFleet {
                     launched_at: i.launched_at,
                     connections: i.connections,
                     address: Some(format!("127.0.0.1:{}", i.port)),
+                    cordoned_until: None,
                 }
             })
             .collect();

@@ -49,11 +49,6 @@ pub struct WhatIf {
     /// clients) instead of launching: a drain that parks the instance in the group's Standby,
     /// reversible by ExitStandby, where today's termination hook is not.
     pub reclaim: bool,
-    /// While the other serving nodes could hold every client at or below this many each, the
-    /// least-connected one is cordoned: it takes new clients only once the others are full
-    /// (its agent's /health failing on the controller's word; the ALB fails open when all
-    /// fail), so it empties before it is picked for scale-in.
-    pub cordon_below: Option<f64>,
 }
 
 /// Fleet model parameters.
@@ -70,6 +65,9 @@ pub struct FleetModel {
     pub tick: i64,
     /// Mean connection lifetime, seconds: 1/this of connections reconnect per second.
     pub mean_session: f64,
+    /// Seconds from a cordon's change to the balancer acting on it: the agent's poll of its
+    /// tag, then two failed (or passed) health checks 10 s apart.
+    pub health_delay: i64,
 }
 
 impl Default for FleetModel {
@@ -82,6 +80,7 @@ impl Default for FleetModel {
             warm_running: 15,
             tick: 10,
             mean_session: 1_800.0,
+            health_delay: 30,
         }
     }
 }
@@ -157,6 +156,36 @@ struct SimFleet<'a> {
     /// The scaler's [`Scaler::drain_grace`].
     grace: DrainGrace,
     what_if: WhatIf,
+    cordon: SimCordon,
+}
+
+/// The cordon as the controller wrote it and as the balancer acts on it, a health delay later.
+#[derive(Debug, Default)]
+struct SimCordon {
+    /// The instance the controller cordoned, and until when.
+    written: Option<(String, i64)>,
+    /// The instance the balancer sends no new clients.
+    acting: Option<String>,
+    changed_at: i64,
+}
+
+impl SimCordon {
+    fn write(&mut self, to: Option<(String, i64)>, now: i64) {
+        if to.as_ref().map(|w| &w.0) != self.written.as_ref().map(|w| &w.0) {
+            self.changed_at = now;
+        }
+        self.written = to;
+    }
+
+    /// The node index the balancer skips at `now`.
+    fn skip(&mut self, nodes: &[Node], now: i64, delay: i64) -> Option<usize> {
+        let written = self.written.as_ref().map(|w| w.0.clone());
+        if written != self.acting && now - self.changed_at >= delay {
+            self.acting = written;
+        }
+        let id = self.acting.as_ref()?;
+        nodes.iter().position(|n| &n.id == id)
+    }
 }
 
 impl SimFleet<'_> {
@@ -281,6 +310,12 @@ impl Provider for SimFleet<'_> {
                     launched_at: n.ready_at.min(t),
                     connections: Some(n.conns.round() as u64),
                     address: None,
+                    cordoned_until: self
+                        .cordon
+                        .written
+                        .as_ref()
+                        .filter(|w| w.0 == n.id)
+                        .map(|w| w.1),
                 }
             })
             .collect();
@@ -318,6 +353,18 @@ impl Provider for SimFleet<'_> {
         self.converge();
         Ok(())
     }
+
+    async fn cordon(&mut self, id: &str, until: i64) -> Result<(), ProviderError> {
+        self.cordon.write(Some((id.to_string(), until)), self.now);
+        Ok(())
+    }
+
+    async fn uncordon(&mut self, id: &str) -> Result<(), ProviderError> {
+        if self.cordon.written.as_ref().is_some_and(|w| w.0 == id) {
+            self.cordon.write(None, self.now);
+        }
+        Ok(())
+    }
 }
 
 /// Replays `trace` through the model under `scaler`, starting with `initial_nodes` sharing the
@@ -350,6 +397,7 @@ pub fn run(
         forced_reconnects: 0.0,
         grace: scaler.drain_grace(),
         what_if,
+        cordon: SimCordon::default(),
     };
     for _ in 0..initial_nodes.max(1) {
         let id = fleet.new_id();
@@ -395,9 +443,8 @@ pub fn run(
         let held: f64 = nodes.iter().map(|n| n.conns).sum();
         let arrivals = (demand - held).max(0.0);
         // A fraction of a connection left over from proportional placement is not a client.
-        let skip = what_if
-            .cordon_below
-            .and_then(|below| cordoned(nodes, arrivals, below, t));
+        let skip = fleet.cordon.skip(&fleet.nodes, t, model.health_delay);
+        let nodes = &mut fleet.nodes;
         let rejected = Some(place(nodes, arrivals, cap, t, skip))
             .filter(|r| *r >= 1.0)
             .unwrap_or(0.0);
@@ -444,22 +491,6 @@ pub fn run(
     }
     out.forced_reconnects = fleet.forced_reconnects;
     out
-}
-
-/// The node [`WhatIf::cordon_below`] cordons: the least-connected serving one, while the other
-/// serving nodes could hold every client (with the `arrivals`) at or below `below` each.
-fn cordoned(nodes: &[Node], arrivals: f64, below: f64, now: i64) -> Option<usize> {
-    let serving: Vec<usize> = (0..nodes.len())
-        .filter(|&i| nodes[i].ready_at <= now && !nodes[i].draining())
-        .collect();
-    let held = serving.iter().map(|&i| nodes[i].conns).sum::<f64>() + arrivals;
-    (serving.len() >= 2 && held / (serving.len() - 1) as f64 <= below)
-        .then(|| {
-            serving
-                .into_iter()
-                .min_by(|&a, &b| nodes[a].conns.total_cmp(&nodes[b].conns))
-        })
-        .flatten()
 }
 
 /// Places new connections round-robin on serving nodes under the cap (equal shares, refilled
@@ -544,6 +575,7 @@ mod tests {
                 until_below: 2_000.0,
             },
             what_if: WhatIf::default(),
+            cordon: SimCordon::default(),
         };
         futures::executor::block_on(f.terminate("a", true)).unwrap();
         assert_eq!((f.nodes.len(), f.members(), f.desired), (2, 1, 1));
@@ -559,17 +591,10 @@ mod tests {
         assert_eq!(f.forced_reconnects, 1_500.0);
     }
 
-    /// `--what-if cordon`: the least-connected node takes new clients only once the others are
-    /// full, and only while the others could hold everyone under the threshold.
+    /// A cordoned node takes new clients only once the others are full.
     #[test]
     fn a_cordoned_node_takes_new_clients_last() {
         let mut n = vec![node(20_000.0), node(5_000.0), node(20_000.0)];
-        assert_eq!(cordoned(&n, 1_000.0, 25_000.0, 0), Some(1));
-        assert_eq!(
-            cordoned(&n, 6_000.0, 25_000.0, 0),
-            None,
-            "the rest would pass 25,000"
-        );
         place(&mut n, 1_000.0, 28_000.0, 0, Some(1));
         assert_eq!(
             (n[0].conns, n[1].conns, n[2].conns),
@@ -578,11 +603,31 @@ mod tests {
         let rejected = place(&mut n, 16_000.0, 28_000.0, 0, Some(1));
         assert_eq!((n[0].conns, n[1].conns), (28_000.0, 6_000.0));
         assert_eq!(rejected, 0.0);
-        assert_eq!(
-            cordoned(&[node(1.0)], 0.0, 25_000.0, 0),
-            None,
-            "a lone node"
-        );
+    }
+
+    /// The balancer acts on a cordon (and on its lifting) a health delay after the controller
+    /// writes it.
+    #[test]
+    fn the_balancer_follows_the_cordon_a_health_delay_late() {
+        let n = vec![
+            Node {
+                id: "a".into(),
+                ..node(1.0)
+            },
+            Node {
+                id: "b".into(),
+                ..node(1.0)
+            },
+        ];
+        let mut c = SimCordon::default();
+        c.write(Some(("b".into(), 400)), 100);
+        assert_eq!(c.skip(&n, 120, 30), None);
+        assert_eq!(c.skip(&n, 130, 30), Some(1));
+        c.write(Some(("b".into(), 700)), 200);
+        assert_eq!(c.skip(&n, 201, 30), Some(1), "a renewal changes nothing");
+        c.write(None, 300);
+        assert_eq!(c.skip(&n, 310, 30), Some(1));
+        assert_eq!(c.skip(&n, 330, 30), None);
     }
 
     /// `--what-if reclaim`: a scale-out takes back the fullest victim in its grace instead of
@@ -606,10 +651,8 @@ mod tests {
                     seconds: 1_800,
                     until_below: 2_000.0,
                 },
-                what_if: WhatIf {
-                    reclaim,
-                    cordon_below: None,
-                },
+                what_if: WhatIf { reclaim },
+                cordon: SimCordon::default(),
             };
             for (i, n) in f.nodes.iter_mut().enumerate() {
                 n.id = format!("n{i}");
