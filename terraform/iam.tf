@@ -110,6 +110,23 @@ data "aws_iam_policy_document" "controller" {
     }
   }
   statement {
+    # The cordon (connscale-cordon, read by the node's agent through IMDS tags): only on this
+    # group's instances, and only that one tag key.
+    sid       = "CordonTag"
+    actions   = ["ec2:CreateTags", "ec2:DeleteTags"]
+    resources = ["arn:aws:ec2:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:instance/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/aws:autoscaling:groupName"
+      values   = [var.name]
+    }
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "aws:TagKeys"
+      values   = ["connscale-cordon"]
+    }
+  }
+  statement {
     sid       = "OwnAlarms"
     actions   = ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"]
     resources = ["arn:aws:cloudwatch:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:alarm:${var.name}-*"]

@@ -706,6 +706,75 @@ async fn the_fleet_view_reads_launch_times_and_addresses_from_ec2() {
     assert!(err.message.contains("InvalidInstanceID"), "{err}");
 }
 
+/// The cordon against moto's EC2: a holding turn tags the least-connected instance with
+/// `connscale-cordon` (CreateTags; value: the second it holds until), the next observe reads it
+/// back from DescribeInstances' tagSet, and once the fleet is too busy for it the turn removes it
+/// (DeleteTags).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_fleet_cordons_its_least_connected_instance_and_a_busy_one_lifts_it() {
+    use connscale::provider::Provider;
+    use connscale_common::cordon;
+    let env = Env::new().await;
+    let mut p = env.provider().await;
+    let mut policy = env.policy.clone();
+    policy.schedules.clear();
+    let mut scaler = control::Autoscaler::new(Engine::new(policy));
+    // 300 + 100: the other one alone would hold 400 ≤ 700 (the scale-out threshold). The scale-in
+    // waits for `sustain`, so the turn holds.
+    let counts = env
+        .publish_by_rank(|n| if n == 0 { 300.0 } else { 100.0 })
+        .await;
+    let least = counts
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0
+        .clone();
+    let at = now();
+    let t = control::turn(&mut p, &mut scaler, at, false)
+        .await
+        .expect("turn");
+    assert_eq!(
+        t.decision.cordon.as_deref(),
+        Some(least.as_str()),
+        "{}",
+        t.decision.reason
+    );
+    let tags: Vec<(String, Option<String>)> = p
+        .ec2
+        .describe_instances(counts.keys().cloned().collect())
+        .await
+        .expect("describe")
+        .into_iter()
+        .map(|i| (i.id, i.cordon))
+        .collect();
+    for (id, tag) in &tags {
+        let want = (id == &least).then(|| cordon::value(at + cordon::HOLD));
+        assert_eq!(tag, &want, "{id}: {tags:?}");
+    }
+    let view = p.observe().await.expect("observe");
+    let cordoned: Vec<_> = view
+        .members
+        .iter()
+        .filter_map(|m| Some((m.id.clone(), m.cordoned_until?)))
+        .collect();
+    assert_eq!(cordoned, vec![(least.clone(), at + cordon::HOLD)]);
+
+    // 650 + 650: one alone would hold 1,300. No cordon, and the tag goes.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    env.publish_by_rank(|_| 650.0).await;
+    let t = control::turn(&mut p, &mut scaler, now(), false)
+        .await
+        .expect("turn");
+    assert_eq!(t.decision.cordon, None, "{}", t.decision.reason);
+    let view = p.observe().await.expect("observe");
+    assert!(
+        view.members.iter().all(|m| m.cordoned_until.is_none()),
+        "{:?}",
+        view.members
+    );
+}
+
 /// Many loops started at once: in every turn exactly one of them holds the lease (DynamoDB's
 /// conditional write decides), and the holder keeps it while it renews.
 #[tokio::test(flavor = "multi_thread")]

@@ -1,9 +1,10 @@
-//! EC2 DescribeInstances, the controller's only EC2 call (launch time and private address of the
-//! group's instances), as one signed EC2 Query request.
+//! The controller's EC2 calls, each one signed EC2 Query request: DescribeInstances (launch
+//! time, private address and the cordon tag of the group's instances), CreateTags and
+//! DeleteTags (the cordon, [`connscale_common::cordon`]).
 //!
 //! Why not the `aws-sdk-ec2` crate: it is the largest crate in the tree (88 MB of generated code
 //! for 700+ operations, against 8 MB for all of Auto Scaling) and was the bulk of a fresh release
-//! build (BENCHMARKS.md, "Build time"), for this one call. The request here still runs through the
+//! build (BENCHMARKS.md, "Build time"), for these three calls. The request here still runs through the
 //! SDK's own runtime, with the same [`aws_config::SdkConfig`] as the other clients: its HTTP client
 //! (TLS), credential chain and identity cache, SigV4 signer (`aws-runtime`, scope
 //! `REGION/ec2/aws4_request`), standard retries (throttling codes, 5xx, transient I/O) and
@@ -48,6 +49,8 @@ pub struct Instance {
     /// Epoch seconds.
     pub launch_time: Option<i64>,
     pub private_ip: Option<String>,
+    /// The value of its [`connscale_common::cordon::TAG`] tag, if it has one.
+    pub cordon: Option<String>,
 }
 
 /// An EC2 error response (`<Response><Errors><Error><Code>…`), with the code and message the
@@ -76,12 +79,15 @@ impl ProvideErrorMetadata for Ec2Error {
     }
 }
 
-type DescribeOp = Operation<Vec<String>, Vec<Instance>, Ec2Error>;
+/// One EC2 Query call: the form's parameters in, the response body's reading out.
+type QueryOp<O> = Operation<Vec<(String, String)>, O, Ec2Error>;
 
-/// A DescribeInstances caller built from an SDK configuration.
+/// The EC2 calls, built once from an SDK configuration.
 #[derive(Debug, Clone)]
 pub struct Ec2 {
-    op: Result<DescribeOp, String>,
+    describe: Result<QueryOp<Vec<Instance>>, String>,
+    /// CreateTags and DeleteTags, whose answer carries nothing but success.
+    tag: Result<QueryOp<()>, String>,
 }
 
 impl Ec2 {
@@ -89,7 +95,8 @@ impl Ec2 {
     /// config's endpoint URL (`AWS_ENDPOINT_URL`), or the region's public endpoint.
     pub fn new(conf: &aws_config::SdkConfig, endpoint: Option<&str>) -> Self {
         Self {
-            op: build(conf, endpoint),
+            describe: build(conf, endpoint, "DescribeInstances", parse_instances),
+            tag: build(conf, endpoint, "CreateTags|DeleteTags", |_| Ok(())),
         }
     }
 
@@ -98,10 +105,55 @@ impl Ec2 {
         &self,
         ids: Vec<String>,
     ) -> Result<Vec<Instance>, SdkError<Ec2Error, HttpResponse>> {
-        match &self.op {
-            Ok(op) => op.invoke(ids).await,
-            Err(e) => Err(SdkError::construction_failure(e.clone())),
+        let mut form = params("DescribeInstances");
+        for (n, id) in ids.iter().enumerate() {
+            form.push((format!("InstanceId.{}", n + 1), id.clone()));
         }
+        invoke(&self.describe, form).await
+    }
+
+    /// Sets tag `key` to `value` on instance `id` (CreateTags overwrites an existing value).
+    pub async fn create_tag(
+        &self,
+        id: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), SdkError<Ec2Error, HttpResponse>> {
+        let mut form = params("CreateTags");
+        form.push(("ResourceId.1".into(), id.into()));
+        form.push(("Tag.1.Key".into(), key.into()));
+        form.push(("Tag.1.Value".into(), value.into()));
+        invoke(&self.tag, form).await
+    }
+
+    /// Removes tag `key` from instance `id`, whatever its value (a missing tag is no error).
+    pub async fn delete_tag(
+        &self,
+        id: &str,
+        key: &str,
+    ) -> Result<(), SdkError<Ec2Error, HttpResponse>> {
+        let mut form = params("DeleteTags");
+        form.push(("ResourceId.1".into(), id.into()));
+        form.push(("Tag.1.Key".into(), key.into()));
+        invoke(&self.tag, form).await
+    }
+}
+
+/// `Action=…&Version=…`, the start of every call's form.
+fn params(action: &str) -> Vec<(String, String)> {
+    vec![
+        ("Action".into(), action.into()),
+        ("Version".into(), API_VERSION.into()),
+    ]
+}
+
+async fn invoke<O: Send + Sync + std::fmt::Debug + 'static>(
+    op: &Result<QueryOp<O>, String>,
+    form: Vec<(String, String)>,
+) -> Result<O, SdkError<Ec2Error, HttpResponse>> {
+    match op {
+        Ok(op) => op.invoke(form).await,
+        Err(e) => Err(SdkError::construction_failure(e.clone())),
     }
 }
 
@@ -114,7 +166,12 @@ fn endpoint_for(region: &str) -> String {
     format!("https://ec2.{region}.{suffix}")
 }
 
-fn build(conf: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<DescribeOp, String> {
+fn build<O: Send + Sync + std::fmt::Debug + 'static>(
+    conf: &aws_config::SdkConfig,
+    endpoint: Option<&str>,
+    name: &'static str,
+    read: fn(&[u8]) -> Result<O, XmlDecodeError>,
+) -> Result<QueryOp<O>, String> {
     let region = conf
         .region()
         .cloned()
@@ -151,7 +208,7 @@ fn build(conf: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Describ
 
     let mut op = Operation::builder()
         .service_name("ec2")
-        .operation_name("DescribeInstances")
+        .operation_name(name)
         .endpoint_url(&endpoint)
         .standard_retry(
             &conf
@@ -181,8 +238,8 @@ fn build(conf: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Describ
         op = op.behavior_version(bv);
     }
     Ok(op
-        .serializer(|ids: Vec<String>| {
-            let body = request_body(&ids);
+        .serializer(|form: Vec<(String, String)>| {
+            let body = request_body(&form);
             let req = http::Request::builder()
                 .method("POST")
                 .uri("/")
@@ -190,11 +247,11 @@ fn build(conf: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Describ
                 .body(SdkBody::from(body))?;
             Ok(HttpRequest::try_from(req)?)
         })
-        .deserializer(|resp: &HttpResponse| {
+        .deserializer(move |resp: &HttpResponse| {
             let body = resp.body().bytes().unwrap_or_default();
             if resp.status().is_success() {
-                parse_instances(body).map_err(|e| {
-                    OrchestratorError::other(format!("unreadable DescribeInstances response: {e}"))
+                read(body).map_err(|e| {
+                    OrchestratorError::other(format!("unreadable {name} response: {e}"))
                 })
             } else {
                 let meta = parse_error(body)
@@ -219,15 +276,13 @@ fn build(conf: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Describ
         .build())
 }
 
-/// `Action=DescribeInstances&Version=…&InstanceId.1=…`, the Query protocol's form body.
-fn request_body(ids: &[String]) -> String {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("Action", "DescribeInstances");
-    form.append_pair("Version", API_VERSION);
-    for (n, id) in ids.iter().enumerate() {
-        form.append_pair(&format!("InstanceId.{}", n + 1), id);
+/// The Query protocol's form body (`Action=DescribeInstances&Version=…&InstanceId.1=…`).
+fn request_body(form: &[(String, String)]) -> String {
+    let mut body = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form {
+        body.append_pair(k, v);
     }
-    form.finish()
+    body.finish()
 }
 
 /// `<DescribeInstancesResponse><reservationSet><item><instancesSet><item>…`: each instance's
@@ -265,6 +320,7 @@ fn parse_instances(body: &[u8]) -> Result<Vec<Instance>, XmlDecodeError> {
                                 let ip = try_data(&mut f)?.trim().to_string();
                                 i.private_ip = (!ip.is_empty()).then_some(ip);
                             }
+                            "tagSet" => i.cordon = cordon_tag(&mut f)?,
                             _ => {}
                         }
                     }
@@ -276,6 +332,27 @@ fn parse_instances(body: &[u8]) -> Result<Vec<Instance>, XmlDecodeError> {
         }
     }
     Ok(out)
+}
+
+/// `<tagSet><item><key>…</key><value>…</value></item>…`: the cordon tag's value.
+fn cordon_tag(
+    set: &mut aws_smithy_xml::decode::ScopedDecoder,
+) -> Result<Option<String>, XmlDecodeError> {
+    let mut found = None;
+    while let Some(mut item) = set.next_tag() {
+        let (mut key, mut value) = (String::new(), String::new());
+        while let Some(mut f) = item.next_tag() {
+            match f.start_el().local() {
+                "key" => key = try_data(&mut f)?.to_string(),
+                "value" => value = try_data(&mut f)?.to_string(),
+                _ => {}
+            }
+        }
+        if key == connscale_common::cordon::TAG {
+            found = Some(value);
+        }
+    }
+    Ok(found)
 }
 
 /// `<Response><Errors><Error><Code>…</Code><Message>…</Message>`.
@@ -319,6 +396,10 @@ mod tests {
           <instanceState><code>16</code><name>running</name></instanceState>
           <privateIpAddress>10.0.0.12</privateIpAddress>
           <launchTime>2026-12-01T10:20:30.000Z</launchTime>
+          <tagSet>
+            <item><key>aws:autoscaling:groupName</key><value>chat</value></item>
+            <item><key>connscale-cordon</key><value>1796120999</value></item>
+          </tagSet>
           <networkInterfaceSet>
             <item><privateIpAddress>10.9.9.9</privateIpAddress></item>
           </networkInterfaceSet>
@@ -342,11 +423,13 @@ mod tests {
                     id: "i-1234567890abcdef0".into(),
                     launch_time: Some(1_796_120_430),
                     private_ip: Some("10.0.0.12".into()),
+                    cordon: Some("1796120999".into()),
                 },
                 Instance {
                     id: "i-0abcdef1234567890".into(),
                     launch_time: Some(1_796_120_700),
                     private_ip: None,
+                    cordon: None,
                 },
             ]
         );
@@ -368,8 +451,11 @@ mod tests {
 
     #[test]
     fn the_request_body_names_every_instance() {
+        let mut form = params("DescribeInstances");
+        form.push(("InstanceId.1".into(), "i-1".into()));
+        form.push(("InstanceId.2".into(), "i-2".into()));
         assert_eq!(
-            request_body(&["i-1".into(), "i-2".into()]),
+            request_body(&form),
             "Action=DescribeInstances&Version=2016-11-15&InstanceId.1=i-1&InstanceId.2=i-2"
         );
     }

@@ -245,11 +245,11 @@ impl AwsProvider {
         }
     }
 
-    /// Launch times and private addresses of instances.
+    /// Launch times, private addresses and cordon tags of instances.
     async fn instance_details(
         &self,
         ids: &[String],
-    ) -> Result<HashMap<String, (i64, Option<String>)>, ProviderError> {
+    ) -> Result<HashMap<String, ec2::Instance>, ProviderError> {
         let mut out = HashMap::new();
         for chunk in ids.chunks(500) {
             let r = self
@@ -258,7 +258,7 @@ impl AwsProvider {
                 .await
                 .map_err(|e| sdk_error("ec2:DescribeInstances", e))?;
             for i in r {
-                out.insert(i.id, (i.launch_time.unwrap_or_else(now), i.private_ip));
+                out.insert(i.id.clone(), i);
             }
         }
         Ok(out)
@@ -346,16 +346,18 @@ impl Provider for AwsProvider {
                     .lifecycle_state()
                     .map(|s| s.as_str().to_string())
                     .unwrap_or_default();
-                let (launched_at, address) = details.get(&id).cloned().unwrap_or((now(), None));
+                let details = details.get(&id);
                 Some(Member {
                     lifecycle: lifecycle_of(&state),
                     state,
                     healthy: i.health_status() == Some("Healthy"),
                     protected: i.protected_from_scale_in().unwrap_or(false),
-                    launched_at,
+                    launched_at: details.and_then(|d| d.launch_time).unwrap_or_else(now),
                     connections: conns.get(&id).copied(),
-                    address,
-                    cordoned_until: None,
+                    address: details.and_then(|d| d.private_ip.clone()),
+                    cordoned_until: details
+                        .and_then(|d| d.cordon.as_deref())
+                        .map(connscale_common::cordon::until),
                     id,
                 })
             })
@@ -406,6 +408,23 @@ impl Provider for AwsProvider {
 
     async fn release_pool_termination(&mut self, id: &str) -> Result<(), ProviderError> {
         self.complete_lifecycle(id, plan::DRAIN_HOOK, true).await
+    }
+
+    async fn cordon(&mut self, id: &str, until: i64) -> Result<(), ProviderError> {
+        use connscale_common::cordon;
+        self.fenced().await?;
+        self.ec2
+            .create_tag(id, cordon::TAG, &cordon::value(until))
+            .await
+            .map_err(|e| sdk_error("ec2:CreateTags", e))
+    }
+
+    async fn uncordon(&mut self, id: &str) -> Result<(), ProviderError> {
+        self.fenced().await?;
+        self.ec2
+            .delete_tag(id, connscale_common::cordon::TAG)
+            .await
+            .map_err(|e| sdk_error("ec2:DeleteTags", e))
     }
 
     async fn claim(&mut self, now: i64, ttl: std::time::Duration) -> Result<Claim, ProviderError> {
