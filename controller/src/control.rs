@@ -74,8 +74,14 @@ impl Turn {
             .iter()
             .filter(|m| m.lifecycle == Some(Lifecycle::InService))
             .count();
+        let cordon = self
+            .decision
+            .cordon
+            .as_ref()
+            .map(|id| format!(" | cordon {id}"))
+            .unwrap_or_default();
         format!(
-            "{}: desired {} → {} [{verb}] {} | in service {in_service} of {}",
+            "{}: desired {} → {} [{verb}] {} | in service {in_service} of {}{cordon}",
             f.name,
             f.desired,
             self.decision.desired,

@@ -73,7 +73,11 @@ impl Provider for LocalFleet {
                     launched_at: i.launched_at,
                     connections: i.connections,
                     address: Some(format!("127.0.0.1:{}", i.port)),
-                    cordoned_until: None,
+                    cordoned_until: self
+                        .stand_in
+                        .cordon(&i.id)
+                        .as_deref()
+                        .map(connscale_common::cordon::until),
                 }
             })
             .collect();
@@ -110,5 +114,16 @@ impl Provider for LocalFleet {
             self.desired = self.desired.saturating_sub(1);
         }
         self.converge().await
+    }
+
+    async fn cordon(&mut self, id: &str, until: i64) -> Result<(), ProviderError> {
+        let value = connscale_common::cordon::value(until);
+        self.stand_in.set_cordon(id, Some(value));
+        Ok(())
+    }
+
+    async fn uncordon(&mut self, id: &str) -> Result<(), ProviderError> {
+        self.stand_in.set_cordon(id, None);
+        Ok(())
     }
 }

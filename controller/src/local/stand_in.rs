@@ -46,6 +46,8 @@ struct Meta {
     wait_state: String,
     hook: Option<Hook>,
     heartbeats: u32,
+    /// Its `connscale-cordon` tag, as the controller last wrote it.
+    cordon: Option<String>,
 }
 
 #[derive(Debug)]
@@ -143,6 +145,7 @@ impl StandIn {
             wait_state: String::new(),
             hook: None,
             heartbeats: 0,
+            cordon: None,
         });
         m.target_state = target_state.into();
         m.hook = None;
@@ -185,6 +188,18 @@ impl StandIn {
         matches!(m.hook, Some(Hook::Waiting { .. })).then(|| m.wait_state.clone())
     }
 
+    /// Writes (`Some`) or removes `id`'s cordon tag, as CreateTags / DeleteTags do on EC2.
+    pub fn set_cordon(&self, id: &str, value: Option<String>) {
+        if let Some(m) = self.lock().instances.get_mut(id) {
+            m.cordon = value;
+        }
+    }
+
+    /// `id`'s cordon tag, if it has one.
+    pub fn cordon(&self, id: &str) -> Option<String> {
+        self.lock().instances.get(id).and_then(|m| m.cordon.clone())
+    }
+
     /// Forgets an instance that has left.
     pub fn forget(&self, id: &str) {
         self.lock().instances.remove(id);
@@ -219,6 +234,10 @@ async fn metadata(
         "instance-id" => id.clone().into_response(),
         "placement/region" => REGION.into_response(),
         "tags/instance/aws:autoscaling:groupName" => g.group.clone().into_response(),
+        p if p == format!("tags/instance/{}", connscale_common::cordon::TAG) => match &m.cordon {
+            Some(v) => v.clone().into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        },
         "autoscaling/target-lifecycle-state" => m.target_state.clone().into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
@@ -301,6 +320,45 @@ mod tests {
         }
     }
 
+    /// The cordon tag the local provider writes is what the instance's agent reads from its
+    /// IMDS, as on EC2: the value while set, 404 once removed.
+    #[tokio::test]
+    async fn imds_serves_the_cordon_tag_while_it_is_set() {
+        let s = StandIn::start("local", "connscale-drain", Duration::from_secs(10))
+            .await
+            .expect("stand-in");
+        s.set_state("i-1", "InService");
+        let http = reqwest::Client::new();
+        let get = || async {
+            let base = s.imds_url("i-1");
+            let token = http
+                .put(format!("{base}/latest/api/token"))
+                .header("x-aws-ec2-metadata-token-ttl-seconds", "60")
+                .send()
+                .await
+                .expect("token")
+                .text()
+                .await
+                .expect("token body");
+            let r = http
+                .get(format!(
+                    "{base}/latest/meta-data/tags/instance/{}",
+                    connscale_common::cordon::TAG
+                ))
+                .header("x-aws-ec2-metadata-token", token)
+                .send()
+                .await
+                .expect("get");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        };
+        assert_eq!(get().await.0, 404);
+        s.set_cordon("i-1", Some("1796120999".into()));
+        assert_eq!(get().await, (200, "1796120999".into()));
+        assert_eq!(s.cordon("i-1").as_deref(), Some("1796120999"));
+        s.set_cordon("i-1", None);
+        assert_eq!(get().await.0, 404);
+    }
+
     #[test]
     fn hooks_activate_after_the_delay_and_time_out_after_the_heartbeat_timeout() {
         let mut g = inner();
@@ -314,6 +372,7 @@ mod tests {
                     until: t0 + Duration::from_secs(2),
                 }),
                 heartbeats: 0,
+                cordon: None,
             },
         );
         g.tick(t0 + Duration::from_secs(1));
@@ -342,6 +401,7 @@ mod tests {
                     until: Instant::now() + Duration::from_secs(60),
                 }),
                 heartbeats: 0,
+                cordon: None,
             },
         );
         assert!(g.active("local", "connscale-drain", "i-1").is_err());
