@@ -166,13 +166,13 @@ async fn reconcile_cordon<P: Provider>(
             let until = now + cordon::HOLD;
             let r = provider.cordon(&m.id, until).await;
             if r.is_ok() && m.cordoned_until.is_none_or(|u| u <= now) {
-                tracing::info!(instance = %m.id, connections = ?m.connections, until, "cordoned: no new clients until scale-in or demand needs it");
+                tracing::debug!(instance = %m.id, connections = ?m.connections, until, "cordoned: no new clients until scale-in or demand needs it");
             }
             r
         } else if m.cordoned_until.is_some() {
             let r = provider.uncordon(&m.id).await;
             if r.is_ok() {
-                tracing::info!(instance = %m.id, "cordon lifted");
+                tracing::debug!(instance = %m.id, "cordon lifted");
             }
             r
         } else {
