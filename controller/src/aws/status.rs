@@ -143,13 +143,20 @@ pub fn render(s: &Status) -> String {
     );
     let _ = writeln!(
         o,
-        "  {:<21} {:<18} {:<9} {:>11}  protected",
-        "instance", "state", "health", "connections"
+        "  {:<21} {:<18} {:<9} {:>11}  {:<9}  cordoned until",
+        "instance", "state", "health", "connections", "protected"
     );
     for m in &f.members {
+        let cordon = m
+            .cordoned_until
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .map_or_else(
+                || "-".to_string(),
+                |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            );
         let _ = writeln!(
             o,
-            "  {:<21} {:<18} {:<9} {:>11}  {}",
+            "  {:<21} {:<18} {:<9} {:>11}  {:<9}  {cordon}",
             m.id,
             m.state,
             if m.healthy { "healthy" } else { "unhealthy" },
@@ -214,4 +221,55 @@ pub fn render(s: &Status) -> String {
         s.lease.as_deref().unwrap_or("free")
     );
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Lifecycle;
+    use crate::provider::Member;
+
+    /// The table names each member's cordon end, or "-" for none.
+    #[test]
+    fn the_table_shows_the_cordon() {
+        let member = |id: &str, cordoned_until| Member {
+            id: id.into(),
+            state: "InService".into(),
+            lifecycle: Some(Lifecycle::InService),
+            healthy: true,
+            protected: false,
+            launched_at: 0,
+            connections: Some(10),
+            address: None,
+            cordoned_until,
+        };
+        let s = Status {
+            fleet: FleetView {
+                name: "chat".into(),
+                desired: 2,
+                min_size: 1,
+                max_size: 4,
+                members: vec![member("i-a", Some(1_796_120_999)), member("i-b", None)],
+                warm_pool: None,
+                warm_instances: 0,
+                pool_terminations: Vec::new(),
+            },
+            spread: None,
+            alarms: Vec::new(),
+            schedules: Vec::new(),
+            activities: Vec::new(),
+            activities_error: None,
+            lease: None,
+        };
+        let table = render(&s);
+        let line = |id: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(id))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(line("i-a").ends_with("2026-12-01T10:29:59Z"), "{table}");
+        assert!(line("i-b").ends_with(" -"), "{table}");
+    }
 }

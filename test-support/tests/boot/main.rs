@@ -470,6 +470,17 @@ fn echo_client(port: u16) -> std::net::TcpStream {
 }
 
 /// Whether the server ended `c` (reset or closed): a read returns an error or end of file.
+/// One more round trip on an open echo connection.
+fn assert_echoes(c: &mut std::net::TcpStream) {
+    use std::io::{BufRead, Write};
+    c.write_all(b"still there\n").expect("write");
+    let mut line = String::new();
+    std::io::BufReader::new(c.try_clone().expect("clone"))
+        .read_line(&mut line)
+        .expect("read the echo");
+    assert_eq!(line, "still there\n", "the connection did not echo");
+}
+
 fn ended(c: &mut std::net::TcpStream) -> bool {
     use std::io::Read;
     let mut buf = [0u8; 16];
@@ -542,6 +553,27 @@ fn check_own_service_node(
         score <= 2.5,
         "the own-service node's agent rates {score:.1}"
     );
+
+    // The controller's cordon, the instance tag the node reads through IMDS tags: no new
+    // clients (503 cordoned), its 3 connections untouched; lifted, 200 again.
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+        + 300;
+    let tag = connscale_common::cordon::TAG;
+    stub.set_instance_tag(tag, Some(&connscale_common::cordon::value(until)));
+    let (_, body) = wait_for(30, "/health to say cordoned", || {
+        let (code, body) = http_get(&health_url);
+        (code == 503 && body["state"] == "cordoned").then_some((code, body))
+    });
+    assert_eq!(body["connections"], 3, "cordoned: {body}");
+    for c in clients.iter_mut() {
+        assert_echoes(c);
+    }
+    stub.set_instance_tag(tag, None);
+    wait_for(30, "/health at 200 once the cordon is lifted", || {
+        (http_get(&health_url).0 == 200).then_some(())
+    });
 
     // Scale-in: out of the ALB (503), the grace ends at once (3 < drain_grace_until_below),
     // then the agent resets the connections over close_window and completes the hook.
