@@ -125,6 +125,13 @@ data "aws_iam_policy_document" "controller" {
       variable = "aws:TagKeys"
       values   = ["connscale-cordon"]
     }
+    # ForAllValues holds for a request without tag keys too, and a DeleteTags without any
+    # removes every tag: require the keys.
+    condition {
+      test     = "Null"
+      variable = "aws:TagKeys"
+      values   = ["false"]
+    }
   }
   statement {
     sid       = "OwnAlarms"

@@ -328,6 +328,19 @@ impl Policy {
                 "use e.g. \"10s\"".into(),
             );
         }
+        // The loop renews a cordon once less than RENEW_BELOW of it is left: a longer turn
+        // would let it lapse between turns and the node flip in and out of the balancer.
+        if so.interval.as_secs() as i64 >= crate::cordon::RENEW_BELOW {
+            issue(
+                "scale_out.interval".into(),
+                format!(
+                    "interval {} is too long for the control loop (it renews the cordon every {} s)",
+                    humantime::format_duration(so.interval),
+                    crate::cordon::RENEW_BELOW
+                ),
+                "use at most \"2m\"; \"10s\" matches the agents' metric resolution".into(),
+            );
+        }
         if so.datapoints == 0 {
             issue(
                 "scale_out.datapoints".into(),
@@ -716,6 +729,8 @@ mod tests {
     fn unknown_keys_and_bad_types_name_the_line() {
         let e = errors(&with("min_size = 2", "min_sise = 2"));
         assert!(e.contains("min_sise") && e.contains("line"), "{e}");
+        let e = errors(&with("interval = \"10s\"", "interval = \"5m\""));
+        assert!(e.contains("scale_out.interval") && e.contains("2m"), "{e}");
         let e = errors(&with("interval = \"10s\"", "interval = \"ten seconds\""));
         assert!(e.contains("interval") || e.contains("line"), "{e}");
     }

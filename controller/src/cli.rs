@@ -327,9 +327,9 @@ pub struct SimulateArgs {
     pub mean_session: f64,
     /// Model, for connscale's fleet only, a drain the controller does not have yet, to measure
     /// what building it would buy (issue 20; BENCHMARKS.md). `reclaim`: a scale-out takes back
-    /// a victim still in its drain grace instead of launching (a drain through the group's
-    /// Standby, which ExitStandby reverses; today's termination hook cannot be undone). The
-    /// default models what `connscale run` does.
+    /// a victim still in its drain grace instead of launching (a victim kept in service and
+    /// cordoned through its grace would allow it; today's termination hook cannot be undone).
+    /// The default models what `connscale run` does.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub what_if: Vec<WhatIfDrain>,
     /// Write an SVG plot (demand, capacity per policy, connscale's actions). With several traces,

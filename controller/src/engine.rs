@@ -125,8 +125,11 @@ pub struct EngineState {
     below_since: Option<i64>,
     last_action: Option<i64>,
     windows: Vec<Option<(i64, i64)>>,
-    /// The instance cordoned last turn: it keeps the cordon on a tie.
+    /// The instance cordoned last turn: it keeps the cordon on a tie, and a scale-in takes it
+    /// first among equals.
     cordoned: Option<String>,
+    /// The demand projected `scale_out.lookahead` ahead at the last evaluation.
+    projected: f64,
 }
 
 /// Seconds of history the demand trend is fitted over.
@@ -202,7 +205,7 @@ impl Engine {
         }
         d.settle(obs.desired);
         d.cordon = match d.direction {
-            Direction::Hold => self.cordon(obs, &sum, state.cordoned.as_deref()),
+            Direction::Hold => self.cordon(obs, &sum, state),
             _ => None,
         };
         state.cordoned = d.cordon.clone();
@@ -212,40 +215,28 @@ impl Engine {
 
     /// The instance to cordon while the fleet holds: the least-connected in-service one (last
     /// turn's on a tie, then the newest), as long as the other in-service instances could hold
-    /// every client at or below the scale-out threshold. It then takes new clients only when
-    /// all the others are full (the load balancer fails open), so by the time a scale-in picks
-    /// it (the least-connected) most of its clients have left by themselves: fewer forced
-    /// reconnects, and a shorter drain. A node launched for a spike that is over stays nearly
-    /// empty this way. Lifted on any scaling action, and while any in-service instance has no
-    /// count (the sum would be a guess).
-    fn cordon(&self, obs: &Observation, sum: &Summary, last: Option<&str>) -> Option<String> {
+    /// every client, draining instances' included, at or below the scale-out threshold, now
+    /// and at the projection. The load balancer then sends it no new clients (it routes to
+    /// every target again only once all fail their health checks), so by the time a scale-in
+    /// picks it (the least-connected) most of its clients have left by themselves: fewer
+    /// forced reconnects, and a shorter drain. A node launched for a spike that is over stays
+    /// nearly empty this way. No cordon on a scaling turn, or while any in-service instance has
+    /// no count (the sum would be a guess). Near the threshold the cordon may come and go from
+    /// one turn to the next; the balancer acts only after two health checks agree.
+    fn cordon(&self, obs: &Observation, sum: &Summary, state: &EngineState) -> Option<String> {
         let threshold = self.policy.scale_out_threshold() as f64;
-        // Clients of draining instances are left out: a cordon is undone within a health check
-        // or two should they come back all at once.
-        let in_service: u64 = obs
-            .instances
-            .iter()
-            .filter(|i| i.lifecycle == Lifecycle::InService)
-            .filter_map(|i| i.connections)
-            .sum();
+        let demand = sum.total.max(state.projected);
         if sum.serving < 2
             || !sum.no_data.is_empty()
-            || in_service as f64 / (sum.serving - 1) as f64 > threshold
+            || demand / (sum.serving - 1) as f64 > threshold
         {
             return None;
         }
         obs.instances
             .iter()
             .filter(|i| i.lifecycle == Lifecycle::InService)
-            .filter_map(|i| Some((i.connections?, i)))
-            .min_by_key(|(c, i)| {
-                (
-                    *c,
-                    i.id != last.unwrap_or_default(),
-                    std::cmp::Reverse(i.launched_at),
-                )
-            })
-            .map(|(_, i)| i.id.clone())
+            .min_by_key(|i| drain_order(i, state.cordoned.as_deref()))
+            .map(|i| i.id.clone())
     }
 
     /// The decision proper, on the fleet as [`Summary`] sums it up.
@@ -278,6 +269,7 @@ impl Engine {
         let recent_peak = state.peaks.front().map_or(total, |(_, y)| *y);
         let lookahead = p.scale_out.lookahead.as_secs_f64();
         let projected = total + slope * lookahead;
+        state.projected = projected;
 
         let (sched_floor, sched) = self.schedule_floor(now, state);
         let floor = p.group.min_size.max(sched_floor).min(p.group.max_size);
@@ -456,13 +448,8 @@ impl Engine {
             .iter()
             .filter(|i| i.lifecycle == Lifecycle::InService && i.connections.is_some())
             .collect();
-        candidates.sort_by_key(|i| {
-            (
-                i.connections,
-                std::cmp::Reverse(i.launched_at),
-                i.id.clone(),
-            )
-        });
+        let cordoned = state.cordoned.as_deref();
+        candidates.sort_by_key(|i| drain_order(i, cordoned));
         let chosen: Vec<String> = candidates
             .iter()
             .take(k as usize)
@@ -485,6 +472,22 @@ impl Engine {
             ..Decision::default()
         }
     }
+}
+
+/// The order in which instances are cordoned and scaled in: the least-connected first (an
+/// instance without a count last), the cordoned one first among equals, then the newest (AWS
+/// bills it least), then by id.
+fn drain_order<'a>(
+    i: &'a InstanceView,
+    cordoned: Option<&str>,
+) -> (bool, Option<u64>, bool, std::cmp::Reverse<i64>, &'a str) {
+    (
+        i.connections.is_none(),
+        i.connections,
+        Some(i.id.as_str()) != cordoned,
+        std::cmp::Reverse(i.launched_at),
+        &i.id,
+    )
 }
 
 /// The fleet summed up for one evaluation.

@@ -424,16 +424,37 @@ fn the_cordon_follows_the_emptiest_node_and_keeps_its_place_on_a_tie() {
     assert_eq!(d.cordon.as_deref(), Some("i-0"), "{d:?}");
 }
 
-/// No cordon on a scaling action or while a node's count is missing (the others' load would be
-/// a guess); a node launched for a spike that is over is cordoned as soon as it serves.
+/// No cordon on a scaling turn (here a scale-in, where the others could hold everyone), while
+/// the projected demand would not fit the others, or while a node's count is missing (the
+/// others' load would be a guess); a node launched for a spike that is over is cordoned as soon
+/// as it serves.
 #[test]
-fn no_cordon_while_scaling_or_blind() {
-    let e = Engine::new(Policy::default_policy());
-    let d = e.evaluate(&obs(0, fleet(&[26_000; 4])), &mut EngineState::default());
-    assert!(
-        matches!(d.direction, Direction::ScaleOut { .. }) && d.cordon.is_none(),
+fn no_cordon_while_scaling_rising_or_blind() {
+    let p = Policy::default_policy();
+    let sustain = p.scale_in.sustain.as_secs() as i64;
+    let e = Engine::new(p);
+    let mut st = EngineState::default();
+    let d = e.evaluate(&obs(0, fleet(&[5_000; 3])), &mut st);
+    assert_eq!(
+        (d.direction.clone(), d.cordon.is_some()),
+        (Direction::Hold, true),
         "{d:?}"
     );
+    let d = e.evaluate(&obs(sustain + 10, fleet(&[5_000; 3])), &mut st);
+    assert!(matches!(d.direction, Direction::ScaleIn { .. }), "{d:?}");
+    assert_eq!(d.cordon, None, "{d:?}");
+
+    // 60,000 → 70,000 in a minute: 70,000 / 3 = 23,333 fits, the 90,000 projected 120 s ahead
+    // does not (30,000 each), and the 4 nodes hold it below their caps: a hold, uncordoned.
+    let mut st = EngineState::default();
+    e.evaluate(&obs(0, fleet(&[15_000; 4])), &mut st);
+    let d = e.evaluate(&obs(60, fleet(&[17_500; 4])), &mut st);
+    assert_eq!(
+        (d.direction.clone(), d.cordon.clone()),
+        (Direction::Hold, None),
+        "{d:?}"
+    );
+
     let mut instances = fleet(&[10_000, 10_000]);
     instances.push(node("new", 100, -5));
     let d = e.evaluate(&obs(0, instances), &mut EngineState::default());
@@ -442,4 +463,27 @@ fn no_cordon_while_scaling_or_blind() {
     blind[2].connections = None;
     let d = e.evaluate(&obs(0, blind), &mut EngineState::default());
     assert_eq!(d.cordon, None, "{d:?}");
+}
+
+/// A scale-in takes the cordoned node first among equally connected ones (the one that has
+/// been emptying), not just the newest.
+#[test]
+fn a_scale_in_takes_the_cordoned_node_among_equals() {
+    let p = Policy::default_policy();
+    let sustain = p.scale_in.sustain.as_secs() as i64;
+    let e = Engine::new(p);
+    let mut st = EngineState::default();
+    let mut f = fleet(&[5_000; 3]);
+    f[0].launched_at = -20_000;
+    let d = e.evaluate(&obs(0, f.clone()), &mut st);
+    assert_eq!(
+        d.cordon.as_deref(),
+        Some("i-1"),
+        "the newest of the tie: {d:?}"
+    );
+    f[1].launched_at = -30_000;
+    let d = e.evaluate(&obs(10, f.clone()), &mut st);
+    assert_eq!(d.cordon.as_deref(), Some("i-1"), "kept on a tie: {d:?}");
+    let d = e.evaluate(&obs(sustain + 10, f), &mut st);
+    assert_eq!(d.scale_in, vec!["i-1".to_string()], "{d:?}");
 }

@@ -18,7 +18,7 @@ args=()
 for t in "$traces"/*.csv; do args+=(--trace "$t"); done
 "$bin" simulate --summary "${args[@]}" 2>/dev/null
 echo
-# What the two drains not built yet would buy (issue 20), for connscale's fleet only.
+# What a drain not built yet would buy (issue 20), for connscale's fleet only.
 echo '### What-if: the same summary with `--what-if reclaim`'
 echo
 "$bin" simulate --summary --what-if reclaim "${args[@]}" 2>/dev/null

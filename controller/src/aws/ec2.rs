@@ -401,7 +401,10 @@ mod tests {
             <item><key>connscale-cordon</key><value>1796120999</value></item>
           </tagSet>
           <networkInterfaceSet>
-            <item><privateIpAddress>10.9.9.9</privateIpAddress></item>
+            <item>
+              <privateIpAddress>10.9.9.9</privateIpAddress>
+              <tagSet><item><key>connscale-cordon</key><value>1</value></item></tagSet>
+            </item>
           </networkInterfaceSet>
         </item>
         <item>

@@ -46,8 +46,8 @@ pub struct DrainGrace {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct WhatIf {
     /// A scale-out first takes back a victim still in its drain grace (the one holding most
-    /// clients) instead of launching: a drain that parks the instance in the group's Standby,
-    /// reversible by ExitStandby, where today's termination hook is not.
+    /// clients) instead of launching: a victim kept in service and cordoned through its grace
+    /// could be, where one in today's termination hook cannot.
     pub reclaim: bool,
 }
 

@@ -469,7 +469,6 @@ fn echo_client(port: u16) -> std::net::TcpStream {
     c
 }
 
-/// Whether the server ended `c` (reset or closed): a read returns an error or end of file.
 /// One more round trip on an open echo connection.
 fn assert_echoes(c: &mut std::net::TcpStream) {
     use std::io::{BufRead, Write};
@@ -481,6 +480,7 @@ fn assert_echoes(c: &mut std::net::TcpStream) {
     assert_eq!(line, "still there\n", "the connection did not echo");
 }
 
+/// Whether the server ended `c` (reset or closed): a read returns an error or end of file.
 fn ended(c: &mut std::net::TcpStream) -> bool {
     use std::io::Read;
     let mut buf = [0u8; 16];
