@@ -17,11 +17,7 @@ use connscale_common::cordon;
 /// The second until which a tag value read at `now` cordons the node, or `None` when it does
 /// not (no tag, malformed, past).
 pub fn until(value: Option<&str>, now: i64) -> Option<i64> {
-    let value = value?;
-    if !cordon::holds(value, now) {
-        return None;
-    }
-    value.trim().parse().ok()
+    Some(cordon::until(value?)).filter(|&until| until > now)
 }
 
 /// Reads the tag for the agent's whole life and keeps the status's `cordon` at its value
