@@ -528,6 +528,29 @@ fn place(nodes: &mut [Node], mut arrivals: f64, cap: f64, now: i64, skip: Option
 mod tests {
     use super::*;
 
+    /// A fleet of `nodes`, all of them desired, in a group of 1..=4, whose victims wait up to
+    /// 30 minutes until fewer than 2,000 clients remain.
+    fn fleet(model: &FleetModel, nodes: Vec<Node>, what_if: WhatIf) -> SimFleet<'_> {
+        SimFleet {
+            model,
+            now: 0,
+            desired: nodes.len() as u32,
+            nodes,
+            min_size: 1,
+            max_size: 4,
+            pool: None,
+            pool_ready: Vec::new(),
+            seq: 0,
+            forced_reconnects: 0.0,
+            grace: DrainGrace {
+                seconds: 1_800,
+                until_below: 2_000.0,
+            },
+            what_if,
+            cordon: SimCordon::default(),
+        }
+    }
+
     fn node(conns: f64) -> Node {
         Node {
             id: String::new(),
@@ -550,10 +573,9 @@ mod tests {
     #[test]
     fn a_victim_waits_out_its_grace_and_only_its_last_clients_are_forced() {
         let model = FleetModel::default();
-        let mut f = SimFleet {
-            model: &model,
-            now: 0,
-            nodes: vec![
+        let mut f = fleet(
+            &model,
+            vec![
                 Node {
                     id: "a".into(),
                     ..node(10_000.0)
@@ -563,20 +585,8 @@ mod tests {
                     ..node(10_000.0)
                 },
             ],
-            desired: 2,
-            min_size: 1,
-            max_size: 4,
-            pool: None,
-            pool_ready: Vec::new(),
-            seq: 0,
-            forced_reconnects: 0.0,
-            grace: DrainGrace {
-                seconds: 1_800,
-                until_below: 2_000.0,
-            },
-            what_if: WhatIf::default(),
-            cordon: SimCordon::default(),
-        };
+            WhatIf::default(),
+        );
         futures::executor::block_on(f.terminate("a", true)).unwrap();
         assert_eq!((f.nodes.len(), f.members(), f.desired), (2, 1, 1));
         place(&mut f.nodes, 1_000.0, 28_000.0, 0, None);
@@ -636,24 +646,11 @@ mod tests {
     fn a_scale_out_reclaims_a_draining_victim_only_with_the_what_if() {
         let model = FleetModel::default();
         for reclaim in [false, true] {
-            let mut f = SimFleet {
-                model: &model,
-                now: 0,
-                nodes: vec![node(9_000.0), node(3_000.0), node(6_000.0)],
-                desired: 3,
-                min_size: 1,
-                max_size: 4,
-                pool: None,
-                pool_ready: Vec::new(),
-                seq: 0,
-                forced_reconnects: 0.0,
-                grace: DrainGrace {
-                    seconds: 1_800,
-                    until_below: 2_000.0,
-                },
-                what_if: WhatIf { reclaim },
-                cordon: SimCordon::default(),
-            };
+            let mut f = fleet(
+                &model,
+                vec![node(9_000.0), node(3_000.0), node(6_000.0)],
+                WhatIf { reclaim },
+            );
             for (i, n) in f.nodes.iter_mut().enumerate() {
                 n.id = format!("n{i}");
             }
