@@ -111,6 +111,16 @@ pub struct ScaleIn {
     /// 0: it runs its full length): waiting for the last few costs more than moving them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub drain_grace_until_below: u32,
+    /// With a drain grace, a scale-in takes only nodes the controller's cordon has emptied
+    /// below `drain_grace_until_below`, or that have been cordoned this long (default twice
+    /// `drain_grace`); the agent's grace then follows. A rise in demand lifts a cordon at once,
+    /// so waiting here costs instance-hours but never capacity. See [`Policy::cordon_wait`].
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cordon_wait: Option<Duration>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -276,6 +286,14 @@ impl Policy {
             .unwrap_or((self.scale_out_threshold() as f64 * 0.95) as u32)
     }
 
+    /// How long a cordoned node may take to empty before a scale-in takes it anyway:
+    /// `scale_in.cordon_wait`, or twice `drain_grace`.
+    pub fn cordon_wait(&self) -> Duration {
+        self.scale_in
+            .cordon_wait
+            .unwrap_or(self.scale_in.drain_grace * 2)
+    }
+
     /// The step for an average, if any.
     pub fn step_for(&self, avg: f64) -> Option<&Step> {
         self.scale_out
@@ -424,6 +442,19 @@ impl Policy {
                     humantime::format_duration(si.peak_window)
                 ),
                 "set it to a day or less, e.g. \"20m\"".into(),
+            );
+        }
+        if si
+            .cordon_wait
+            .is_some_and(|w| w > Duration::from_secs(86_400))
+        {
+            issue(
+                "scale_in.cordon_wait".into(),
+                format!(
+                    "cordon_wait {} is over a day: a node whose clients stay would be billed that long",
+                    humantime::format_duration(self.cordon_wait())
+                ),
+                "set it to a day or less, e.g. \"1h\"".into(),
             );
         }
         if si.drain_grace > MAX_DRAIN_GRACE {
@@ -704,6 +735,22 @@ mod tests {
         let e = errors(&with("peak_window = \"5m\"", "peak_window = \"2d\""));
         assert!(
             e.contains("scale_in.peak_window") && e.contains("fix:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cordon_wait_is_optional_twice_the_grace_and_at_most_a_day() {
+        let t = with("cordon_wait = \"1h\"\n", "");
+        let p = Policy::parse(&t, "p.toml").expect("optional");
+        assert_eq!(p.cordon_wait(), p.scale_in.drain_grace * 2);
+        assert_eq!(
+            Policy::default_policy().cordon_wait(),
+            Duration::from_secs(3_600)
+        );
+        let e = errors(&with("cordon_wait = \"1h\"", "cordon_wait = \"2d\""));
+        assert!(
+            e.contains("scale_in.cordon_wait") && e.contains("fix:"),
             "{e}"
         );
     }

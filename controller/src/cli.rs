@@ -2,12 +2,7 @@
 
 use crate::aws::AwsSettings;
 use crate::operate;
-use crate::sim::{
-    self, SimConfig,
-    fleet::{FleetModel, WhatIf},
-    plot,
-    trace::Trace,
-};
+use crate::sim::{self, SimConfig, fleet::FleetModel, plot, trace::Trace};
 use clap::{Args, Parser, Subcommand};
 use connscale_common::policy::Policy;
 use connscale_common::telemetry::{self, LogFormat};
@@ -282,13 +277,6 @@ impl AwsArgs {
     }
 }
 
-/// A drain `simulate --what-if` can model before it is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum WhatIfDrain {
-    /// A scale-out takes back a victim still in its drain grace.
-    Reclaim,
-}
-
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// Demand trace(s), `timestamp,value` CSV. Repeat for several. Rows are sorted, repeated
@@ -325,13 +313,6 @@ pub struct SimulateArgs {
     /// Mean connection lifetime in seconds (that share of connections reconnects each second).
     #[arg(long, default_value_t = 1800.0)]
     pub mean_session: f64,
-    /// Model, for connscale's fleet only, a drain the controller does not have yet, to measure
-    /// what building it would buy (issue 20; BENCHMARKS.md). `reclaim`: a scale-out takes back
-    /// a victim still in its drain grace instead of launching (a victim kept in service and
-    /// cordoned through its grace would allow it; today's termination hook cannot be undone).
-    /// The default models what `connscale run` does.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub what_if: Vec<WhatIfDrain>,
     /// Write an SVG plot (demand, capacity per policy, connscale's actions). With several traces,
     /// one file per trace: NAME-<trace>.svg.
     #[arg(long)]
@@ -511,7 +492,7 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         a.time_scale
     );
     let policy = a.policy.load()?;
-    let cfg = SimConfig {
+    let mut cfg = SimConfig {
         peak_nodes: a.peak_nodes,
         time_scale: a.time_scale,
         compare: a
@@ -525,23 +506,8 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
             mean_session: a.mean_session,
             ..FleetModel::default()
         },
-        what_if: WhatIf {
-            reclaim: a.what_if.contains(&WhatIfDrain::Reclaim),
-        },
         policy,
     };
-    let mut cfg = cfg;
-    if !a.what_if.is_empty() {
-        eprintln!(
-            "what-if: connscale's fleet models a drain not built yet ({}); the figures are not what `connscale run` does",
-            a.what_if
-                .iter()
-                .filter_map(clap::ValueEnum::to_possible_value)
-                .map(|v| v.get_name().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
     if a.summary {
         for needed in ["classic", "oracle"] {
             if !cfg.compare.iter().any(|c| c == needed) {

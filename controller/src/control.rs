@@ -74,12 +74,10 @@ impl Turn {
             .iter()
             .filter(|m| m.lifecycle == Some(Lifecycle::InService))
             .count();
-        let cordon = self
-            .decision
-            .cordon
-            .as_ref()
-            .map(|id| format!(" | cordon {id}"))
-            .unwrap_or_default();
+        let cordon = match self.decision.cordon.as_slice() {
+            [] => String::new(),
+            ids => format!(" | cordon {}", ids.join(", ")),
+        };
         format!(
             "{}: desired {} → {} [{verb}] {} | in service {in_service} of {}{cordon}",
             f.name,
@@ -121,8 +119,7 @@ pub async fn turn<P: Provider, S: Strategy + ?Sized>(
         }
     }
     if !dry_run {
-        let want = decision.cordon.as_deref().filter(|_| !changes);
-        reconcile_cordon(provider, &fleet, want, now).await;
+        reconcile_cordon(provider, &fleet, &decision.cordon, now).await;
     }
     Ok(Turn {
         now,
@@ -149,17 +146,17 @@ async fn release_pool_terminations<P: Provider>(provider: &mut P, fleet: &FleetV
     }
 }
 
-/// Brings the fleet's cordons to the decision's: lifts every other one, writes the wanted one
-/// (or renews it before it lapses). A failure is logged and left for the next turn: a cordon
+/// Brings the fleet's cordons to the decision's: lifts every other one, writes the wanted ones
+/// (or renews them before they lapse). A failure is logged and left for the next turn: a cordon
 /// only steers new clients, and one nobody renews lapses by itself.
 async fn reconcile_cordon<P: Provider>(
     provider: &mut P,
     fleet: &FleetView,
-    want: Option<&str>,
+    want: &[String],
     now: i64,
 ) {
     for m in &fleet.members {
-        let result = if Some(m.id.as_str()) == want {
+        let result = if want.contains(&m.id) {
             if !cordon::needs_renewal(m.cordoned_until, now) {
                 continue;
             }
@@ -479,21 +476,21 @@ mod tests {
     }
 
     /// Wants `0` cordoned and the desired capacity raised by `1`.
-    struct Cordons(Option<&'static str>, u32);
+    struct Cordons(&'static [&'static str], u32);
 
     impl Strategy for Cordons {
         fn decide(&mut self, obs: &Observation) -> Decision {
             Decision {
                 desired: obs.desired + self.1,
-                cordon: self.0.map(str::to_string),
+                cordon: self.0.iter().map(|s| s.to_string()).collect(),
                 ..Decision::default()
             }
         }
     }
 
-    /// Each acting turn brings the tags to the decision: writes the wanted cordon (or renews it
-    /// once less than RENEW_BELOW is left), lifts every other, and goes on past a failed lift
-    /// (retried next turn); a dry run, or a turn that scales, cordons nothing.
+    /// Each acting turn brings the tags to the decision: writes the wanted cordons (or renews
+    /// them once less than RENEW_BELOW is left), lifts every other, and goes on past a failed
+    /// lift (retried next turn), on a scaling turn too; a dry run cordons nothing.
     #[tokio::test]
     async fn a_turn_writes_renews_and_lifts_cordons() {
         let now = 1_000;
@@ -504,7 +501,7 @@ mod tests {
             f
         };
         let mut fleet = tagged(cordon::HOLD - 10, 100);
-        turn(&mut fleet, &mut Cordons(Some("i-1"), 0), now, false)
+        turn(&mut fleet, &mut Cordons(&["i-1"], 0), now, false)
             .await
             .expect("turn");
         assert_eq!(
@@ -513,7 +510,7 @@ mod tests {
             "i-1's cordon holds long enough"
         );
         let mut fleet = tagged(100, 0);
-        turn(&mut fleet, &mut Cordons(Some("i-1"), 0), now, false)
+        turn(&mut fleet, &mut Cordons(&["i-1"], 0), now, false)
             .await
             .expect("turn");
         assert_eq!(
@@ -524,7 +521,7 @@ mod tests {
             ]
         );
         let mut fleet = tagged(100, 100);
-        turn(&mut fleet, &mut Cordons(Some("i-0"), 0), now, false)
+        turn(&mut fleet, &mut Cordons(&["i-0"], 0), now, false)
             .await
             .expect("turn");
         assert_eq!(
@@ -536,16 +533,23 @@ mod tests {
             ]
         );
         let mut fleet = tagged(100, 100);
-        turn(&mut fleet, &mut Cordons(Some("i-0"), 0), now, true)
+        turn(&mut fleet, &mut Cordons(&["i-0"], 0), now, true)
             .await
             .expect("turn");
         assert!(fleet.calls.is_empty(), "a dry run: {:?}", fleet.calls);
-        let mut fleet = Recorder::new(3, 1, 5);
-        let mut scales = Cordons(Some("i-0"), 1);
-        turn(&mut fleet, &mut scales, now, false)
+        let mut fleet = tagged(100, 100);
+        turn(&mut fleet, &mut Cordons(&["i-0", "i-2"], 1), now, false)
             .await
             .expect("turn");
-        assert_eq!(fleet.calls, ["set_desired 4"]);
+        assert_eq!(
+            fleet.calls,
+            [
+                "set_desired 4".into(),
+                format!("cordon i-0 {}", now + cordon::HOLD),
+                "uncordon i-1".into(),
+                format!("cordon i-2 {}", now + cordon::HOLD),
+            ]
+        );
     }
 
     /// Always wants `desired`, draining `victims`.

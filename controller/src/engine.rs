@@ -96,9 +96,9 @@ pub struct Decision {
     pub average: Option<f64>,
     /// In-service instances without a fresh count (left out of the average, never drained).
     pub no_data: Vec<String>,
-    /// The instance to cordon (the load balancer sends it no new clients, so it empties before
-    /// a scale-in picks it), `None` to lift every cordon: see [`Engine::cordon`].
-    pub cordon: Option<String>,
+    /// The instances to cordon (the load balancer sends them no new clients, so they empty
+    /// before a scale-in takes them); every other cordon is lifted: see [`Engine::cordon`].
+    pub cordon: Vec<String>,
     /// Why, in words for the operator's log.
     pub reason: String,
 }
@@ -125,9 +125,10 @@ pub struct EngineState {
     below_since: Option<i64>,
     last_action: Option<i64>,
     windows: Vec<Option<(i64, i64)>>,
-    /// The instance cordoned last turn: it keeps the cordon on a tie, and a scale-in takes it
-    /// first among equals.
-    cordoned: Option<String>,
+    /// The instances cordoned last turn, each with the second its cordon began: they keep the
+    /// cordon on a tie, a scale-in takes them first among equals, and one cordoned for a whole
+    /// `drain_grace` may go however many clients it still holds.
+    cordoned: Vec<(String, i64)>,
     /// The demand projected `scale_out.lookahead` ahead at the last evaluation.
     projected: f64,
 }
@@ -204,39 +205,68 @@ impl Engine {
             );
         }
         d.settle(obs.desired);
-        d.cordon = match d.direction {
-            Direction::Hold => self.cordon(obs, &sum, state),
-            _ => None,
+        let floor = self
+            .policy
+            .group
+            .min_size
+            .max(self.schedule_floor(obs.now, state).0);
+        d.cordon = match &d.direction {
+            Direction::Hold => self.cordon(obs, &sum, state, floor),
+            // The victims' drains begin; the others cordoned go on emptying.
+            Direction::ScaleIn { .. } => state
+                .cordoned
+                .iter()
+                .map(|(id, _)| id.clone())
+                .filter(|id| !d.scale_in.contains(id))
+                .collect(),
+            // The demand needs them: a cordoned node takes clients again before any launch serves.
+            Direction::ScaleOut { .. } => Vec::new(),
         };
-        state.cordoned = d.cordon.clone();
+        let since = |id: &String| {
+            let old = state.cordoned.iter().find(|(c, _)| c == id);
+            old.map_or(obs.now, |(_, t)| *t)
+        };
+        state.cordoned = d.cordon.iter().map(|id| (id.clone(), since(id))).collect();
         d.no_data = sum.no_data;
         d
     }
 
-    /// The instance to cordon while the fleet holds: the least-connected in-service one (last
-    /// turn's on a tie, then the newest), as long as the other in-service instances could hold
-    /// every client, draining instances' included, at or below the scale-out threshold, now
-    /// and at the projection. The load balancer then sends it no new clients (it routes to
-    /// every target again only once all fail their health checks), so by the time a scale-in
-    /// picks it (the least-connected) most of its clients have left by themselves: fewer
-    /// forced reconnects, and a shorter drain. A node launched for a spike that is over stays
-    /// nearly empty this way. No cordon on a scaling turn, or while any in-service instance has
-    /// no count (the sum would be a guess). Near the threshold the cordon may come and go from
-    /// one turn to the next; the balancer acts only after two health checks agree.
-    fn cordon(&self, obs: &Observation, sum: &Summary, state: &EngineState) -> Option<String> {
-        let threshold = self.policy.scale_out_threshold() as f64;
+    /// The instances to cordon: as many of the least-connected in-service ones (last turn's
+    /// first on a tie, then the newest) as the group could lose above `floor` while the others
+    /// still hold every client, draining instances' included, under 95 % of their caps, now and
+    /// at the projection. The load balancer sends them no new clients (it routes to every
+    /// target again only once all fail their health checks), so they empty as their clients
+    /// leave by themselves; a scale-in takes them once [emptied](Self::emptied): few forced
+    /// reconnects and a short drain. A rise in demand lifts cordons, nearest the room first,
+    /// before anything launches. The bound is the caps' (the room the engine keeps for the
+    /// projection), not the scale-out threshold: a cordon only steers new clients and the
+    /// others may run fuller meanwhile; the steps still read the average over every node. No
+    /// cordon while any in-service instance has no count (the sum would be a guess). Near the
+    /// bound a cordon may come and go from one turn to the next; the balancer acts only after
+    /// two health checks agree.
+    fn cordon(
+        &self,
+        obs: &Observation,
+        sum: &Summary,
+        state: &EngineState,
+        floor: u32,
+    ) -> Vec<String> {
+        let room = f64::from(self.policy.group.node_cap) * HOLD_FRACTION;
         let demand = sum.total.max(state.projected);
-        if sum.serving < 2
-            || !sum.no_data.is_empty()
-            || demand / (sum.serving - 1) as f64 > threshold
-        {
-            return None;
+        if !sum.no_data.is_empty() {
+            return Vec::new();
         }
-        obs.instances
+        let mut k = sum.serving.saturating_sub(floor.max(1) as usize);
+        while k > 0 && demand / (sum.serving - k) as f64 > room {
+            k -= 1;
+        }
+        let mut serving: Vec<&InstanceView> = obs
+            .instances
             .iter()
             .filter(|i| i.lifecycle == Lifecycle::InService)
-            .min_by_key(|i| drain_order(i, state.cordoned.as_deref()))
-            .map(|i| i.id.clone())
+            .collect();
+        serving.sort_by_key(|i| drain_order(i, &state.cordoned));
+        serving.iter().take(k).map(|i| i.id.clone()).collect()
     }
 
     /// The decision proper, on the fleet as [`Summary`] sums it up.
@@ -336,6 +366,7 @@ impl Engine {
                 capacity,
                 capacity - p.group.max_size,
                 "above group maximum".into(),
+                None,
             );
         }
 
@@ -421,7 +452,23 @@ impl Engine {
             capacity - k,
             total / f64::from(capacity - k)
         );
-        self.scale_in(obs, state, capacity, k, reason)
+        self.scale_in(obs, state, capacity, k, reason, Some(floor))
+    }
+
+    /// Whether a scale-in may take `i` now: with a drain grace, only once it holds fewer clients
+    /// than `drain_grace_until_below` (the cordon emptied it) or has been cordoned for
+    /// [`Policy::cordon_wait`] (its clients stay; the agent's drain then moves them). Without a
+    /// grace, always.
+    fn emptied(&self, i: &InstanceView, state: &EngineState, now: i64) -> bool {
+        let si = &self.policy.scale_in;
+        let wait = self.policy.cordon_wait().as_secs() as i64;
+        si.drain_grace.is_zero()
+            || i.connections
+                .is_some_and(|c| c < u64::from(si.drain_grace_until_below))
+            || state
+                .cordoned
+                .iter()
+                .any(|(c, since)| *c == i.id && now - since >= wait)
     }
 
     /// No scaling; a desired capacity outside the bounds (set by hand, say) is still corrected.
@@ -434,7 +481,10 @@ impl Engine {
         }
     }
 
-    /// Removes the `k` least-connected serving instances (ties: newest first, which AWS bills least).
+    /// Removes up to `k` of the least-connected serving instances (ties: the cordoned, then the
+    /// newest, which AWS bills least). With `wait_floor`, only instances the cordon has
+    /// [emptied](Self::emptied) go, and the group holds (bounded below by the floor) while none
+    /// has; without, the `k` go whatever they hold (above the group's maximum).
     fn scale_in(
         &self,
         obs: &Observation,
@@ -442,26 +492,37 @@ impl Engine {
         capacity: u32,
         k: u32,
         reason: String,
+        wait_floor: Option<u32>,
     ) -> Decision {
         let mut candidates: Vec<&InstanceView> = obs
             .instances
             .iter()
             .filter(|i| i.lifecycle == Lifecycle::InService && i.connections.is_some())
             .collect();
-        let cordoned = state.cordoned.as_deref();
-        candidates.sort_by_key(|i| drain_order(i, cordoned));
-        let chosen: Vec<String> = candidates
-            .iter()
-            .take(k as usize)
-            .map(|i| i.id.clone())
-            .collect();
+        candidates.sort_by_key(|i| drain_order(i, &state.cordoned));
+        if let Some(floor) = wait_floor {
+            candidates.retain(|i| self.emptied(i, state, obs.now));
+            if candidates.is_empty() {
+                return self.hold(
+                    obs,
+                    floor,
+                    format!("{reason}, once the cordoned nodes have emptied"),
+                );
+            }
+        }
+        candidates.truncate(k as usize);
+        let k = if wait_floor.is_some() {
+            candidates.len() as u32
+        } else {
+            k
+        };
+        let chosen: Vec<String> = candidates.iter().map(|i| i.id.clone()).collect();
         // Desired drops by k even when fewer instances can be named: the group removes the rest.
         let desired = capacity - k;
         state.last_action = Some(obs.now);
         state.below_since = None;
         let who = candidates
             .iter()
-            .take(k as usize)
             .map(|i| format!("{} ({} conns)", i.id, i.connections.unwrap_or(0)))
             .collect::<Vec<_>>()
             .join(", ");
@@ -475,16 +536,16 @@ impl Engine {
 }
 
 /// The order in which instances are cordoned and scaled in: the least-connected first (an
-/// instance without a count last), the cordoned one first among equals, then the newest (AWS
+/// instance without a count last), the cordoned ones first among equals, then the newest (AWS
 /// bills it least), then by id.
 fn drain_order<'a>(
     i: &'a InstanceView,
-    cordoned: Option<&str>,
+    cordoned: &[(String, i64)],
 ) -> (bool, Option<u64>, bool, std::cmp::Reverse<i64>, &'a str) {
     (
         i.connections.is_none(),
         i.connections,
-        Some(i.id.as_str()) != cordoned,
+        !cordoned.iter().any(|(c, _)| *c == i.id),
         std::cmp::Reverse(i.launched_at),
         &i.id,
     )

@@ -79,8 +79,9 @@ fn scale_in_waits_for_sustain_then_drains_the_least_connected() {
     let sustain = p.scale_in.sustain.as_secs() as i64;
     let e = Engine::new(p);
     let mut st = EngineState::default();
-    // The rest must hold 83,000 at ≤ max_after (24,000): 4 nodes can, 3 cannot, so 2 go.
-    let conns = [20_000, 18_000, 3_000, 21_000, 2_000, 19_000];
+    // The rest must hold 80,500 at ≤ max_after (24,000): 4 nodes can, 3 cannot, so 2 go (the
+    // two the cordon has emptied below drain_grace_until_below).
+    let conns = [20_000, 18_000, 1_500, 21_000, 1_000, 19_000];
     let mut t = 0;
     while t < sustain {
         let d = e.evaluate(&obs(t, fleet(&conns)), &mut st);
@@ -110,11 +111,19 @@ fn scale_in_waits_for_sustain_then_drains_the_least_connected() {
     assert!(d.scale_in.is_empty(), "{d:?}");
 }
 
+/// The default policy without its drain grace: a scale-in's size alone, every node a victim at
+/// once (the wait for the cordon has its own tests).
+fn no_grace() -> Policy {
+    let mut p = Policy::default_policy();
+    p.scale_in.drain_grace = std::time::Duration::ZERO;
+    p
+}
+
 /// After a spike the surplus goes in one action: as many nodes as the rest can hold at
 /// max_after, up to `scale_in.step`, not two per sustain period.
 #[test]
 fn scale_in_removes_the_whole_surplus_the_rest_can_hold_at_once() {
-    let p = Policy::default_policy();
+    let p = no_grace();
     let (sustain, max_after) = (p.scale_in.sustain.as_secs() as i64, p.scale_in_max_after());
     assert!(
         p.scale_in.step >= 9,
@@ -153,7 +162,7 @@ fn scale_in_never_leaves_the_rest_above_max_after() {
 
 #[test]
 fn scale_in_waits_until_the_rest_would_hold_the_recent_peak() {
-    let p = Policy::default_policy();
+    let p = no_grace();
     let window = p.scale_in.peak_window.as_secs() as i64;
     assert!(window > p.scale_in.sustain.as_secs() as i64, "{p:?}");
     let e = Engine::new(p);
@@ -374,29 +383,33 @@ fn scale_out_acts_on_the_known_counts() {
     );
 }
 
-/// The cordon: the least-connected ready node while the others could hold every client at or
-/// below the scale-out threshold (25,000); none otherwise.
+fn ids(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The cordon: as many of the least-connected nodes as the group could lose above its minimum
+/// (2) while the others hold every client under 95 % of their caps (26,600); none otherwise.
 #[test]
-fn the_least_connected_node_is_cordoned_while_the_rest_could_hold_everyone() {
+fn as_many_nodes_are_cordoned_as_the_rest_could_hold_everyone_for() {
     let e = Engine::new(Policy::default_policy());
-    // 3 × 23,000 + 4,000 = 73,000: the other three would hold 24,333 each.
-    let quiet = fleet(&[23_000, 4_000, 23_000, 23_000]);
-    let d = e.evaluate(&obs(0, quiet), &mut EngineState::default());
+    let cordon = |conns: &[u64]| {
+        let d = e.evaluate(&obs(0, fleet(conns)), &mut EngineState::default());
+        assert_eq!(d.direction, Direction::Hold, "{d:?}");
+        d.cordon
+    };
+    // 73,000: the other three would hold 24,333 each, two would hold 36,500.
+    assert_eq!(cordon(&[23_000, 4_000, 23_000, 23_000]), ids(&["i-1"]));
+    // 34,000: two would hold 17,000 each; the group keeps its minimum of 2 uncordoned.
     assert_eq!(
-        (d.direction.clone(), d.cordon.as_deref()),
-        (Direction::Hold, Some("i-1")),
-        "{d:?}"
+        cordon(&[10_000, 4_000, 10_000, 3_000]),
+        ids(&["i-3", "i-1"])
     );
-    // 3 × 24,000 + 4,000 = 76,000: 25,333 each without it.
-    let busy = fleet(&[24_000, 4_000, 24_000, 24_000]);
-    let d = e.evaluate(&obs(0, busy), &mut EngineState::default());
-    assert_eq!(d.cordon, None, "{d:?}");
-    let lone = fleet(&[100]);
+    // 81,000: 27,000 each without one.
     assert_eq!(
-        e.evaluate(&obs(0, lone), &mut EngineState::default())
-            .cordon,
-        None
+        cordon(&[25_000, 6_000, 25_000, 25_000]),
+        Vec::<String>::new()
     );
+    assert_eq!(cordon(&[100, 100]), Vec::<String>::new(), "the minimum");
 }
 
 /// The cordon follows the least-connected node; last turn's keeps it on a tie, so it does not
@@ -408,42 +421,25 @@ fn the_cordon_follows_the_emptiest_node_and_keeps_its_place_on_a_tie() {
     let mut tie = fleet(&[20_000, 5_000, 5_000]);
     tie[2].launched_at = -9_000;
     let d = e.evaluate(&obs(0, tie.clone()), &mut st);
-    assert_eq!(
-        d.cordon.as_deref(),
-        Some("i-2"),
-        "the newest of a tie first: {d:?}"
-    );
+    assert_eq!(d.cordon, ids(&["i-2"]), "the newest of a tie first: {d:?}");
     tie[1].launched_at = -8_000;
     let d = e.evaluate(&obs(10, tie), &mut st);
     assert_eq!(
-        d.cordon.as_deref(),
-        Some("i-2"),
+        d.cordon,
+        ids(&["i-2"]),
         "a newer tie does not take it: {d:?}"
     );
     let d = e.evaluate(&obs(20, fleet(&[3_000, 5_000, 5_000])), &mut st);
-    assert_eq!(d.cordon.as_deref(), Some("i-0"), "{d:?}");
+    assert_eq!(d.cordon, ids(&["i-0"]), "{d:?}");
 }
 
-/// No cordon on a scaling turn (here a scale-in, where the others could hold everyone), while
-/// the projected demand would not fit the others, or while a node's count is missing (the
-/// others' load would be a guess); a node launched for a spike that is over is cordoned as soon
-/// as it serves.
+/// No cordon while the projected demand would not fit the others, or while a node's count is
+/// missing (the others' load would be a guess); a scale-out lifts every cordon (the cordoned
+/// nodes take clients again before a launch could); a node launched for a spike that is over is
+/// cordoned as soon as it serves.
 #[test]
-fn no_cordon_while_scaling_rising_or_blind() {
-    let p = Policy::default_policy();
-    let sustain = p.scale_in.sustain.as_secs() as i64;
-    let e = Engine::new(p);
-    let mut st = EngineState::default();
-    let d = e.evaluate(&obs(0, fleet(&[5_000; 3])), &mut st);
-    assert_eq!(
-        (d.direction.clone(), d.cordon.is_some()),
-        (Direction::Hold, true),
-        "{d:?}"
-    );
-    let d = e.evaluate(&obs(sustain + 10, fleet(&[5_000; 3])), &mut st);
-    assert!(matches!(d.direction, Direction::ScaleIn { .. }), "{d:?}");
-    assert_eq!(d.cordon, None, "{d:?}");
-
+fn no_cordon_while_rising_or_blind_and_a_scale_out_lifts_them() {
+    let e = Engine::new(Policy::default_policy());
     // 60,000 → 70,000 in a minute: 70,000 / 3 = 23,333 fits, the 90,000 projected 120 s ahead
     // does not (30,000 each), and the 4 nodes hold it below their caps: a hold, uncordoned.
     let mut st = EngineState::default();
@@ -451,18 +447,75 @@ fn no_cordon_while_scaling_rising_or_blind() {
     let d = e.evaluate(&obs(60, fleet(&[17_500; 4])), &mut st);
     assert_eq!(
         (d.direction.clone(), d.cordon.clone()),
-        (Direction::Hold, None),
+        (Direction::Hold, Vec::new()),
         "{d:?}"
     );
+
+    let mut st = EngineState::default();
+    let d = e.evaluate(&obs(0, fleet(&[20_000, 2_000, 20_000])), &mut st);
+    assert_eq!(d.cordon, ids(&["i-1"]), "{d:?}");
+    let d = e.evaluate(&obs(10, fleet(&[27_000, 2_000, 27_000])), &mut st);
+    assert!(matches!(d.direction, Direction::ScaleOut { .. }), "{d:?}");
+    assert_eq!(d.cordon, Vec::<String>::new(), "{d:?}");
 
     let mut instances = fleet(&[10_000, 10_000]);
     instances.push(node("new", 100, -5));
     let d = e.evaluate(&obs(0, instances), &mut EngineState::default());
-    assert_eq!(d.cordon.as_deref(), Some("new"), "{d:?}");
+    assert_eq!(d.cordon, ids(&["new"]), "{d:?}");
     let mut blind = fleet(&[10_000, 10_000, 10_000]);
     blind[2].connections = None;
     let d = e.evaluate(&obs(0, blind), &mut EngineState::default());
-    assert_eq!(d.cordon, None, "{d:?}");
+    assert_eq!(d.cordon, Vec::<String>::new(), "{d:?}");
+}
+
+/// With a drain grace, a scale-in takes only the nodes the cordon has emptied (fewer clients
+/// than `drain_grace_until_below`, 2,000) and keeps the others cordoned; one cordoned for
+/// `cordon_wait` goes whatever it holds. While none has emptied, the group holds.
+#[test]
+fn a_scale_in_takes_the_emptied_nodes_and_keeps_the_others_cordoned() {
+    let p = Policy::default_policy();
+    let sustain = p.scale_in.sustain.as_secs() as i64;
+    let wait = p.cordon_wait().as_secs() as i64;
+    let e = Engine::new(p);
+    let mut st = EngineState::default();
+    // 46,500: two would hold 23,250 each, under max_after (24,000) too.
+    let d = e.evaluate(&obs(0, fleet(&[20_000, 5_000, 1_500, 20_000])), &mut st);
+    assert_eq!(d.cordon, ids(&["i-2", "i-1"]), "{d:?}");
+    let d = e.evaluate(
+        &obs(sustain + 10, fleet(&[20_000, 5_000, 1_500, 20_000])),
+        &mut st,
+    );
+    assert_eq!(d.scale_in, ids(&["i-2"]), "only the emptied one: {d:?}");
+    assert_eq!((d.desired, d.cordon.clone()), (3, ids(&["i-1"])), "{d:?}");
+
+    let rest = || fleet(&[20_000, 5_000, 20_000]);
+    let d = e.evaluate(&obs(wait - 600, rest()), &mut st);
+    let d2 = e.evaluate(&obs(wait - 600 + sustain + 10, rest()), &mut st);
+    assert_eq!(d.direction, Direction::Hold, "{d:?}");
+    assert!(
+        d2.direction == Direction::Hold
+            && d2.reason.contains("once the cordoned nodes have emptied"),
+        "5,000 left, cordoned for less than cordon_wait: {d2:?}"
+    );
+    assert_eq!(d2.cordon, ids(&["i-1"]), "{d2:?}");
+    let d = e.evaluate(&obs(wait + 10, rest()), &mut st);
+    assert_eq!(
+        (d.scale_in.clone(), d.desired),
+        (ids(&["i-1"]), 2),
+        "cordoned for cordon_wait: {d:?}"
+    );
+}
+
+/// Without a drain grace a scale-in takes the least-connected nodes at once, whatever they hold.
+#[test]
+fn without_a_grace_a_scale_in_does_not_wait_for_the_cordon() {
+    let p = no_grace();
+    let sustain = p.scale_in.sustain.as_secs() as i64;
+    let e = Engine::new(p);
+    let mut st = EngineState::default();
+    e.evaluate(&obs(0, fleet(&[20_000, 5_000, 20_000])), &mut st);
+    let d = e.evaluate(&obs(sustain + 10, fleet(&[20_000, 5_000, 20_000])), &mut st);
+    assert_eq!(d.scale_in, ids(&["i-1"]), "{d:?}");
 }
 
 /// A scale-in takes the cordoned node first among equally connected ones (the one that has
@@ -473,17 +526,13 @@ fn a_scale_in_takes_the_cordoned_node_among_equals() {
     let sustain = p.scale_in.sustain.as_secs() as i64;
     let e = Engine::new(p);
     let mut st = EngineState::default();
-    let mut f = fleet(&[5_000; 3]);
+    let mut f = fleet(&[1_000; 3]);
     f[0].launched_at = -20_000;
     let d = e.evaluate(&obs(0, f.clone()), &mut st);
-    assert_eq!(
-        d.cordon.as_deref(),
-        Some("i-1"),
-        "the newest of the tie: {d:?}"
-    );
+    assert_eq!(d.cordon, ids(&["i-1"]), "the newest of the tie: {d:?}");
     f[1].launched_at = -30_000;
     let d = e.evaluate(&obs(10, f.clone()), &mut st);
-    assert_eq!(d.cordon.as_deref(), Some("i-1"), "kept on a tie: {d:?}");
+    assert_eq!(d.cordon, ids(&["i-1"]), "kept on a tie: {d:?}");
     let d = e.evaluate(&obs(sustain + 10, f), &mut st);
-    assert_eq!(d.scale_in, vec!["i-1".to_string()], "{d:?}");
+    assert_eq!(d.scale_in, ids(&["i-1"]), "{d:?}");
 }

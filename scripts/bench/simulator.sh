@@ -18,11 +18,6 @@ args=()
 for t in "$traces"/*.csv; do args+=(--trace "$t"); done
 "$bin" simulate --summary "${args[@]}" 2>/dev/null
 echo
-# What a drain not built yet would buy (issue 20), for connscale's fleet only.
-echo '### What-if: the same summary with `--what-if reclaim`'
-echo
-"$bin" simulate --summary --what-if reclaim "${args[@]}" 2>/dev/null
-echo
 for t in "$traces"/*.csv; do
   name=$(basename "$t" .csv)
   echo "### $name"

@@ -14,6 +14,7 @@ use crate::engine::Lifecycle;
 use crate::provider::{FleetView, Member, Provider, ProviderError};
 use connscale_common::policy::{PoolState, WarmPool};
 use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Anything that scales the simulated fleet: connscale's engine or a baseline. The fleet's
 /// control loop ([`crate::control`]) asks it for decisions as it asks the engine in `run`.
@@ -38,17 +39,6 @@ pub struct DrainGrace {
     pub seconds: i64,
     /// The wait ends once fewer clients than this remain.
     pub until_below: f64,
-}
-
-/// Drains the controller does not have yet, modelled for the policy under test only, to measure
-/// what they would buy before they are built (issue 20). Off by default: the simulator models
-/// what `connscale run` does on AWS.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct WhatIf {
-    /// A scale-out first takes back a victim still in its drain grace (the one holding most
-    /// clients) instead of launching: a victim kept in service and cordoned through its grace
-    /// could be, where one in today's termination hook cannot.
-    pub reclaim: bool,
 }
 
 /// Fleet model parameters.
@@ -155,36 +145,48 @@ struct SimFleet<'a> {
     forced_reconnects: f64,
     /// The scaler's [`Scaler::drain_grace`].
     grace: DrainGrace,
-    what_if: WhatIf,
     cordon: SimCordon,
 }
 
-/// The cordon as the controller wrote it and as the balancer acts on it, a health delay later.
+/// The cordons as the controller wrote them and as the balancer acts on them, a health delay
+/// later.
 #[derive(Debug, Default)]
 struct SimCordon {
-    /// The instance the controller cordoned, and until when.
-    written: Option<(String, i64)>,
-    /// The instance the balancer sends no new clients.
-    acting: Option<String>,
-    changed_at: i64,
+    /// The instances the controller cordoned, and until when.
+    written: BTreeMap<String, i64>,
+    /// The instances the balancer sends no new clients.
+    acting: BTreeSet<String>,
+    /// When each instance's cordon was last written or lifted.
+    changed_at: BTreeMap<String, i64>,
 }
 
 impl SimCordon {
-    fn write(&mut self, to: Option<(String, i64)>, now: i64) {
-        if to.as_ref().map(|w| &w.0) != self.written.as_ref().map(|w| &w.0) {
-            self.changed_at = now;
+    fn write(&mut self, id: &str, until: Option<i64>, now: i64) {
+        let was = self.written.contains_key(id);
+        match until {
+            Some(u) => self.written.insert(id.to_string(), u),
+            None => self.written.remove(id),
+        };
+        if was != until.is_some() {
+            self.changed_at.insert(id.to_string(), now);
         }
-        self.written = to;
     }
 
-    /// The node index the balancer skips at `now`.
-    fn skip(&mut self, nodes: &[Node], now: i64, delay: i64) -> Option<usize> {
-        let written = self.written.as_ref().map(|w| w.0.clone());
-        if written != self.acting && now - self.changed_at >= delay {
-            self.acting = written;
-        }
-        let id = self.acting.as_ref()?;
-        nodes.iter().position(|n| &n.id == id)
+    /// Which nodes the balancer skips at `now`.
+    fn skip(&mut self, nodes: &[Node], now: i64, delay: i64) -> Vec<bool> {
+        let (written, acting) = (&self.written, &mut self.acting);
+        self.changed_at.retain(|id, at| {
+            if now - *at < delay {
+                return true;
+            }
+            if written.contains_key(id) {
+                acting.insert(id.clone());
+            } else {
+                acting.remove(id);
+            }
+            false
+        });
+        nodes.iter().map(|n| self.acting.contains(&n.id)).collect()
     }
 }
 
@@ -204,9 +206,6 @@ impl SimFleet<'_> {
             }
         }
         while self.members() < self.desired {
-            if self.what_if.reclaim && self.reclaim() {
-                continue;
-            }
             let t = self.now;
             let ready_at = match (&self.pool, self.pool_ready.iter().position(|&r| r <= t)) {
                 (Some(w), Some(i)) => {
@@ -223,17 +222,6 @@ impl SimFleet<'_> {
                 leaves_at: None,
             });
         }
-    }
-
-    /// Takes back the draining node holding most clients ([`WhatIf::reclaim`]); false when none
-    /// drains.
-    fn reclaim(&mut self) -> bool {
-        let victim = self
-            .nodes
-            .iter_mut()
-            .filter(|n| n.draining())
-            .max_by(|a, b| a.conns.total_cmp(&b.conns));
-        victim.map(|n| n.leaves_at = None).is_some()
     }
 
     /// Nodes that count toward the desired capacity (not draining).
@@ -310,12 +298,7 @@ impl Provider for SimFleet<'_> {
                     launched_at: n.ready_at.min(t),
                     connections: Some(n.conns.round() as u64),
                     address: None,
-                    cordoned_until: self
-                        .cordon
-                        .written
-                        .as_ref()
-                        .filter(|w| w.0 == n.id)
-                        .map(|w| w.1),
+                    cordoned_until: self.cordon.written.get(&n.id).copied(),
                 }
             })
             .collect();
@@ -355,14 +338,12 @@ impl Provider for SimFleet<'_> {
     }
 
     async fn cordon(&mut self, id: &str, until: i64) -> Result<(), ProviderError> {
-        self.cordon.write(Some((id.to_string(), until)), self.now);
+        self.cordon.write(id, Some(until), self.now);
         Ok(())
     }
 
     async fn uncordon(&mut self, id: &str) -> Result<(), ProviderError> {
-        if self.cordon.written.as_ref().is_some_and(|w| w.0 == id) {
-            self.cordon.write(None, self.now);
-        }
+        self.cordon.write(id, None, self.now);
         Ok(())
     }
 }
@@ -377,7 +358,6 @@ pub fn run(
     initial_nodes: u32,
     (min_size, max_size): (u32, u32),
     max_samples: usize,
-    what_if: WhatIf,
 ) -> Outcome {
     let (start, end) = (trace.start(), trace.end());
     let cap = model.node_cap;
@@ -396,7 +376,6 @@ pub fn run(
         seq: 0,
         forced_reconnects: 0.0,
         grace: scaler.drain_grace(),
-        what_if,
         cordon: SimCordon::default(),
     };
     for _ in 0..initial_nodes.max(1) {
@@ -445,7 +424,7 @@ pub fn run(
         // A fraction of a connection left over from proportional placement is not a client.
         let skip = fleet.cordon.skip(&fleet.nodes, t, model.health_delay);
         let nodes = &mut fleet.nodes;
-        let rejected = Some(place(nodes, arrivals, cap, t, skip))
+        let rejected = Some(place(nodes, arrivals, cap, t, &skip))
             .filter(|r| *r >= 1.0)
             .unwrap_or(0.0);
         out.rejected_connection_minutes += rejected * dt as f64 / 60.0;
@@ -494,23 +473,23 @@ pub fn run(
 }
 
 /// Places new connections round-robin on serving nodes under the cap (equal shares, refilled
-/// while any node has room), on the `skip`ped (cordoned) node only while every other one is
+/// while any node has room), on the `skip`ped (cordoned) nodes only while every other one is
 /// full; returns how many found no room.
-fn place(nodes: &mut [Node], mut arrivals: f64, cap: f64, now: i64, skip: Option<usize>) -> f64 {
+fn place(nodes: &mut [Node], mut arrivals: f64, cap: f64, now: i64, skip: &[bool]) -> f64 {
     for _ in 0..nodes.len() + 1 {
-        let open = |skip: Option<usize>| -> Vec<usize> {
+        let open = |skip: &[bool]| -> Vec<usize> {
             (0..nodes.len())
                 .filter(|&i| {
                     nodes[i].ready_at <= now
                         && !nodes[i].draining()
                         && nodes[i].conns < cap - 1e-9
-                        && skip != Some(i)
+                        && !skip.get(i).copied().unwrap_or(false)
                 })
                 .collect()
         };
         let open = Some(open(skip))
             .filter(|o| !o.is_empty())
-            .unwrap_or_else(|| open(None));
+            .unwrap_or_else(|| open(&[]));
         if open.is_empty() || arrivals <= 1e-9 {
             break;
         }
@@ -530,7 +509,7 @@ mod tests {
 
     /// A fleet of `nodes`, all of them desired, in a group of 1..=4, whose victims wait up to
     /// 30 minutes until fewer than 2,000 clients remain.
-    fn fleet(model: &FleetModel, nodes: Vec<Node>, what_if: WhatIf) -> SimFleet<'_> {
+    fn fleet(model: &FleetModel, nodes: Vec<Node>) -> SimFleet<'_> {
         SimFleet {
             model,
             now: 0,
@@ -546,7 +525,6 @@ mod tests {
                 seconds: 1_800,
                 until_below: 2_000.0,
             },
-            what_if,
             cordon: SimCordon::default(),
         }
     }
@@ -563,7 +541,7 @@ mod tests {
     #[test]
     fn placement_fills_open_nodes_and_rejects_the_rest() {
         let mut n = vec![node(27_000.0), node(0.0)];
-        let rejected = place(&mut n, 30_000.0, 28_000.0, 0, None);
+        let rejected = place(&mut n, 30_000.0, 28_000.0, 0, &[]);
         assert_eq!((n[0].conns, n[1].conns), (28_000.0, 28_000.0));
         assert!((rejected - 1_000.0).abs() < 1e-6);
     }
@@ -585,11 +563,10 @@ mod tests {
                     ..node(10_000.0)
                 },
             ],
-            WhatIf::default(),
         );
         futures::executor::block_on(f.terminate("a", true)).unwrap();
         assert_eq!((f.nodes.len(), f.members(), f.desired), (2, 1, 1));
-        place(&mut f.nodes, 1_000.0, 28_000.0, 0, None);
+        place(&mut f.nodes, 1_000.0, 28_000.0, 0, &[]);
         assert_eq!(f.nodes[0].conns, 10_000.0, "the victim took new clients");
         f.nodes[0].conns = 2_500.0;
         f.now = 600;
@@ -605,12 +582,12 @@ mod tests {
     #[test]
     fn a_cordoned_node_takes_new_clients_last() {
         let mut n = vec![node(20_000.0), node(5_000.0), node(20_000.0)];
-        place(&mut n, 1_000.0, 28_000.0, 0, Some(1));
+        place(&mut n, 1_000.0, 28_000.0, 0, &[false, true]);
         assert_eq!(
             (n[0].conns, n[1].conns, n[2].conns),
             (20_500.0, 5_000.0, 20_500.0)
         );
-        let rejected = place(&mut n, 16_000.0, 28_000.0, 0, Some(1));
+        let rejected = place(&mut n, 16_000.0, 28_000.0, 0, &[false, true]);
         assert_eq!((n[0].conns, n[1].conns), (28_000.0, 6_000.0));
         assert_eq!(rejected, 0.0);
     }
@@ -630,46 +607,24 @@ mod tests {
             },
         ];
         let mut c = SimCordon::default();
-        c.write(Some(("b".into(), 400)), 100);
-        assert_eq!(c.skip(&n, 120, 30), None);
-        assert_eq!(c.skip(&n, 130, 30), Some(1));
-        c.write(Some(("b".into(), 700)), 200);
-        assert_eq!(c.skip(&n, 201, 30), Some(1), "a renewal changes nothing");
-        c.write(None, 300);
-        assert_eq!(c.skip(&n, 310, 30), Some(1));
-        assert_eq!(c.skip(&n, 330, 30), None);
-    }
-
-    /// `--what-if reclaim`: a scale-out takes back the fullest victim in its grace instead of
-    /// launching; without it, a node launches while the victim keeps draining.
-    #[test]
-    fn a_scale_out_reclaims_a_draining_victim_only_with_the_what_if() {
-        let model = FleetModel::default();
-        for reclaim in [false, true] {
-            let mut f = fleet(
-                &model,
-                vec![node(9_000.0), node(3_000.0), node(6_000.0)],
-                WhatIf { reclaim },
-            );
-            for (i, n) in f.nodes.iter_mut().enumerate() {
-                n.id = format!("n{i}");
-            }
-            f.nodes[1].leaves_at = Some(1_800);
-            f.nodes[2].leaves_at = Some(1_800);
-            f.desired = 1;
-            futures::executor::block_on(f.set_desired(2)).unwrap();
-            let draining: Vec<&str> = f
-                .nodes
-                .iter()
-                .filter(|n| n.draining())
-                .map(|n| n.id.as_str())
-                .collect();
-            if reclaim {
-                assert_eq!((f.nodes.len(), draining), (3, vec!["n1"]));
-            } else {
-                assert_eq!((f.nodes.len(), draining), (4, vec!["n1", "n2"]));
-            }
-        }
+        c.write("b", Some(400), 100);
+        assert_eq!(c.skip(&n, 120, 30), [false, false]);
+        assert_eq!(c.skip(&n, 130, 30), [false, true]);
+        c.write("b", Some(700), 200);
+        c.write("a", Some(700), 200);
+        assert_eq!(
+            c.skip(&n, 201, 30),
+            [false, true],
+            "a renewal changes nothing"
+        );
+        assert_eq!(
+            c.skip(&n, 230, 30),
+            [true, true],
+            "each cordon on its own delay"
+        );
+        c.write("b", None, 300);
+        assert_eq!(c.skip(&n, 310, 30), [true, true]);
+        assert_eq!(c.skip(&n, 330, 30), [true, false]);
     }
 
     #[test]
@@ -681,7 +636,7 @@ mod tests {
                 ..node(0.0)
             },
         ];
-        place(&mut n, 10.0, 28_000.0, 0, None);
+        place(&mut n, 10.0, 28_000.0, 0, &[]);
         assert_eq!((n[0].conns, n[1].conns), (10.0, 0.0));
     }
 }

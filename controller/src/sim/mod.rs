@@ -9,7 +9,7 @@ pub mod trace;
 
 use baselines::{Classic, Connscale, Oracle, Static, TargetTracking};
 use connscale_common::policy::Policy;
-use fleet::{FleetModel, Outcome, Scaler, WhatIf};
+use fleet::{FleetModel, Outcome, Scaler};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use trace::Trace;
@@ -35,9 +35,6 @@ pub struct SimConfig {
     pub time_scale: f64,
     pub compare: Vec<String>,
     pub model: FleetModel,
-    /// Drains not built yet, for connscale's fleet only (the baselines stand for setups that
-    /// exist).
-    pub what_if: WhatIf,
 }
 
 /// The result for one trace: per-policy outcomes, keyed by policy name.
@@ -107,11 +104,6 @@ pub fn simulate(raw: &Trace, cfg: &SimConfig) -> Result<Report, String> {
     for name in names {
         let mut s = scaler(&name, &cfg, &trace)?;
         let start = if name == "static" { 0 } else { initial };
-        let what_if = if name == "connscale" {
-            cfg.what_if
-        } else {
-            WhatIf::default()
-        };
         let first = if start == 0 {
             s.decide(&empty_obs(trace.start())).desired
         } else {
@@ -126,7 +118,6 @@ pub fn simulate(raw: &Trace, cfg: &SimConfig) -> Result<Report, String> {
                 first,
                 (cfg.policy.group.min_size, cfg.policy.group.max_size),
                 1500,
-                what_if,
             ),
         );
     }
