@@ -113,8 +113,9 @@ pub struct ScaleIn {
     pub drain_grace_until_below: u32,
     /// With a drain grace, a scale-in takes only nodes the controller's cordon has emptied
     /// below `drain_grace_until_below`, or that have been cordoned this long (default twice
-    /// `drain_grace`); the agent's grace then follows. A rise in demand lifts a cordon at once,
-    /// so waiting here costs instance-hours but never capacity. See [`Policy::cordon_wait`].
+    /// `drain_grace`); the agent's grace then follows. A cordoned node is still in service and
+    /// counts as capacity; its cordon lifts once the others would pass 95 % of their caps, or
+    /// on a scale-out. Ignored without a drain grace. See [`Policy::cordon_wait`].
     #[serde(
         default,
         with = "humantime_serde",

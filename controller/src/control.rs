@@ -107,6 +107,9 @@ pub async fn turn<P: Provider, S: Strategy + ?Sized>(
     let changes = decision.changes(&obs);
     if !dry_run {
         release_pool_terminations(provider, &fleet).await;
+        // Before the scaling calls: a scale-out's lifts must not wait on a throttled call, and a
+        // scale-in's victims are still among the cordoned.
+        reconcile_cordon(provider, &fleet, &decision.cordon, now).await;
     }
     if changes && !dry_run {
         let mut desired = fleet.desired;
@@ -117,9 +120,6 @@ pub async fn turn<P: Provider, S: Strategy + ?Sized>(
         if desired != decision.desired {
             provider.set_desired(decision.desired).await?;
         }
-    }
-    if !dry_run {
-        reconcile_cordon(provider, &fleet, &decision.cordon, now).await;
     }
     Ok(Turn {
         now,
@@ -490,7 +490,8 @@ mod tests {
 
     /// Each acting turn brings the tags to the decision: writes the wanted cordons (or renews
     /// them once less than RENEW_BELOW is left), lifts every other, and goes on past a failed
-    /// lift (retried next turn), on a scaling turn too; a dry run cordons nothing.
+    /// lift (retried next turn), on a scaling turn too, before its scaling calls; a dry run
+    /// cordons nothing.
     #[tokio::test]
     async fn a_turn_writes_renews_and_lifts_cordons() {
         let now = 1_000;
@@ -544,11 +545,12 @@ mod tests {
         assert_eq!(
             fleet.calls,
             [
-                "set_desired 4".into(),
                 format!("cordon i-0 {}", now + cordon::HOLD),
                 "uncordon i-1".into(),
                 format!("cordon i-2 {}", now + cordon::HOLD),
-            ]
+                "set_desired 4".into(),
+            ],
+            "the cordons first: a failed scaling call must not hold up a lift"
         );
     }
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use connscale_common::cron::{Cron, parse_tz};
 use connscale_common::policy::Policy;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Where an instance is in its life, as far as scaling is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -125,10 +125,13 @@ pub struct EngineState {
     below_since: Option<i64>,
     last_action: Option<i64>,
     windows: Vec<Option<(i64, i64)>>,
-    /// The instances cordoned last turn, each with the second its cordon began: they keep the
-    /// cordon on a tie, a scale-in takes them first among equals, and one cordoned for a whole
-    /// `drain_grace` may go however many clients it still holds.
-    cordoned: Vec<(String, i64)>,
+    /// The instances cordoned last turn: they keep the cordon on a tie, and a scale-in takes
+    /// them first among equals.
+    cordoned: Vec<String>,
+    /// When each instance's cordon began, and when it last held: one cordoned for
+    /// [`Policy::cordon_wait`] may go however many clients it still holds. A cordon lifted for
+    /// less than [`CORDON_MEMORY`] (a turn when demand wavered) keeps its start.
+    cordon_since: BTreeMap<String, (i64, i64)>,
     /// The demand projected `scale_out.lookahead` ahead at the last evaluation.
     projected: f64,
 }
@@ -137,6 +140,9 @@ pub struct EngineState {
 const TREND_WINDOW: i64 = 180;
 /// Share of the cap the projected demand may fill: the rest absorbs uneven spread.
 const HOLD_FRACTION: f64 = 0.95;
+/// Seconds a lifted cordon keeps its start ([`EngineState`]): the cordon tag's own hold, within
+/// which the balancer may not even have noticed the lift.
+const CORDON_MEMORY: i64 = connscale_common::cordon::HOLD;
 /// While at least this share of the in-service instances has no fresh count, scale-in holds:
 /// the known ones are too few to say the fleet is quiet (scale-out still acts on them).
 pub const NO_DATA_HOLDS_SCALE_IN: f64 = 1.0 / 3.0;
@@ -212,21 +218,21 @@ impl Engine {
             .max(self.schedule_floor(obs.now, state).0);
         d.cordon = match &d.direction {
             Direction::Hold => self.cordon(obs, &sum, state, floor),
-            // The victims' drains begin; the others cordoned go on emptying.
-            Direction::ScaleIn { .. } => state
-                .cordoned
-                .iter()
-                .map(|(id, _)| id.clone())
-                .filter(|id| !d.scale_in.contains(id))
-                .collect(),
+            // Victims included: the others go on emptying, and a victim the group's bounds keep
+            // (or whose termination fails) stays out of the balancer until the next turn.
+            Direction::ScaleIn { .. } => state.cordoned.clone(),
             // The demand needs them: a cordoned node takes clients again before any launch serves.
             Direction::ScaleOut { .. } => Vec::new(),
         };
-        let since = |id: &String| {
-            let old = state.cordoned.iter().find(|(c, _)| c == id);
-            old.map_or(obs.now, |(_, t)| *t)
-        };
-        state.cordoned = d.cordon.iter().map(|id| (id.clone(), since(id))).collect();
+        let now = obs.now;
+        for id in &d.cordon {
+            let entry = state.cordon_since.entry(id.clone()).or_insert((now, now));
+            entry.1 = now;
+        }
+        state
+            .cordon_since
+            .retain(|_, (_, last)| now - *last < CORDON_MEMORY);
+        state.cordoned = d.cordon.clone();
         d.no_data = sum.no_data;
         d
     }
@@ -237,11 +243,13 @@ impl Engine {
     /// at the projection. The load balancer sends them no new clients (it routes to every
     /// target again only once all fail their health checks), so they empty as their clients
     /// leave by themselves; a scale-in takes them once [emptied](Self::emptied): few forced
-    /// reconnects and a short drain. A rise in demand lifts cordons, nearest the room first,
-    /// before anything launches. The bound is the caps' (the room the engine keeps for the
-    /// projection), not the scale-out threshold: a cordon only steers new clients and the
-    /// others may run fuller meanwhile; the steps still read the average over every node. No
-    /// cordon while any in-service instance has no count (the sum would be a guess). Near the
+    /// reconnects and a short drain. As demand rises, cordons lift, the most-connected
+    /// cordoned node's first, and a scale-out lifts them all in the turn it launches: the
+    /// cordoned nodes serve before any launch could. The bound is the caps' (the room the
+    /// engine keeps for the projection), not the scale-out threshold: a cordon only steers new
+    /// clients, the nodes it leaves open run fuller meanwhile, and the cordoned ones are the
+    /// reserve; the steps still read the average over every node. While any in-service
+    /// instance has no count (the sum would be a guess), last turn's cordons stay. Near the
     /// bound a cordon may come and go from one turn to the next; the balancer acts only after
     /// two health checks agree.
     fn cordon(
@@ -254,7 +262,18 @@ impl Engine {
         let room = f64::from(self.policy.group.node_cap) * HOLD_FRACTION;
         let demand = sum.total.max(state.projected);
         if !sum.no_data.is_empty() {
-            return Vec::new();
+            // Blind, hold still: last turn's cordons stay on the nodes still serving and counted.
+            let counted = |id: &String| {
+                obs.instances.iter().any(|i| {
+                    &i.id == id && i.lifecycle == Lifecycle::InService && i.connections.is_some()
+                })
+            };
+            return state
+                .cordoned
+                .iter()
+                .filter(|id| counted(id))
+                .cloned()
+                .collect();
         }
         let mut k = sum.serving.saturating_sub(floor.max(1) as usize);
         while k > 0 && demand / (sum.serving - k) as f64 > room {
@@ -418,11 +437,14 @@ impl Engine {
             .filter_map(|i| i.connections)
             .max()
             .unwrap_or(0);
-        if hottest as f64 >= threshold {
+        // The cordon lets the nodes it leaves open run up to the room it keeps (95 % of their
+        // caps): holding here at the scale-out threshold would keep its emptied nodes forever.
+        let room = f64::from(p.group.node_cap) * HOLD_FRACTION;
+        if hottest as f64 >= room {
             return self.hold(
                 obs,
                 floor,
-                format!("a node holds {hottest} ≥ {threshold:.0}"),
+                format!("a node holds {hottest} ≥ {room:.0} (95 % of its cap)"),
             );
         }
         let max_after = p.scale_in_max_after() as f64;
@@ -466,9 +488,9 @@ impl Engine {
             || i.connections
                 .is_some_and(|c| c < u64::from(si.drain_grace_until_below))
             || state
-                .cordoned
-                .iter()
-                .any(|(c, since)| *c == i.id && now - since >= wait)
+                .cordon_since
+                .get(&i.id)
+                .is_some_and(|(since, _)| now - since >= wait)
     }
 
     /// No scaling; a desired capacity outside the bounds (set by hand, say) is still corrected.
@@ -540,12 +562,12 @@ impl Engine {
 /// bills it least), then by id.
 fn drain_order<'a>(
     i: &'a InstanceView,
-    cordoned: &[(String, i64)],
+    cordoned: &[String],
 ) -> (bool, Option<u64>, bool, std::cmp::Reverse<i64>, &'a str) {
     (
         i.connections.is_none(),
         i.connections,
-        !cordoned.iter().any(|(c, _)| *c == i.id),
+        !cordoned.contains(&i.id),
         std::cmp::Reverse(i.launched_at),
         &i.id,
     )

@@ -263,8 +263,9 @@ proptest! {
     }
 
     #[test]
-    fn no_scale_in_while_a_node_is_over_the_scale_out_threshold(inst in instances(), hot in 25_000u64..28_000) {
-        let p = Policy::default_policy();
+    fn no_scale_in_while_a_node_is_near_its_cap(inst in instances(), hot in 26_600u64..28_000) {
+        // Without the grace, so that only this rule can hold the scale-in (not the cordon's wait).
+        let p = no_grace();
         let e = Engine::new(p);
         let mut inst = inst;
         inst.push(node("hot", hot, -10_000));
@@ -342,7 +343,7 @@ proptest! {
     fn a_third_of_the_fleet_without_counts_holds_scale_in(per_node in 0u64..20_000, n in 1usize..20, silent in 1usize..20) {
         let serving = n + silent;
         prop_assume!(silent as f64 >= NO_DATA_HOLDS_SCALE_IN * serving as f64);
-        let p = Policy::default_policy();
+        let p = no_grace();
         prop_assume!(serving as u32 <= p.group.max_size);
         let e = Engine::new(p);
         let (inst, _) = with_unknowns(vec![(per_node, Lifecycle::InService, -10_000); n], silent);
@@ -399,7 +400,7 @@ fn as_many_nodes_are_cordoned_as_the_rest_could_hold_everyone_for() {
     };
     // 73,000: the other three would hold 24,333 each, two would hold 36,500.
     assert_eq!(cordon(&[23_000, 4_000, 23_000, 23_000]), ids(&["i-1"]));
-    // 34,000: two would hold 17,000 each; the group keeps its minimum of 2 uncordoned.
+    // 27,000: two would hold 13,500 each; the group keeps its minimum of 2 uncordoned.
     assert_eq!(
         cordon(&[10_000, 4_000, 10_000, 3_000]),
         ids(&["i-3", "i-1"])
@@ -451,12 +452,24 @@ fn no_cordon_while_rising_or_blind_and_a_scale_out_lifts_them() {
         "{d:?}"
     );
 
-    let mut st = EngineState::default();
-    let d = e.evaluate(&obs(0, fleet(&[20_000, 2_000, 20_000])), &mut st);
-    assert_eq!(d.cordon, ids(&["i-1"]), "{d:?}");
-    let d = e.evaluate(&obs(10, fleet(&[27_000, 2_000, 27_000])), &mut st);
+    // 19 × 26,000 + 8,000 = 502,000 on 20: the average 25,100 breaches, while 19 nodes would
+    // hold it at 26,421, under 95 % of their caps. Scaling out, nothing is cordoned (the same
+    // fleet on a holding turn would cordon i-19).
+    let mut surge = vec![26_000; 19];
+    surge.push(8_000);
+    let d = e.evaluate(&obs(0, fleet(&surge)), &mut EngineState::default());
     assert!(matches!(d.direction, Direction::ScaleOut { .. }), "{d:?}");
     assert_eq!(d.cordon, Vec::<String>::new(), "{d:?}");
+    let mut lower = no_grace();
+    lower.scale_out.steps[0].lower = 26_500;
+    lower.scale_in.threshold = 25_000;
+    lower.scale_in.max_after = Some(25_100);
+    let d = Engine::new(lower).evaluate(&obs(0, fleet(&surge)), &mut EngineState::default());
+    assert_eq!(
+        (d.direction.clone(), d.cordon.clone()),
+        (Direction::Hold, ids(&["i-19"])),
+        "{d:?}"
+    );
 
     let mut instances = fleet(&[10_000, 10_000]);
     instances.push(node("new", 100, -5));
@@ -486,7 +499,11 @@ fn a_scale_in_takes_the_emptied_nodes_and_keeps_the_others_cordoned() {
         &mut st,
     );
     assert_eq!(d.scale_in, ids(&["i-2"]), "only the emptied one: {d:?}");
-    assert_eq!((d.desired, d.cordon.clone()), (3, ids(&["i-1"])), "{d:?}");
+    assert_eq!(
+        (d.desired, d.cordon.clone()),
+        (3, ids(&["i-2", "i-1"])),
+        "the victim stays cordoned until it drains: {d:?}"
+    );
 
     let rest = || fleet(&[20_000, 5_000, 20_000]);
     let d = e.evaluate(&obs(wait - 600, rest()), &mut st);
@@ -535,4 +552,37 @@ fn a_scale_in_takes_the_cordoned_node_among_equals() {
     assert_eq!(d.cordon, ids(&["i-1"]), "kept on a tie: {d:?}");
     let d = e.evaluate(&obs(sustain + 10, f), &mut st);
     assert_eq!(d.scale_in, ids(&["i-1"]), "{d:?}");
+}
+
+/// A cordon keeps its place while a count is missing (the engine holds still rather than guess),
+/// and a lift for one turn (demand wavered) keeps its start: `cordon_wait` counts from the first.
+#[test]
+fn a_cordon_survives_a_blind_turn_and_a_short_lift_with_its_start() {
+    let p = Policy::default_policy();
+    let wait = p.cordon_wait().as_secs() as i64;
+    let e = Engine::new(p);
+    let mut st = EngineState::default();
+    let quiet = || fleet(&[20_000, 5_000, 20_000]);
+    assert_eq!(e.evaluate(&obs(0, quiet()), &mut st).cordon, ids(&["i-1"]));
+    let mut blind = quiet();
+    blind[0].connections = None;
+    let d = e.evaluate(&obs(10, blind), &mut st);
+    assert_eq!(d.cordon, ids(&["i-1"]), "blind: {d:?}");
+    // 58,400: the other two would hold 29,200 each (past the trend's window: no projection).
+    let d = e.evaluate(&obs(250, fleet(&[26_700, 5_000, 26_700])), &mut st);
+    assert_eq!(
+        (d.direction.clone(), d.cordon.clone()),
+        (Direction::Hold, Vec::new()),
+        "{d:?}"
+    );
+    assert_eq!(
+        e.evaluate(&obs(260, quiet()), &mut st).cordon,
+        ids(&["i-1"])
+    );
+    let d = e.evaluate(&obs(wait + 10, quiet()), &mut st);
+    assert_eq!(
+        d.scale_in,
+        ids(&["i-1"]),
+        "cordoned since 0, not since 260: {d:?}"
+    );
 }

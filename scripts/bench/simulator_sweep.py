@@ -4,8 +4,10 @@ named keys changed, replayed over every shared trace with `connscale simulate --
 the markdown table of how many traces meet every target (the summary's own verdict).
 
 Rows are written against the default policy before 2026-12-03 (lookahead 200 s, scale-in step 2,
-a warm pool of 2), which the first row restores. Usage (after `cargo build --release -p
-connscale`): python3 scripts/bench/simulator_sweep.py [TRACES_DIR]
+a warm pool of 2), which the first row restores. With --cordon, the rows are instead the scale-in
+knobs around today's default (since 2026-12-06 a scale-in waits for the cordon to empty its
+victims). Usage (after `cargo build --release -p connscale`):
+python3 scripts/bench/simulator_sweep.py [--cordon] [TRACES_DIR]
 """
 
 import concurrent.futures
@@ -16,7 +18,9 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = ROOT / "target/release/connscale"
-TRACES = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared/traces"
+CORDON = "--cordon" in sys.argv[1:]
+ARGS = [a for a in sys.argv[1:] if a != "--cordon"]
+TRACES = pathlib.Path(ARGS[0]) if ARGS else ROOT.parent / "shared/traces"
 OUT = ROOT / "target/bench/sweep"
 
 BEFORE = {
@@ -57,11 +61,25 @@ ROWS = [
     ("step 10, pool 6, lookahead 120 s, max_after 24,500", {**NOW, "scale_in.max_after": 24500}),
 ]
 
+# Around today's default (drain_grace 30 m, until_below 2,000, cordon_wait 1 h).
+CORDON_ROWS = [
+    ("none (the default)", {}),
+    ("until_below 1,000", {"scale_in.drain_grace_until_below": 1000}),
+    ("until_below 1,500", {"scale_in.drain_grace_until_below": 1500}),
+    ("until_below 1,750", {"scale_in.drain_grace_until_below": 1750}),
+    ("until_below 3,000", {"scale_in.drain_grace_until_below": 3000}),
+    ("cordon_wait 30 m", {"scale_in.cordon_wait": "30m"}),
+    ("cordon_wait 90 m", {"scale_in.cordon_wait": "90m"}),
+    ("drain_grace 20 m", {"scale_in.drain_grace": "20m"}),
+    ("drain_grace 45 m", {"scale_in.drain_grace": "45m"}),
+    ("max_after 24,500", {"scale_in.max_after": 24500}),
+]
+
 
 def policy(changes):
     """The default policy file with `section.key = value` replaced for each change."""
     text = (ROOT / "policies/default.toml").read_text()
-    for dotted, value in {**BEFORE, **changes}.items():
+    for dotted, value in {**({} if CORDON else BEFORE), **changes}.items():
         section, key = dotted.split(".")
         literal = str(value) if isinstance(value, int) else f'"{value}"'
         pat = re.compile(rf"(^\[{re.escape(section)}\][\s\S]*?^{key}\s*=\s*)[^\n#]+", re.M)
@@ -85,10 +103,12 @@ def met(i_row):
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    print("| change from the default before 2026-12-03 | every target met |")
+    rows = CORDON_ROWS if CORDON else ROWS
+    since = "today's default" if CORDON else "the default before 2026-12-03"
+    print(f"| change from {since} | every target met |")
     print("|---|---:|")
     with concurrent.futures.ThreadPoolExecutor(2) as ex:
-        for (label, _), n in zip(ROWS, ex.map(met, enumerate(ROWS))):
+        for (label, _), n in zip(rows, ex.map(met, enumerate(rows))):
             print(f"| {label} | {n} |", flush=True)
 
 
