@@ -41,6 +41,9 @@ pub struct Observation {
     pub now: i64,
     /// The group's current desired capacity.
     pub desired: u32,
+    /// The group's own minimum size (0 when unknown). The policy's may be lower; the control
+    /// loop never sets desired below either, so the engine cordons nothing the group keeps.
+    pub min_size: u32,
     pub instances: Vec<InstanceView>,
 }
 
@@ -211,10 +214,8 @@ impl Engine {
             );
         }
         d.settle(obs.desired);
-        let floor = self
-            .policy
-            .group
-            .min_size
+        let floor = (self.policy.group.min_size)
+            .max(obs.min_size)
             .max(self.schedule_floor(obs.now, state).0);
         d.cordon = match &d.direction {
             Direction::Hold => self.cordon(obs, &sum, state, floor),

@@ -54,6 +54,7 @@ impl FleetView {
         Observation {
             now,
             desired: self.desired,
+            min_size: self.min_size,
             instances: self
                 .members
                 .iter()

@@ -27,6 +27,7 @@ fn obs(now: i64, instances: Vec<InstanceView>) -> Observation {
     Observation {
         now,
         desired: instances.len() as u32,
+        min_size: 0,
         instances,
     }
 }
@@ -251,7 +252,7 @@ proptest! {
         let e = Engine::new(p);
         let mut st = EngineState::default();
         for (k, (inst, desired)) in steps.into_iter().enumerate() {
-            let d = e.evaluate(&Observation { now: k as i64 * 10, desired, instances: inst }, &mut st);
+            let d = e.evaluate(&Observation { now: k as i64 * 10, desired, min_size: 0, instances: inst }, &mut st);
             prop_assert!(d.desired >= min && d.desired <= max, "{d:?}");
             let agrees = match &d.direction {
                 Direction::Hold => d.desired == desired && d.scale_in.is_empty(),
@@ -271,7 +272,7 @@ proptest! {
         inst.push(node("hot", hot, -10_000));
         let mut st = EngineState::default();
         for k in 0..40 {
-            let o = Observation { now: k * 10, desired: inst.len() as u32, instances: inst.clone() };
+            let o = Observation { now: k * 10, desired: inst.len() as u32, min_size: 0, instances: inst.clone() };
             let d = e.evaluate(&o, &mut st);
             prop_assert!(d.scale_in.is_empty(), "{d:?}");
         }
@@ -320,7 +321,7 @@ proptest! {
         // Long enough for sustain and cooldown to pass.
         for k in 0..40 {
             let now = k * 10;
-            let o = Observation { now, desired, instances: inst.clone() };
+            let o = Observation { now, desired, min_size: 0, instances: inst.clone() };
             let d = e.evaluate(&o, &mut st);
             prop_assert!(d.scale_in.iter().all(|id| !silent_ids.contains(id)), "{d:?}");
             let mut no_data = d.no_data.clone();
@@ -349,7 +350,7 @@ proptest! {
         let (inst, _) = with_unknowns(vec![(per_node, Lifecycle::InService, -10_000); n], silent);
         let mut st = EngineState::default();
         for k in 0..60 {
-            let o = Observation { now: k * 10, desired: serving as u32, instances: inst.clone() };
+            let o = Observation { now: k * 10, desired: serving as u32, min_size: 0, instances: inst.clone() };
             let d = e.evaluate(&o, &mut st);
             prop_assert!(d.scale_in.is_empty() && d.desired >= serving as u32, "{d:?}");
         }
@@ -411,6 +412,13 @@ fn as_many_nodes_are_cordoned_as_the_rest_could_hold_everyone_for() {
         Vec::<String>::new()
     );
     assert_eq!(cordon(&[100, 100]), Vec::<String>::new(), "the minimum");
+    // The group's own minimum (here 3, above the policy's 2) keeps its nodes uncordoned too.
+    let o = Observation {
+        min_size: 3,
+        ..obs(0, fleet(&[10_000, 4_000, 10_000, 3_000]))
+    };
+    let d = e.evaluate(&o, &mut EngineState::default());
+    assert_eq!(d.cordon, ids(&["i-3"]), "{d:?}");
 }
 
 /// The cordon follows the least-connected node; last turn's keeps it on a tie, so it does not

@@ -17,6 +17,7 @@ fn fleet_at(now: i64, per_node: u64, n: usize, desired: u32) -> Observation {
     Observation {
         now,
         desired,
+        min_size: 0,
         instances: (0..n)
             .map(|i| InstanceView {
                 id: format!("i-{i}"),

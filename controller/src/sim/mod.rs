@@ -134,6 +134,7 @@ fn empty_obs(now: i64) -> crate::engine::Observation {
     crate::engine::Observation {
         now,
         desired: 0,
+        min_size: 0,
         instances: Vec::new(),
     }
 }
