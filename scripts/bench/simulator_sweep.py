@@ -61,9 +61,14 @@ ROWS = [
     ("step 10, pool 6, lookahead 120 s, max_after 24,500", {**NOW, "scale_in.max_after": 24500}),
 ]
 
-# Around today's default (drain_grace 30 m, until_below 2,000, cordon_wait 1 h).
+# Around today's default (peak_window 10 m, drain_grace 30 m, until_below 2,000, cordon_wait 1 h).
 CORDON_ROWS = [
     ("none (the default)", {}),
+    ("peak_window 5 m", {"scale_in.peak_window": "5m"}),
+    ("peak_window 8 m", {"scale_in.peak_window": "8m"}),
+    ("peak_window 9 m", {"scale_in.peak_window": "9m"}),
+    ("peak_window 12 m", {"scale_in.peak_window": "12m"}),
+    ("sustain 10 m", {"scale_in.sustain": "10m"}),
     ("until_below 1,000", {"scale_in.drain_grace_until_below": 1000}),
     ("until_below 1,500", {"scale_in.drain_grace_until_below": 1500}),
     ("until_below 1,750", {"scale_in.drain_grace_until_below": 1750}),
