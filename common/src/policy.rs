@@ -730,10 +730,10 @@ mod tests {
 
     #[test]
     fn peak_window_is_optional_and_at_most_a_day() {
-        let t = with("peak_window = \"5m\"\n", "");
+        let t = with("peak_window = \"10m\"\n", "");
         let p = Policy::parse(&t, "p.toml").expect("optional");
         assert!(p.scale_in.peak_window.is_zero());
-        let e = errors(&with("peak_window = \"5m\"", "peak_window = \"2d\""));
+        let e = errors(&with("peak_window = \"10m\"", "peak_window = \"2d\""));
         assert!(
             e.contains("scale_in.peak_window") && e.contains("fix:"),
             "{e}"
