@@ -35,6 +35,13 @@ pub struct InstanceView {
     pub launched_at: i64,
 }
 
+impl InstanceView {
+    /// In service with a fresh count: the only kind the engine drains or keeps cordoned blind.
+    fn drainable(&self) -> bool {
+        self.lifecycle == Lifecycle::InService && self.connections.is_some()
+    }
+}
+
 /// Everything the engine is told at one evaluation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
@@ -143,6 +150,13 @@ pub struct EngineState {
 const TREND_WINDOW: i64 = 180;
 /// Share of the cap the projected demand may fill: the rest absorbs uneven spread.
 const HOLD_FRACTION: f64 = 0.95;
+
+/// The connections one node may carry before the engine counts it full: [`HOLD_FRACTION`] of
+/// the cap. The projection needs capacity at this, the cordon leaves the others this much, and
+/// a node past it holds a scale-in.
+fn room(policy: &Policy) -> f64 {
+    f64::from(policy.group.node_cap) * HOLD_FRACTION
+}
 /// Seconds a lifted cordon keeps its start ([`EngineState`]): the cordon tag's own hold, within
 /// which the balancer may not even have noticed the lift.
 const CORDON_MEMORY: i64 = connscale_common::cordon::HOLD;
@@ -260,15 +274,11 @@ impl Engine {
         state: &EngineState,
         floor: u32,
     ) -> Vec<String> {
-        let room = f64::from(self.policy.group.node_cap) * HOLD_FRACTION;
+        let room = room(&self.policy);
         let demand = sum.total.max(state.projected);
         if !sum.no_data.is_empty() {
             // Blind, hold still: last turn's cordons stay on the nodes still serving and counted.
-            let counted = |id: &String| {
-                obs.instances.iter().any(|i| {
-                    &i.id == id && i.lifecycle == Lifecycle::InService && i.connections.is_some()
-                })
-            };
+            let counted = |id: &String| obs.instances.iter().any(|i| &i.id == id && i.drainable());
             return state
                 .cordoned
                 .iter()
@@ -346,7 +356,7 @@ impl Engine {
         // Now: keep the average under the scale-out threshold. Ahead: have room to hold the
         // projected demand below the caps (with 5 % slack for uneven spread).
         let need_now = (total / threshold).ceil() as u32;
-        let need_ahead = (projected / (f64::from(p.group.node_cap) * HOLD_FRACTION)).ceil() as u32;
+        let need_ahead = (projected / room(p)).ceil() as u32;
         if need_now > want {
             want = need_now;
             why.push(format!(
@@ -440,7 +450,7 @@ impl Engine {
             .unwrap_or(0);
         // The cordon lets the nodes it leaves open run up to the room it keeps (95 % of their
         // caps): holding here at the scale-out threshold would keep its emptied nodes forever.
-        let room = f64::from(p.group.node_cap) * HOLD_FRACTION;
+        let room = room(p);
         if hottest as f64 >= room {
             return self.hold(
                 obs,
@@ -517,11 +527,8 @@ impl Engine {
         reason: String,
         wait_floor: Option<u32>,
     ) -> Decision {
-        let mut candidates: Vec<&InstanceView> = obs
-            .instances
-            .iter()
-            .filter(|i| i.lifecycle == Lifecycle::InService && i.connections.is_some())
-            .collect();
+        let mut candidates: Vec<&InstanceView> =
+            obs.instances.iter().filter(|i| i.drainable()).collect();
         candidates.sort_by_key(|i| drain_order(i, &state.cordoned));
         if let Some(floor) = wait_floor {
             candidates.retain(|i| self.emptied(i, state, obs.now));
