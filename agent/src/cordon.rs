@@ -1,11 +1,11 @@
 //! The controller's cordon ([`connscale_common::cordon`]): while the instance tag
-//! `connscale-cordon` holds a Unix second still to come, /health fails (state `cordoned`, 503)
+//! `connscale-cordon` starts with a Unix second still to come, /health fails (state `cordoned`, 503)
 //! so the load balancer sends the node no new clients and it empties before scale-in. The
 //! connections already open are left alone: nothing is closed or drained.
 //!
 //! The agent reads the tag from instance metadata every `drain.poll_interval`, alongside the
 //! lifecycle watcher (and only when that runs: without IMDS there is never a cordon). A missing
-//! tag, a value that is not a Unix second, a second already past, and IMDS not answering all
+//! tag, a value that does not start with a Unix second, a second already past, and IMDS not answering all
 //! mean no cordon: the agent fails towards serving, never towards leaving the balancer. The
 //! sampler applies the cordon to the health state ([`crate::health::HealthState::next`]),
 //! against the clock, so a cordon lapses at its second even between two reads.

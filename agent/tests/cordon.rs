@@ -181,6 +181,19 @@ async fn a_cordon_fails_health_until_it_lapses_or_goes_and_leaves_connections_op
     assert_eq!(imds(&r.stub, &tag_path).await.0, 404);
     wait_state(&r.agent, 200, "ok", "tag removed").await;
 
+    // The controller's value, with the second the cordon began: the first field holds.
+    let until = now() + 300;
+    let written = connscale_common::cordon::value(until, now() - 3_600);
+    r.stub.set_instance_tag(TAG, Some(&written));
+    let shown = wait_state(&r.agent, 503, "cordoned", "cordon with its start").await;
+    assert_eq!(
+        shown,
+        Some(until),
+        "/health shows the cordon's end, not its start"
+    );
+    r.stub.set_instance_tag(TAG, None);
+    wait_state(&r.agent, 200, "ok", "tag removed").await;
+
     // A malformed value cordons nothing.
     r.stub
         .set_instance_tag(TAG, Some(&(now() + 300).to_string()));

@@ -109,7 +109,7 @@ pub async fn turn<P: Provider, S: Strategy + ?Sized>(
         release_pool_terminations(provider, &fleet).await;
         // Before the scaling calls: a scale-out's lifts must not wait on a throttled call, and a
         // scale-in's victims are still among the cordoned.
-        reconcile_cordon(provider, &fleet, &decision.cordon, now).await;
+        reconcile_cordon(provider, &fleet, &decision, now).await;
     }
     if changes && !dry_run {
         let mut desired = fleet.desired;
@@ -147,21 +147,22 @@ async fn release_pool_terminations<P: Provider>(provider: &mut P, fleet: &FleetV
 }
 
 /// Brings the fleet's cordons to the decision's: lifts every other one, writes the wanted ones
-/// (or renews them before they lapse). A failure is logged and left for the next turn: a cordon
-/// only steers new clients, and one nobody renews lapses by itself.
+/// with their starts (or renews them before they lapse). A failure is logged and left for the
+/// next turn: a cordon only steers new clients, and one nobody renews lapses by itself.
 async fn reconcile_cordon<P: Provider>(
     provider: &mut P,
     fleet: &FleetView,
-    want: &[String],
+    decision: &Decision,
     now: i64,
 ) {
     for m in &fleet.members {
-        let result = if want.contains(&m.id) {
+        let result = if decision.cordon.contains(&m.id) {
             if !cordon::needs_renewal(m.cordoned_until, now) {
                 continue;
             }
             let until = now + cordon::HOLD;
-            let r = provider.cordon(&m.id, until).await;
+            let since = decision.cordoned_since.get(&m.id).copied().unwrap_or(now);
+            let r = provider.cordon(&m.id, until, since).await;
             if r.is_ok() && m.cordoned_until.is_none_or(|u| u <= now) {
                 tracing::debug!(instance = %m.id, connections = ?m.connections, until, "cordoned: no new clients until scale-in or demand needs it");
             }
@@ -418,6 +419,7 @@ mod tests {
                     connections: Some(10 * i as u64),
                     address: None,
                     cordoned_until: None,
+                    cordoned_since: None,
                 })
                 .collect();
             Self {
@@ -465,8 +467,9 @@ mod tests {
             self.calls.push(format!("release_pool_termination {id}"));
             Ok(())
         }
-        async fn cordon(&mut self, id: &str, until: i64) -> Result<(), ProviderError> {
-            self.calls.push(format!("cordon {id} {until}"));
+        async fn cordon(&mut self, id: &str, until: i64, since: i64) -> Result<(), ProviderError> {
+            self.calls
+                .push(format!("cordon {id} {until} since {since}"));
             Ok(())
         }
         async fn uncordon(&mut self, id: &str) -> Result<(), ProviderError> {
@@ -475,7 +478,7 @@ mod tests {
         }
     }
 
-    /// Wants `0` cordoned and the desired capacity raised by `1`.
+    /// Wants `0` cordoned and the desired capacity raised by `1`; i-2's cordon began at 400.
     struct Cordons(&'static [&'static str], u32);
 
     impl Strategy for Cordons {
@@ -483,13 +486,15 @@ mod tests {
             Decision {
                 desired: obs.desired + self.1,
                 cordon: self.0.iter().map(|s| s.to_string()).collect(),
+                cordoned_since: [("i-2".to_string(), 400)].into(),
                 ..Decision::default()
             }
         }
     }
 
-    /// Each acting turn brings the tags to the decision: writes the wanted cordons (or renews
-    /// them once less than RENEW_BELOW is left), lifts every other, and goes on past a failed
+    /// Each acting turn brings the tags to the decision: writes the wanted cordons with their
+    /// starts (now for one the decision gives none), or renews them once less than RENEW_BELOW
+    /// is left, lifts every other, and goes on past a failed
     /// lift (retried next turn), on a scaling turn too, before its scaling calls; a dry run
     /// cordons nothing.
     #[tokio::test]
@@ -517,7 +522,7 @@ mod tests {
         assert_eq!(
             fleet.calls,
             [
-                format!("cordon i-1 {}", now + cordon::HOLD),
+                format!("cordon i-1 {} since {now}", now + cordon::HOLD),
                 "uncordon i-2".into()
             ]
         );
@@ -528,7 +533,7 @@ mod tests {
         assert_eq!(
             fleet.calls,
             [
-                format!("cordon i-0 {}", now + cordon::HOLD),
+                format!("cordon i-0 {} since {now}", now + cordon::HOLD),
                 "uncordon i-1".into(),
                 "uncordon i-2".into()
             ]
@@ -545,9 +550,9 @@ mod tests {
         assert_eq!(
             fleet.calls,
             [
-                format!("cordon i-0 {}", now + cordon::HOLD),
+                format!("cordon i-0 {} since {now}", now + cordon::HOLD),
                 "uncordon i-1".into(),
-                format!("cordon i-2 {}", now + cordon::HOLD),
+                format!("cordon i-2 {} since 400", now + cordon::HOLD),
                 "set_desired 4".into(),
             ],
             "the cordons first: a failed scaling call must not hold up a lift"

@@ -33,6 +33,10 @@ pub struct InstanceView {
     /// victim and is left out of the average.
     pub connections: Option<u64>,
     pub launched_at: i64,
+    /// When its cordon began, from the cordon tag while the cordon is in force: a restarted
+    /// engine's memory of how long the node has been emptying (`None`: not cordoned, or the
+    /// tag does not say).
+    pub cordoned_since: Option<i64>,
 }
 
 impl InstanceView {
@@ -109,6 +113,9 @@ pub struct Decision {
     /// The instances to cordon (the load balancer sends them no new clients, so they empty
     /// before a scale-in takes them); every other cordon is lifted: see [`Engine::cordon`].
     pub cordon: Vec<String>,
+    /// When each of `cordon`'s began (Unix seconds), for the cordon tag: a restarted engine
+    /// reads it back ([`InstanceView::cordoned_since`]). One missing here begins now.
+    pub cordoned_since: BTreeMap<String, i64>,
     /// Why, in words for the operator's log.
     pub reason: String,
 }
@@ -217,6 +224,7 @@ impl Engine {
 
     /// Decides the group's desired capacity and which instances to scale in.
     pub fn evaluate(&self, obs: &Observation, state: &mut EngineState) -> Decision {
+        remember_cordons(obs, state);
         let sum = Summary::of(obs, self.policy.scale_out.warmup.as_secs() as i64);
         let mut d = self.decide(obs, state, &sum);
         d.average = sum.average;
@@ -243,6 +251,7 @@ impl Engine {
         for id in &d.cordon {
             let entry = state.cordon_since.entry(id.clone()).or_insert((now, now));
             entry.1 = now;
+            d.cordoned_since.insert(id.clone(), entry.0);
         }
         state
             .cordon_since
@@ -561,6 +570,20 @@ impl Engine {
             scale_in: chosen,
             reason: format!("scale in {capacity} → {desired}: {reason}; drain {who}"),
             ..Decision::default()
+        }
+    }
+}
+
+/// Takes each cordon's start from its tag when the engine has none (it restarted, or another
+/// controller held the lease): the node has been emptying since then, and a scale-in after
+/// [`Policy::cordon_wait`] should not wait that long again.
+fn remember_cordons(obs: &Observation, state: &mut EngineState) {
+    for i in &obs.instances {
+        if let Some(since) = i.cordoned_since.filter(|s| *s <= obs.now) {
+            state
+                .cordon_since
+                .entry(i.id.clone())
+                .or_insert((since, obs.now));
         }
     }
 }

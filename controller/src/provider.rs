@@ -27,6 +27,8 @@ pub struct Member {
     /// The Unix second its cordon holds until ([`connscale_common::cordon`]), as last written;
     /// `None`: never cordoned, or the tag was removed.
     pub cordoned_until: Option<i64>,
+    /// The Unix second that cordon began, as the tag says (`None` in a tag without one).
+    pub cordoned_since: Option<i64>,
 }
 
 /// The fleet at one moment: bounds, desired capacity, instances and warm pool.
@@ -64,6 +66,10 @@ impl FleetView {
                         lifecycle: m.lifecycle?,
                         connections: m.connections,
                         launched_at: m.launched_at,
+                        // Only a cordon still in force: a lapsed one let clients back on.
+                        cordoned_since: m
+                            .cordoned_since
+                            .filter(|_| m.cordoned_until.is_some_and(|u| u > now)),
                     })
                 })
                 .collect(),
@@ -195,10 +201,11 @@ pub trait Provider {
     async fn release_pool_termination(&mut self, _id: &str) -> Result<(), ProviderError> {
         Ok(())
     }
-    /// Cordons one instance until `until` (Unix seconds): its agent fails the load balancer's
-    /// health check, so it gets no new clients ([`connscale_common::cordon`]). Rewriting an
-    /// existing cordon moves its end. Fleets without a balancer to steer ignore it.
-    async fn cordon(&mut self, _id: &str, _until: i64) -> Result<(), ProviderError> {
+    /// Cordons one instance until `until` (Unix seconds), recording that the cordon began at
+    /// `since`: its agent fails the load balancer's health check, so it gets no new clients
+    /// ([`connscale_common::cordon`]). Rewriting an existing cordon moves its end. Fleets
+    /// without a balancer to steer ignore it.
+    async fn cordon(&mut self, _id: &str, _until: i64, _since: i64) -> Result<(), ProviderError> {
         Ok(())
     }
     /// Lifts an instance's cordon (idempotent).

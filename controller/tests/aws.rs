@@ -707,8 +707,9 @@ async fn the_fleet_view_reads_launch_times_and_addresses_from_ec2() {
 }
 
 /// The cordon against moto's EC2: a holding turn tags the least-connected instance with
-/// `connscale-cordon` (CreateTags; value: the second it holds until), the next observe reads it
-/// back from DescribeInstances' tagSet, and once the fleet is too busy for it the turn removes it
+/// `connscale-cordon` (CreateTags; value: the second it holds until and the second it began),
+/// the next observe reads it back from DescribeInstances' tagSet, a restarted controller keeps
+/// the cordon's start from it, and once the fleet is too busy for it the turn removes it
 /// (DeleteTags).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quiet_fleet_cordons_its_least_connected_instance_and_a_busy_one_lifts_it() {
@@ -749,7 +750,7 @@ async fn a_quiet_fleet_cordons_its_least_connected_instance_and_a_busy_one_lifts
         .map(|i| (i.id, i.cordon))
         .collect();
     for (id, tag) in &tags {
-        let want = (id == &least).then(|| cordon::value(at + cordon::HOLD));
+        let want = (id == &least).then(|| cordon::value(at + cordon::HOLD, at));
         assert_eq!(tag, &want, "{id}: {tags:?}");
     }
     let view = p.observe().await.expect("observe");
@@ -759,6 +760,20 @@ async fn a_quiet_fleet_cordons_its_least_connected_instance_and_a_busy_one_lifts
         .filter_map(|m| Some((m.id.clone(), m.cordoned_until?)))
         .collect();
     assert_eq!(cordoned, vec![(least.clone(), at + cordon::HOLD)]);
+
+    // A restarted controller (a new engine, a new client) a minute on: the cordon began at `at`.
+    let mut restarted = control::Autoscaler::new(Engine::new(scaler.engine.policy.clone()));
+    let mut p2 = env.provider().await;
+    let t = control::turn(&mut p2, &mut restarted, at + 60, false)
+        .await
+        .expect("turn");
+    assert_eq!(t.decision.cordon, std::slice::from_ref(&least));
+    assert_eq!(
+        t.decision.cordoned_since.get(&least),
+        Some(&at),
+        "the start comes from the tag, not the restart: {:?}",
+        t.decision
+    );
 
     // 650 + 650: one alone would hold 1,300. No cordon, and the tag goes.
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -12,6 +12,7 @@ fn node(id: &str, conns: u64, launched_at: i64) -> InstanceView {
         lifecycle: Lifecycle::InService,
         connections: Some(conns),
         launched_at,
+        cordoned_since: None,
     }
 }
 
@@ -240,7 +241,7 @@ fn lifecycle() -> impl Strategy<Value = Lifecycle> {
 
 prop_compose! {
     fn instances()(v in prop::collection::vec((0u64..30_000, lifecycle(), -1_000i64..0), 0..30)) -> Vec<InstanceView> {
-        v.into_iter().enumerate().map(|(i, (c, l, t))| InstanceView { id: format!("i-{i}"), lifecycle: l, connections: Some(c), launched_at: t }).collect()
+        v.into_iter().enumerate().map(|(i, (c, l, t))| InstanceView { id: format!("i-{i}"), lifecycle: l, connections: Some(c), launched_at: t, cordoned_since: None }).collect()
     }
 }
 
@@ -292,6 +293,7 @@ fn with_unknowns(
             lifecycle: l,
             connections: Some(c),
             launched_at: t,
+            cordoned_since: None,
         })
         .collect();
     let ids: Vec<String> = (0..silent).map(|k| format!("silent-{k}")).collect();
@@ -301,6 +303,7 @@ fn with_unknowns(
             lifecycle: Lifecycle::InService,
             connections: None,
             launched_at: -10_000,
+            cordoned_since: None,
         });
     }
     (inst, ids)
@@ -593,4 +596,38 @@ fn a_cordon_survives_a_blind_turn_and_a_short_lift_with_its_start() {
         ids(&["i-1"]),
         "cordoned since 0, not since 260: {d:?}"
     );
+}
+
+/// A restarted engine (empty state) takes a cordon's start from the tag: a node the tag says
+/// has been cordoned for `cordon_wait` goes at the first scale-in, and the decision hands the
+/// same start back for the tag. A start in the future (a skewed clock) is not believed.
+#[test]
+fn a_restarted_engine_keeps_the_cordon_start_the_tag_remembers() {
+    let p = Policy::default_policy();
+    let sustain = p.scale_in.sustain.as_secs() as i64;
+    let wait = p.cordon_wait().as_secs() as i64;
+    let e = Engine::new(p);
+    let now = 100_000;
+    let tagged = |since| {
+        let mut f = fleet(&[20_000, 5_000, 20_000]);
+        f[1].cordoned_since = Some(since);
+        f
+    };
+    let mut st = EngineState::default();
+    let d = e.evaluate(&obs(now, tagged(now - wait)), &mut st);
+    assert_eq!(d.cordoned_since.get("i-1"), Some(&(now - wait)), "{d:?}");
+    let d = e.evaluate(&obs(now + sustain + 10, tagged(now - wait)), &mut st);
+    assert_eq!(d.scale_in, ids(&["i-1"]), "cordoned for cordon_wait: {d:?}");
+
+    let mut st = EngineState::default();
+    e.evaluate(&obs(now, fleet(&[20_000, 5_000, 20_000])), &mut st);
+    let d = e.evaluate(
+        &obs(now + sustain + 10, fleet(&[20_000, 5_000, 20_000])),
+        &mut st,
+    );
+    assert_eq!(d.direction, Direction::Hold, "no tag, no memory: {d:?}");
+
+    let mut st = EngineState::default();
+    let d = e.evaluate(&obs(now, tagged(now + wait)), &mut st);
+    assert_eq!(d.cordoned_since.get("i-1"), Some(&now), "{d:?}");
 }

@@ -24,6 +24,7 @@ fn fleet_at(now: i64, per_node: u64, n: usize, desired: u32) -> Observation {
                 lifecycle: Lifecycle::InService,
                 connections: Some(per_node),
                 launched_at: -10_000,
+                cordoned_since: None,
             })
             .collect(),
     }
@@ -69,6 +70,7 @@ fn classic_counts_warming_instances_toward_capacity() {
                 lifecycle: Lifecycle::InService,
                 connections: Some(0),
                 launched_at: 290,
+                cordoned_since: None,
             });
         }
         let d = c.decide(&o);

@@ -358,6 +358,9 @@ impl Provider for AwsProvider {
                     cordoned_until: details
                         .and_then(|d| d.cordon.as_deref())
                         .map(connscale_common::cordon::until),
+                    cordoned_since: details
+                        .and_then(|d| d.cordon.as_deref())
+                        .and_then(connscale_common::cordon::since),
                     id,
                 })
             })
@@ -410,11 +413,11 @@ impl Provider for AwsProvider {
         self.complete_lifecycle(id, plan::DRAIN_HOOK, true).await
     }
 
-    async fn cordon(&mut self, id: &str, until: i64) -> Result<(), ProviderError> {
+    async fn cordon(&mut self, id: &str, until: i64, since: i64) -> Result<(), ProviderError> {
         use connscale_common::cordon;
         self.fenced().await?;
         self.ec2
-            .create_tag(id, cordon::TAG, &cordon::value(until))
+            .create_tag(id, cordon::TAG, &cordon::value(until, since))
             .await
             .map_err(|e| sdk_error("ec2:CreateTags", e))
     }

@@ -242,6 +242,7 @@ mod tests {
             connections: Some(10),
             address: None,
             cordoned_until,
+            cordoned_since: None,
         };
         let s = Status {
             fleet: FleetView {

@@ -78,6 +78,11 @@ impl Provider for LocalFleet {
                         .cordon(&i.id)
                         .as_deref()
                         .map(connscale_common::cordon::until),
+                    cordoned_since: self
+                        .stand_in
+                        .cordon(&i.id)
+                        .as_deref()
+                        .and_then(connscale_common::cordon::since),
                 }
             })
             .collect();
@@ -116,8 +121,8 @@ impl Provider for LocalFleet {
         self.converge().await
     }
 
-    async fn cordon(&mut self, id: &str, until: i64) -> Result<(), ProviderError> {
-        let value = connscale_common::cordon::value(until);
+    async fn cordon(&mut self, id: &str, until: i64, since: i64) -> Result<(), ProviderError> {
+        let value = connscale_common::cordon::value(until, since);
         self.stand_in.set_cordon(id, Some(value));
         Ok(())
     }

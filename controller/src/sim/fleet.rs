@@ -299,6 +299,8 @@ impl Provider for SimFleet<'_> {
                     connections: Some(n.conns.round() as u64),
                     address: None,
                     cordoned_until: self.cordon.written.get(&n.id).copied(),
+                    // The simulated controller never restarts: its engine keeps the start.
+                    cordoned_since: None,
                 }
             })
             .collect();
@@ -337,7 +339,7 @@ impl Provider for SimFleet<'_> {
         Ok(())
     }
 
-    async fn cordon(&mut self, id: &str, until: i64) -> Result<(), ProviderError> {
+    async fn cordon(&mut self, id: &str, until: i64, _since: i64) -> Result<(), ProviderError> {
         self.cordon.write(id, Some(until), self.now);
         Ok(())
     }

@@ -561,7 +561,13 @@ fn check_own_service_node(
         .map_or(0, |d| d.as_secs() as i64)
         + 300;
     let tag = connscale_common::cordon::TAG;
-    stub.set_instance_tag(tag, Some(&connscale_common::cordon::value(until)));
+    stub.set_instance_tag(
+        tag,
+        Some(&connscale_common::cordon::value(
+            until,
+            until - connscale_common::cordon::HOLD,
+        )),
+    );
     let (_, body) = wait_for(30, "/health to say cordoned", || {
         let (code, body) = http_get(&health_url);
         (code == 503 && body["state"] == "cordoned").then_some((code, body))
