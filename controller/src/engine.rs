@@ -226,7 +226,8 @@ impl Engine {
     pub fn evaluate(&self, obs: &Observation, state: &mut EngineState) -> Decision {
         remember_cordons(obs, state);
         let sum = Summary::of(obs, self.policy.scale_out.warmup.as_secs() as i64);
-        let mut d = self.decide(obs, state, &sum);
+        let schedule = self.schedule_floor(obs.now, state);
+        let mut d = self.decide(obs, state, &sum, &schedule);
         d.average = sum.average;
         if !sum.no_data.is_empty() {
             d.reason = format!(
@@ -238,7 +239,7 @@ impl Engine {
         d.settle(obs.desired);
         let floor = (self.policy.group.min_size)
             .max(obs.min_size)
-            .max(self.schedule_floor(obs.now, state).0);
+            .max(schedule.0);
         d.cordon = match &d.direction {
             Direction::Hold => self.cordon(obs, &sum, state, floor),
             // Victims included: the others go on emptying, and a victim the group's bounds keep
@@ -309,7 +310,13 @@ impl Engine {
     }
 
     /// The decision proper, on the fleet as [`Summary`] sums it up.
-    fn decide(&self, obs: &Observation, state: &mut EngineState, sum: &Summary) -> Decision {
+    fn decide(
+        &self,
+        obs: &Observation,
+        state: &mut EngineState,
+        sum: &Summary,
+        schedule: &(u32, Option<(u32, String)>),
+    ) -> Decision {
         let p = &self.policy;
         let now = obs.now;
         let threshold = p.scale_out_threshold() as f64;
@@ -340,7 +347,8 @@ impl Engine {
         let projected = total + slope * lookahead;
         state.projected = projected;
 
-        let (sched_floor, sched) = self.schedule_floor(now, state);
+        let (sched_floor, sched) = schedule;
+        let sched_floor = *sched_floor;
         let floor = p.group.min_size.max(sched_floor).min(p.group.max_size);
         let clamp = |n: u32| n.clamp(floor, p.group.max_size);
 
