@@ -81,6 +81,13 @@ pub struct DemoReport {
     pub cut_clients: usize,
     pub cut_clients_reconnected: usize,
     pub cut_clients_stopped: usize,
+    /// Instances whose agent answered /health with `cordoned` (the controller's tag, read
+    /// through the instance metadata stand-in) at some point.
+    pub cordoned_instances: usize,
+    /// Scale-in victims, and how many of them their agent had reported cordoned before the
+    /// scale-in took them: the cordon emptied them first.
+    pub scale_in_victims: usize,
+    pub victims_cordoned_first: usize,
 }
 
 /// How long the demo may run past `--duration` to finish scale-in and the chat traffic.
@@ -252,6 +259,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         cap: cap as u64,
         api_token: format!("demo-{}", std::process::id()),
         drain_window,
+        grace: policy.scale_in.drain_grace,
+        grace_until_below: policy.scale_in.drain_grace_until_below,
         min_size: policy.group.min_size,
         max_size: policy.group.max_size,
         // As the terraform module sets it: the drain fits inside the deregistration delay.
@@ -326,6 +335,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
     let (mut timeline, mut markers) = (Vec::new(), Vec::new());
     let (mut counts_checked, mut counts_match) = (Vec::new(), false);
     let mut checked = false;
+    let mut cordoned_seen = std::collections::BTreeSet::new();
+    let (mut scale_in_victims, mut victims_cordoned_first) = (0, 0);
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
     // Past `duration`, the demo waits (at most OVERTIME) for the fleet to reach its minimum and
     // for the chat clients to finish.
@@ -358,6 +369,13 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         peak_demand = peak_demand.max(want);
         fleet.refresh().await;
         balancer.set_targets(fleet.healthy_ports());
+        cordoned_seen.extend(
+            fleet
+                .instances
+                .iter()
+                .filter(|i| i.cordoned)
+                .map(|i| i.id.clone()),
+        );
         // At full load, once things settle, the agents' counts must equal the balancer's.
         if !checked && frac > 0.40 {
             let live = balancer.live();
@@ -386,6 +404,13 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
             .map_err(|e| e.to_string())?;
         match step {
             control::Step::Turned(turn) if turn.changes => {
+                if let Direction::ScaleIn { victims, .. } = &turn.decision.direction {
+                    scale_in_victims += victims.len();
+                    victims_cordoned_first += victims
+                        .iter()
+                        .filter(|v| cordoned_seen.contains(*v))
+                        .count();
+                }
                 let reason = turn.decision.reason;
                 say(format!("[{t:5.1}s] {reason}"));
                 actions.push(Action {
@@ -433,6 +458,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
                         " draining"
                     } else if !i.serving {
                         " starting"
+                    } else if i.cordoned {
+                        " cordoned"
                     } else if i.healthy {
                         ""
                     } else {
@@ -531,5 +558,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoReport, String> {
         cut_clients: holders.cut[0].load(Ordering::Relaxed),
         cut_clients_reconnected: holders.cut[1].load(Ordering::Relaxed),
         cut_clients_stopped: holders.cut[2].load(Ordering::Relaxed),
+        cordoned_instances: cordoned_seen.len(),
+        scale_in_victims,
+        victims_cordoned_first,
     })
 }

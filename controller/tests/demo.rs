@@ -2,7 +2,8 @@
 //! out to at least 3 instances under load and back to its minimum, every scale-in goes through
 //! the instance's lifecycle hook and is completed by its own agent (the production drain path),
 //! drained chat clients recover with nothing lost or duplicated, the agents' per-node counts
-//! equal the balancer's, and no process is left behind. With `--warm-pool`, instances leave the
+//! equal the balancer's, a scale-in takes a node its cordon emptied (the agent read the tag and
+//! left the balancer), and no process is left behind. With `--warm-pool`, instances leave the
 //! pool on scale-out and return to it on scale-in.
 
 use connscale_test_support::workspace_bin;
@@ -63,6 +64,17 @@ fn heavy_demo_scales_out_and_in_and_loses_nothing() {
         "no chat client was drained: recovery untested: {ctx}"
     );
     assert_eq!(r["counts_match"], true, "{ctx}");
+    // The cordon end to end: the loop tagged a node, its own agent read the tag through the
+    // metadata stand-in and failed /health (the balancer sent it nothing new), and a scale-in
+    // took it once it had emptied.
+    assert!(
+        r["cordoned_instances"].as_u64() >= Some(1),
+        "no agent ever answered cordoned: {ctx}"
+    );
+    assert!(
+        r["victims_cordoned_first"].as_u64() >= Some(1),
+        "no scale-in took a node its cordon had emptied: {ctx}"
+    );
     assert_eq!(r["processes_left"], 0, "{ctx}");
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.starts_with("<svg") && svg.contains("capacity"), "plot");

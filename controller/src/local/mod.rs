@@ -32,6 +32,9 @@ pub struct Instance {
     /// The agent's count from its last /health answer; `None` when it did not answer with one.
     pub connections: Option<u64>,
     pub healthy: bool,
+    /// Its agent's last /health said `cordoned`: the controller's tag keeps it out of the
+    /// balancer.
+    pub cordoned: bool,
     /// Waiting in the warm pool (returned by a scale-in that reuses instances).
     pub warmed: bool,
     /// When the current scale-in began.
@@ -81,6 +84,11 @@ pub struct FleetSettings {
     pub cap: u64,
     pub api_token: String,
     pub drain_window: Duration,
+    /// The agent's drain grace: a victim's clients may leave by themselves this long, until
+    /// fewer than `grace_until_below` remain (the policy's `scale_in.drain_grace` and
+    /// `drain_grace_until_below`, as the terraform module sets them).
+    pub grace: Duration,
+    pub grace_until_below: u32,
     /// Group bounds reported to the control loop.
     pub min_size: u32,
     pub max_size: u32,
@@ -95,8 +103,6 @@ pub struct FleetSettings {
 /// The group name and drain hook the local fleet's agents see, as on AWS.
 pub const GROUP: &str = "local";
 pub const DRAIN_HOOK: &str = "connscale-drain";
-/// `close` drains: how long clients may leave by themselves before the agent closes any.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How scale-ins ended, for the demo's report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -266,6 +272,7 @@ impl LocalFleet {
             serving: false,
             connections: None,
             healthy: false,
+            cordoned: false,
             warmed: false,
             drain_started: None,
         });
@@ -340,19 +347,23 @@ impl LocalFleet {
         Ok(chat)
     }
 
-    /// The agent's `[drain]` method lines: chat-node drains itself when told; any other service
-    /// has its connections closed by the agent after a short grace, over the drain window (both
-    /// within the deregistration delay, as the terraform module sizes it).
+    /// The agent's `[drain]` method lines, after the grace: chat-node drains itself when told;
+    /// any other service has its connections closed by the agent over the drain window (within
+    /// the deregistration delay, as the terraform module sizes it).
     fn drain_method(&self, port: u16) -> String {
         let s = &self.settings;
+        let grace = format!(
+            "grace = \"{}ms\"\ngrace_until_below = {}\n",
+            s.grace.as_millis(),
+            s.grace_until_below
+        );
         match s.workload {
             Workload::ChatNode => format!(
-                "method = \"http\"\ngrace = \"0s\"\ndrain_url = \"http://127.0.0.1:{port}/api/drain\"\ndrain_token = \"{}\"\n",
+                "method = \"http\"\n{grace}drain_url = \"http://127.0.0.1:{port}/api/drain\"\ndrain_token = \"{}\"\n",
                 s.api_token
             ),
             Workload::Node { .. } => format!(
-                "method = \"close\"\ngrace = \"{}ms\"\nwindow = \"{}ms\"\n",
-                CLOSE_GRACE.as_millis(),
+                "method = \"close\"\n{grace}window = \"{}ms\"\n",
                 s.drain_window.as_millis()
             ),
         }
@@ -375,7 +386,7 @@ impl LocalFleet {
             cap = s.cap,
             imds = self.stand_in.imds_url(id),
             method = self.drain_method(port),
-            timeout = (s.deregistration_delay + s.drain_window * 3).as_millis(),
+            timeout = (s.grace + s.deregistration_delay + s.drain_window * 3).as_millis(),
         );
         let path = self.work_dir.join(format!("agent-{id}.toml"));
         write_private(&path, &config)?;
@@ -414,11 +425,10 @@ impl LocalFleet {
             match self.http.get(&url).send().await {
                 Ok(r) => {
                     inst.healthy = r.status().is_success();
-                    inst.connections = r
-                        .json::<serde_json::Value>()
-                        .await
-                        .ok()
-                        .and_then(|v| v["connections"].as_u64());
+                    let body = r.json::<serde_json::Value>().await.ok();
+                    let body = body.as_ref();
+                    inst.connections = body.and_then(|v| v["connections"].as_u64());
+                    inst.cordoned = body.is_some_and(|v| v["state"] == "cordoned");
                     // Serving once the service accepts connections too.
                     inst.serving = inst.serving
                         || std::net::TcpStream::connect(("127.0.0.1", inst.port)).is_ok();
@@ -426,6 +436,7 @@ impl LocalFleet {
                 Err(_) => {
                     inst.healthy = false;
                     inst.connections = None;
+                    inst.cordoned = false;
                 }
             }
         }
@@ -501,7 +512,7 @@ impl LocalFleet {
                         inst.stop_all();
                     }
                     (inst.warmed, inst.draining, inst.serving) = (true, false, false);
-                    (inst.healthy, inst.connections) = (false, None);
+                    (inst.healthy, inst.connections, inst.cordoned) = (false, None, false);
                     self.counts.warm_pool_returns += 1;
                 }
                 None => gone.push(i),
