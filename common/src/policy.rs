@@ -97,6 +97,14 @@ pub struct ScaleIn {
         skip_serializing_if = "Duration::is_zero"
     )]
     pub peak_window: Duration,
+    /// A node holding fewer clients than this (default 0: none) may go without waiting out
+    /// `peak_window`, as long as the rest hold the current and projected demand at or below
+    /// `max_after`: removing it cuts few clients, and if the surge returns a launch (from the
+    /// warm pool, in about a minute) serves it. After a spike the cordon and the falling demand
+    /// empty the surplus nodes within minutes; this lets them go then instead of billing them
+    /// for the rest of the window.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub empty_below: u32,
     /// How long a victim, already out of the load balancer, waits for its clients to leave by
     /// themselves before the rest are moved (default 0 s: all are moved at once, each a forced
     /// reconnect). The agent's `drain.grace`; terraform's `drain_grace`. The victim is billed
@@ -445,6 +453,31 @@ impl Policy {
                 "set it to a day or less, e.g. \"20m\"".into(),
             );
         }
+        if si.empty_below > self.group.node_cap {
+            issue(
+                "scale_in.empty_below".into(),
+                format!(
+                    "empty_below {} is above group.node_cap {}: every node would count as empty, and peak_window would never hold one",
+                    si.empty_below, self.group.node_cap
+                ),
+                "set it to a few percent of the cap, e.g. 1000, or 0 to turn it off".into(),
+            );
+        }
+        if !si.drain_grace.is_zero()
+            && si.drain_grace_until_below > 0
+            && si.empty_below > si.drain_grace_until_below
+        {
+            // A scale-in takes only nodes the cordon emptied below drain_grace_until_below: a
+            // larger "empty" would let one cordoned for cordon_wait skip the window instead.
+            issue(
+                "scale_in.empty_below".into(),
+                format!(
+                    "empty_below {} is above drain_grace_until_below {}: a node is not empty while its drain would still wait",
+                    si.empty_below, si.drain_grace_until_below
+                ),
+                format!("set it to {} or less", si.drain_grace_until_below),
+            );
+        }
         if si
             .cordon_wait
             .is_some_and(|w| w > Duration::from_secs(86_400))
@@ -730,14 +763,37 @@ mod tests {
 
     #[test]
     fn peak_window_is_optional_and_at_most_a_day() {
-        let t = with("peak_window = \"10m\"\n", "");
+        let t = with("peak_window = \"15m\"\n", "");
         let p = Policy::parse(&t, "p.toml").expect("optional");
         assert!(p.scale_in.peak_window.is_zero());
-        let e = errors(&with("peak_window = \"10m\"", "peak_window = \"2d\""));
+        let e = errors(&with("peak_window = \"15m\"", "peak_window = \"2d\""));
         assert!(
             e.contains("scale_in.peak_window") && e.contains("fix:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn empty_below_is_optional_and_at_most_the_cap() {
+        let p = Policy::parse(&with("empty_below = 1000\n", ""), "p.toml").expect("optional");
+        assert_eq!(p.scale_in.empty_below, 0);
+        assert_eq!(Policy::default_policy().scale_in.empty_below, 1_000);
+        let e = errors(&with("empty_below = 1000", "empty_below = 28001"));
+        assert!(
+            e.contains("scale_in.empty_below") && e.contains("28001") && e.contains("fix:"),
+            "{e}"
+        );
+        let e = errors(&with("empty_below = 1000", "empty_below = 2001"));
+        assert!(
+            e.contains("drain_grace_until_below 2000") && e.contains("2000 or less"),
+            "{e}"
+        );
+        let t = with("empty_below = 1000", "empty_below = 2001").replacen(
+            "drain_grace = \"30m\"",
+            "drain_grace = \"0s\"",
+            1,
+        );
+        Policy::parse(&t, "p.toml").expect("without a grace, any count up to the cap");
     }
 
     #[test]

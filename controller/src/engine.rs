@@ -478,14 +478,29 @@ impl Engine {
         let max_after = p.scale_in_max_after() as f64;
         // Only instances with a count may go: the group must not pick a silent one itself.
         let victims = serving - silent;
-        let mut k = si
+        let most = si
             .step
             .min(capacity.saturating_sub(floor))
             .min(victims as u32);
+        // As many as the rest can do without, holding `demand` at or below max_after.
+        let fits = |demand: f64| {
+            let mut k = most;
+            while k > 0 && demand / f64::from(capacity - k) > max_after {
+                k -= 1;
+            }
+            k
+        };
         let keep_for = projected.max(total).max(recent_peak);
-        while k > 0 && keep_for / f64::from(capacity - k) > max_after {
-            k -= 1;
-        }
+        // Nodes already near empty need not wait out the window (`scale_in.empty_below`).
+        let empty = obs
+            .instances
+            .iter()
+            .filter(|i| {
+                i.drainable() && i.connections.is_some_and(|c| c < u64::from(si.empty_below))
+            })
+            .count() as u32;
+        let held = fits(keep_for);
+        let k = held.max(fits(projected.max(total)).min(empty));
         if k == 0 {
             return self.hold(
                 obs,
@@ -495,13 +510,20 @@ impl Engine {
                 ),
             );
         }
-        let reason = format!(
+        let mut reason = format!(
             "average {avg:.0} ≤ {} for {}s; the remaining {} nodes carry {:.0} ≤ {max_after:.0}",
             si.threshold,
             now - since,
             capacity - k,
             total / f64::from(capacity - k)
         );
+        if k > held {
+            reason.push_str(&format!(
+                " ({} under {} clients without waiting out the last {window}s's peak of {recent_peak:.0})",
+                k - held,
+                si.empty_below
+            ));
+        }
         self.scale_in(obs, state, capacity, k, reason, Some(floor))
     }
 

@@ -631,3 +631,41 @@ fn a_restarted_engine_keeps_the_cordon_start_the_tag_remembers() {
     let d = e.evaluate(&obs(now, tagged(now + wait)), &mut st);
     assert_eq!(d.cordoned_since.get("i-1"), Some(&now), "{d:?}");
 }
+
+/// `empty_below`: after a spike, nodes already near empty go without waiting out the peak
+/// window (the rest hold today's demand at max_after), while a node still holding clients waits
+/// for the window; with `empty_below = 0` all wait.
+#[test]
+fn nearly_empty_nodes_go_without_waiting_out_the_peak_window() {
+    let run = |p: Policy, low: &[u64]| {
+        let sustain = p.scale_in.sustain.as_secs() as i64;
+        let e = Engine::new(p);
+        let mut st = EngineState::default();
+        // 90,000 a moment ago: 3 nodes would carry 30,000 at that peak, above max_after.
+        e.evaluate(&obs(0, fleet(&[30_000, 30_000, 15_000, 15_000])), &mut st);
+        e.evaluate(&obs(10, fleet(low)), &mut st);
+        e.evaluate(&obs(20 + sustain, fleet(low)), &mut st)
+    };
+    let p = Policy::default_policy();
+    assert_eq!(p.scale_in.empty_below, 1_000);
+    let d = run(p.clone(), &[20_000, 20_000, 500, 800]);
+    assert_eq!(
+        (d.desired, d.scale_in.clone()),
+        (2, ids(&["i-2", "i-3"])),
+        "{d:?}"
+    );
+    assert!(d.reason.contains("under 1000 clients"), "{}", d.reason);
+    let d = run(p.clone(), &[20_000, 20_000, 1_500, 800]);
+    assert_eq!(
+        d.scale_in,
+        ids(&["i-3"]),
+        "1,500 waits for the window: {d:?}"
+    );
+    let mut off = p;
+    off.scale_in.empty_below = 0;
+    let d = run(off, &[20_000, 20_000, 500, 800]);
+    assert!(
+        d.direction == Direction::Hold && d.reason.contains("the last"),
+        "{d:?}"
+    );
+}
