@@ -61,17 +61,23 @@ ROWS = [
     ("step 10, pool 6, lookahead 120 s, max_after 24,500", {**NOW, "scale_in.max_after": 24500}),
 ]
 
-# Around today's default (peak_window 10 m, drain_grace 30 m, until_below 2,000, cordon_wait 1 h).
+# Around today's default (peak_window 15 m, empty_below 1,000, drain_grace 30 m, until_below
+# 2,000, cordon_wait 1 h).
 CORDON_ROWS = [
     ("none (the default)", {}),
-    ("peak_window 5 m", {"scale_in.peak_window": "5m"}),
-    ("peak_window 8 m", {"scale_in.peak_window": "8m"}),
-    ("peak_window 9 m", {"scale_in.peak_window": "9m"}),
+    ("empty_below 0 (every node waits out the window)", {"scale_in.empty_below": 0}),
+    ("empty_below 500", {"scale_in.empty_below": 500}),
+    ("empty_below 750", {"scale_in.empty_below": 750}),
+    ("empty_below 1,250", {"scale_in.empty_below": 1250}),
+    ("empty_below 1,500", {"scale_in.empty_below": 1500}),
+    ("empty_below 2,000", {"scale_in.empty_below": 2000}),
+    ("peak_window 10 m", {"scale_in.peak_window": "10m"}),
     ("peak_window 12 m", {"scale_in.peak_window": "12m"}),
+    ("peak_window 20 m", {"scale_in.peak_window": "20m"}),
+    ("peak_window 10 m, empty_below 0 (the default before)",
+     {"scale_in.peak_window": "10m", "scale_in.empty_below": 0}),
     ("sustain 10 m", {"scale_in.sustain": "10m"}),
-    ("until_below 1,000", {"scale_in.drain_grace_until_below": 1000}),
-    ("until_below 1,500", {"scale_in.drain_grace_until_below": 1500}),
-    ("until_below 1,750", {"scale_in.drain_grace_until_below": 1750}),
+    ("until_below 1,500 (empty_below 1,000)", {"scale_in.drain_grace_until_below": 1500}),
     ("until_below 3,000", {"scale_in.drain_grace_until_below": 3000}),
     ("cordon_wait 30 m", {"scale_in.cordon_wait": "30m"}),
     ("cordon_wait 90 m", {"scale_in.cordon_wait": "90m"}),
