@@ -60,9 +60,7 @@ pub async fn watch(cfg: AgentConfig, status: Shared) {
             (Some(was), Some(until)) if was != until => tracing::debug!(until, "cordon renewed"),
             _ => {}
         }
-        let malformed = value
-            .as_deref()
-            .filter(|v| v.trim().parse::<i64>().is_err());
+        let malformed = malformed(value.as_deref());
         if malformed != ignored.as_deref() {
             if let Some(v) = malformed {
                 tracing::warn!(
@@ -79,9 +77,32 @@ pub async fn watch(cfg: AgentConfig, status: Shared) {
     }
 }
 
+/// The tag value, when it is there but holds no cordon because its first field is not a Unix
+/// second (worth one warning); `None` for no tag or a well-formed one, past or not.
+fn malformed(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| cordon::parse(v).is_none())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::until;
+
+    #[test]
+    fn only_a_value_without_a_unix_second_is_malformed() {
+        for ok in [
+            None,
+            Some("1000"),
+            Some("1000 700"),
+            Some("-5"),
+            Some("1000 soon"),
+        ] {
+            assert_eq!(malformed(ok), None, "{ok:?}");
+        }
+        for bad in ["soon", "", "soon 1000", "1e9"] {
+            assert_eq!(malformed(Some(bad)), Some(bad), "{bad:?}");
+        }
+    }
+
+    use super::{malformed, until};
 
     #[test]
     fn only_a_second_to_come_cordons() {

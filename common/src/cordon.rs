@@ -33,13 +33,19 @@ pub fn value(until: i64, since: i64) -> String {
 /// number, so a malformed tag never takes a node out of the balancer, and the controller
 /// removes it.
 pub fn until(value: &str) -> i64 {
-    field(value, 0).unwrap_or(0)
+    parse(value).unwrap_or(0)
+}
+
+/// The Unix second a tag value holds until, `None` when its first field is not a number (a
+/// malformed tag, which holds nothing).
+pub fn parse(value: &str) -> Option<i64> {
+    field(value, 0)
 }
 
 /// The Unix second the cordon began, from a tag value's second field; `None` when it has none
 /// (an older controller wrote it), it is not a positive number, or the value holds no cordon.
 pub fn since(value: &str) -> Option<i64> {
-    field(value, 0)?;
+    parse(value)?;
     field(value, 1).filter(|&s| s > 0)
 }
 
@@ -50,7 +56,7 @@ fn field(value: &str, n: usize) -> Option<i64> {
 /// Whether a cordon that holds `until` (`None`: none written) must be rewritten at `now` to
 /// keep holding.
 pub fn needs_renewal(until: Option<i64>, now: i64) -> bool {
-    until.is_none_or(|until| until - now < RENEW_BELOW)
+    until.is_none_or(|until| until.saturating_sub(now) < RENEW_BELOW)
 }
 
 #[cfg(test)]
@@ -73,6 +79,8 @@ mod tests {
             1_000,
             "a bad start never lifts the cordon"
         );
+        assert_eq!(parse("soon 1000"), None);
+        assert_eq!(parse(&value(1_000, 700)), Some(1_000));
     }
 
     #[test]
@@ -90,6 +98,10 @@ mod tests {
         assert!(needs_renewal(Some(1_000 + RENEW_BELOW - 1), 1_000));
         assert!(needs_renewal(Some(until("garbage")), 1_000));
         assert!(needs_renewal(None, 1_000));
+        assert!(
+            needs_renewal(Some(i64::MIN), 1_000),
+            "no overflow: a lapsed cordon"
+        );
         const { assert!(RENEW_BELOW < HOLD) };
     }
 }

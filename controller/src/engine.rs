@@ -224,6 +224,7 @@ impl Engine {
 
     /// Decides the group's desired capacity and which instances to scale in.
     pub fn evaluate(&self, obs: &Observation, state: &mut EngineState) -> Decision {
+        after_a_gap(obs.now, state);
         remember_cordons(obs, state);
         let sum = Summary::of(obs, self.policy.scale_out.warmup.as_secs() as i64);
         let schedule = self.schedule_floor(obs.now, state);
@@ -491,12 +492,16 @@ impl Engine {
             k
         };
         let keep_for = projected.max(total).max(recent_peak);
-        // Nodes already near empty need not wait out the window (`scale_in.empty_below`).
+        // Nodes already near empty need not wait out the window (`scale_in.empty_below`). Only
+        // ones a scale-in may take count, so the extra victims are exactly these: the least
+        // connected of the candidates.
         let empty = obs
             .instances
             .iter()
             .filter(|i| {
-                i.drainable() && i.connections.is_some_and(|c| c < u64::from(si.empty_below))
+                i.drainable()
+                    && i.connections.is_some_and(|c| c < u64::from(si.empty_below))
+                    && self.emptied(i, state, now)
             })
             .count() as u32;
         let held = fits(keep_for);
@@ -604,16 +609,35 @@ impl Engine {
     }
 }
 
+/// After a gap of [`CORDON_MEMORY`] or more in the evaluations (another controller held the
+/// lease meanwhile, or the fleet could not be read) the engine cannot vouch for what happened:
+/// a sustained low starts again, and a cordon's start is kept only if it held within
+/// `CORDON_MEMORY` (the tags tell the rest).
+fn after_a_gap(now: i64, state: &mut EngineState) {
+    if state
+        .history
+        .back()
+        .is_some_and(|(t, _)| now - t >= CORDON_MEMORY)
+    {
+        state.below_since = None;
+    }
+    state
+        .cordon_since
+        .retain(|_, (_, last)| now - *last < CORDON_MEMORY);
+}
+
 /// Takes each cordon's start from its tag when the engine has none (it restarted, or another
 /// controller held the lease): the node has been emptying since then, and a scale-in after
 /// [`Policy::cordon_wait`] should not wait that long again.
+/// A start in the future (a skewed clock) is not believed; one before the instance launched
+/// (a tag edited by hand) counts from the launch.
 fn remember_cordons(obs: &Observation, state: &mut EngineState) {
     for i in &obs.instances {
         if let Some(since) = i.cordoned_since.filter(|s| *s <= obs.now) {
             state
                 .cordon_since
                 .entry(i.id.clone())
-                .or_insert((since, obs.now));
+                .or_insert((since.max(i.launched_at), obs.now));
         }
     }
 }

@@ -516,20 +516,26 @@ fn a_scale_in_takes_the_emptied_nodes_and_keeps_the_others_cordoned() {
         "the victim stays cordoned until it drains: {d:?}"
     );
 
+    // Every 10 s from then on: i-1 keeps 5,000 and goes once cordoned for cordon_wait.
     let rest = || fleet(&[20_000, 5_000, 20_000]);
-    let d = e.evaluate(&obs(wait - 600, rest()), &mut st);
-    let d2 = e.evaluate(&obs(wait - 600 + sustain + 10, rest()), &mut st);
-    assert_eq!(d.direction, Direction::Hold, "{d:?}");
-    assert!(
-        d2.direction == Direction::Hold
-            && d2.reason.contains("once the cordoned nodes have emptied"),
-        "5,000 left, cordoned for less than cordon_wait: {d2:?}"
-    );
-    assert_eq!(d2.cordon, ids(&["i-1"]), "{d2:?}");
-    let d = e.evaluate(&obs(wait + 10, rest()), &mut st);
+    let mut t = sustain + 20;
+    let d = loop {
+        let d = e.evaluate(&obs(t, rest()), &mut st);
+        if !d.scale_in.is_empty() {
+            break d;
+        }
+        if t == wait - 600 {
+            assert!(
+                d.reason.contains("once the cordoned nodes have emptied"),
+                "5,000 left, cordoned for less than cordon_wait: {d:?}"
+            );
+            assert_eq!(d.cordon, ids(&["i-1"]), "{d:?}");
+        }
+        t += 10;
+    };
     assert_eq!(
-        (d.scale_in.clone(), d.desired),
-        (ids(&["i-1"]), 2),
+        (d.scale_in.clone(), d.desired, t),
+        (ids(&["i-1"]), 2, wait),
         "cordoned for cordon_wait: {d:?}"
     );
 }
@@ -590,10 +596,17 @@ fn a_cordon_survives_a_blind_turn_and_a_short_lift_with_its_start() {
         e.evaluate(&obs(260, quiet()), &mut st).cordon,
         ids(&["i-1"])
     );
-    let d = e.evaluate(&obs(wait + 10, quiet()), &mut st);
+    let mut t = 270;
+    let d = loop {
+        let d = e.evaluate(&obs(t, quiet()), &mut st);
+        if !d.scale_in.is_empty() || t > 2 * wait {
+            break d;
+        }
+        t += 10;
+    };
     assert_eq!(
-        d.scale_in,
-        ids(&["i-1"]),
+        (d.scale_in.clone(), t),
+        (ids(&["i-1"]), wait),
         "cordoned since 0, not since 260: {d:?}"
     );
 }
@@ -667,5 +680,82 @@ fn nearly_empty_nodes_go_without_waiting_out_the_peak_window() {
     assert!(
         d.direction == Direction::Hold && d.reason.contains("the last"),
         "{d:?}"
+    );
+}
+
+/// The nodes that skip the window are only ones a scale-in may take: with a grace that runs its
+/// full length (`drain_grace_until_below = 0`), a node under `empty_below` not yet cordoned for
+/// `cordon_wait` is not one, and its slot never goes to a fuller node that is.
+#[test]
+fn the_window_is_skipped_only_for_nodes_a_scale_in_may_take() {
+    let mut p = Policy::default_policy();
+    p.scale_in.drain_grace_until_below = 0;
+    let sustain = p.scale_in.sustain.as_secs() as i64;
+    let wait = p.cordon_wait().as_secs() as i64;
+    let e = Engine::new(p);
+    let now = 100_000;
+    let low = || {
+        let mut f = fleet(&[20_000, 20_000, 5_000, 500]);
+        f[2].cordoned_since = Some(now - wait);
+        f
+    };
+    let mut st = EngineState::default();
+    e.evaluate(&obs(now, fleet(&[30_000, 30_000, 15_000, 15_000])), &mut st);
+    e.evaluate(&obs(now + 10, low()), &mut st);
+    let d = e.evaluate(&obs(now + 20 + sustain, low()), &mut st);
+    assert!(
+        d.scale_in.is_empty(),
+        "5,000 clients wait out the peak window: {d:?}"
+    );
+}
+
+/// After a gap in the evaluations (another controller held the lease meanwhile) the engine's
+/// own memory is not trusted: the sustained low starts again, and a cordon's start comes from
+/// the tag alone, never from before the instance launched.
+#[test]
+fn after_a_gap_only_the_tag_vouches_for_a_cordon_and_sustain_starts_again() {
+    let p = Policy::default_policy();
+    let sustain = p.scale_in.sustain.as_secs() as i64;
+    let wait = p.cordon_wait().as_secs() as i64;
+    let e = Engine::new(p);
+    let quiet = |since: Option<i64>, launched_at: i64| {
+        let mut f = fleet(&[20_000, 5_000, 20_000]);
+        f[1].cordoned_since = since;
+        f[1].launched_at = launched_at;
+        f
+    };
+    let mut st = EngineState::default();
+    assert_eq!(
+        e.evaluate(&obs(0, quiet(None, -100)), &mut st).cordon,
+        ids(&["i-1"])
+    );
+    let later = wait + 10;
+    let d = e.evaluate(&obs(later, quiet(None, -100)), &mut st);
+    assert!(d.reason.contains("for 0s"), "sustain starts again: {d:?}");
+    let d = e.evaluate(&obs(later + sustain + 10, quiet(None, -100)), &mut st);
+    assert!(
+        d.scale_in.is_empty(),
+        "no tag: the old start is not vouched for: {d:?}"
+    );
+
+    let mut st = EngineState::default();
+    e.evaluate(&obs(later, quiet(Some(0), -100)), &mut st);
+    let d = e.evaluate(&obs(later + sustain + 10, quiet(Some(0), -100)), &mut st);
+    assert_eq!(
+        d.scale_in,
+        ids(&["i-1"]),
+        "the tag says cordoned since 0: {d:?}"
+    );
+
+    let mut st = EngineState::default();
+    let launched = later - 60;
+    e.evaluate(&obs(later, quiet(Some(-1_000_000), launched)), &mut st);
+    let d = e.evaluate(
+        &obs(later + sustain + 10, quiet(Some(-1_000_000), launched)),
+        &mut st,
+    );
+    assert!(
+        d.scale_in.is_empty(),
+        "a start before the launch counts from the launch: {d:?}"
     );
 }
