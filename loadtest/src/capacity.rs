@@ -58,7 +58,8 @@ pub struct CapacityReport {
     pub policy_toml: String,
 }
 
-/// The default policy's thresholds (steps, scale-in, max_after) scaled from its cap to `cap`.
+/// The default policy's thresholds (steps, scale-in, max_after) and client counts
+/// (`drain_grace_until_below`, `empty_below`; 0 stays off) scaled from its cap to `cap`.
 pub fn proposed_policy(cap: u32) -> Policy {
     let mut p = Policy::default_policy();
     let k = f64::from(cap) / f64::from(p.group.node_cap);
@@ -70,6 +71,9 @@ pub fn proposed_policy(cap: u32) -> Policy {
     }
     p.scale_in.threshold = scale(p.scale_in.threshold);
     p.scale_in.max_after = p.scale_in.max_after.map(scale);
+    let count = |v: u32| if v == 0 { 0 } else { scale(v) };
+    p.scale_in.drain_grace_until_below = count(p.scale_in.drain_grace_until_below);
+    p.scale_in.empty_below = count(p.scale_in.empty_below);
     p
 }
 
@@ -229,5 +233,14 @@ mod tests {
             assert_eq!(again, p);
         }
         assert_eq!(proposed_policy(28_000), Policy::default_policy());
+        let small = proposed_policy(1_400);
+        assert_eq!(
+            (
+                small.scale_in.empty_below,
+                small.scale_in.drain_grace_until_below
+            ),
+            (50, 100),
+            "client counts scale with the cap"
+        );
     }
 }
